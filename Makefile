@@ -1,0 +1,34 @@
+# Shortcuts; each target is one documented command.
+PYTHON ?= python3
+TF_CPU := tensorflow-cpu==2.21.0
+
+.PHONY: env up down train test lint venv logs clean
+
+env:  ## write .env with random secrets (once)
+	scripts/init-env.sh
+
+up: env  ## start Postgres, MinIO and the tracking server; wait until healthy
+	docker compose up -d --wait
+
+down:  ## stop the stack, keep the data
+	docker compose down
+
+train:  ## train 5 epochs and register a new version of `mnist`
+	docker compose run --rm trainer --epochs 5
+
+logs:
+	docker compose logs -f tracking-server
+
+venv:  ## host Python env for tests and for running the trainer outside Docker
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install -q -r trainer/requirements.txt -c trainer/constraints-cuda.txt "$(TF_CPU)" -r requirements-dev.txt
+	.venv/bin/pip install -q --no-deps -e ./trainer
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+test:  ## the test command CI runs
+	scripts/test.sh
+
+clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
+	docker compose down -v --remove-orphans

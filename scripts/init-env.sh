@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Writes .env from .env.example with fresh random secrets. Leaves an existing .env alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -f .env ]; then
+  echo ".env exists; leaving it as it is"
+  exit 0
+fi
+random_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+sed -e "s/^POSTGRES_PASSWORD=\$/POSTGRES_PASSWORD=$(random_secret)/" \
+    -e "s/^MINIO_ROOT_PASSWORD=\$/MINIO_ROOT_PASSWORD=$(random_secret)/" \
+    .env.example > .env
+chmod 600 .env
+echo "wrote .env with random POSTGRES_PASSWORD and MINIO_ROOT_PASSWORD"

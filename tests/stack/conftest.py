@@ -1,0 +1,124 @@
+"""Fixtures for tests against the running compose stack (scripts/test.sh brings it up).
+
+Each session trains under its own experiment and model name, so the tests can run again and again on a
+stack that keeps its volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+STACK_URL = os.environ.get("STACK_URL", "http://localhost:5000")
+NPZ_IN_CONTAINER = "/data/mnist.npz"
+
+
+def compose(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["docker", "compose", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker compose {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
+def mnist_npz() -> Path:
+    path = os.environ.get("MNIST_NPZ")
+    if not path or not Path(path).is_file():
+        pytest.fail("MNIST_NPZ must name a Keras-format mnist.npz (../shared/ci/offline-docker.sh writes one)")
+    return Path(path)
+
+
+def run_trainer(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`docker compose run --rm trainer ...` with the real MNIST mounted read-only."""
+    return compose(
+        "run", "--rm", "-T", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro",
+        "trainer", "--data", NPZ_IN_CONTAINER, *args,
+        check=check,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Training:
+    run_id: str
+    version: int
+    stdout: str
+
+
+def parse_training(result: subprocess.CompletedProcess[str]) -> Training:
+    run = re.search(r"trainer: run (\w+):", result.stdout)
+    version = re.search(r"trainer: registered \S+ version (\d+)", result.stdout)
+    assert run and version, result.stdout[-2000:] + result.stderr[-2000:]
+    return Training(run_id=run.group(1), version=int(version.group(1)), stdout=result.stdout)
+
+
+@dataclass(frozen=True)
+class Names:
+    experiment: str
+    model: str
+
+
+@pytest.fixture(scope="session")
+def names() -> Names:
+    suffix = uuid.uuid4().hex[:8]
+    return Names(experiment=f"stack-test-{suffix}", model=f"mnist-stack-{suffix}")
+
+
+@pytest.fixture(scope="session")
+def epochs() -> int:
+    return 2
+
+
+@pytest.fixture(scope="session")
+def first_training(names: Names, epochs: int) -> Training:
+    # Batch 64: twice the updates per epoch of the default 128, so even a short run clears 97 % on test.
+    result = run_trainer(
+        "--epochs", str(epochs), "--batch-size", "64", "--run-name", "stack-first",
+        "--experiment-name", names.experiment, "--registered-model-name", names.model,
+    )  # fmt: skip
+    return parse_training(result)
+
+
+@pytest.fixture(scope="session")
+def client() -> MlflowClient:
+    return MlflowClient(tracking_uri=STACK_URL, registry_uri=STACK_URL)
+
+
+def published_ports() -> set[tuple[str, int, int]]:
+    """(host address, host port, container port) for every port the stack publishes."""
+    result = compose("ps", "--format", "json")
+    published = set()
+    for line in result.stdout.splitlines():
+        entries = json.loads(line)
+        for entry in entries if isinstance(entries, list) else [entries]:
+            for publisher in entry.get("Publishers") or []:
+                if publisher.get("PublishedPort"):
+                    published.add((publisher["URL"], publisher["PublishedPort"], publisher["TargetPort"]))
+    return published
+
+
+def s3_keys(prefix_contains: str) -> list[str]:
+    """Object keys in the artifact bucket, listed from inside the network with the server's credentials."""
+    script = (
+        "import boto3, os, json;"
+        "s3 = boto3.client('s3', endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL']);"
+        "pages = s3.get_paginator('list_objects_v2').paginate(Bucket=os.environ['MLFLOW_ARTIFACTS_BUCKET']);"
+        "print(json.dumps([o['Key'] for p in pages for o in p.get('Contents', [])]))"
+    )
+    result = compose("exec", "-T", "tracking-server", "python", "-c", script)
+    return [key for key in json.loads(result.stdout) if prefix_contains in key]
+
+
+def trainer_python(code: str, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Python inside a fresh trainer container, on the trainer's networks only."""
+    return compose("run", "--rm", "-T", "--no-deps", *extra, "--entrypoint", "python", "trainer", "-c", code)

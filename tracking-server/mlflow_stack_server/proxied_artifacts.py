@@ -1,0 +1,87 @@
+"""Keep every artifact transfer on the tracking server.
+
+Since 3.16, an MLflow server whose artifact destination is S3 tells clients (in /server-info) that they
+may fetch and send artifacts straight from and to S3 through presigned URLs, and the Python client and
+the UI then do so. Those URLs name the server's S3 endpoint, here http://minio:9000, which by design is
+reachable from inside the backend network only: a client on the host waits out minutes of retries and the
+UI's download button fails. This wrapper makes the server advertise what it can really offer, proxied
+transfers, and answers the presigned-URL endpoints with 501, on which MLflow's client falls back to the
+proxy. Everything else passes through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from mlflow.server.fastapi_app import app as mlflow_app
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SERVER_INFO_SUFFIX = "/mlflow/server-info"
+DIRECT_TRANSFER_CAPABILITIES = ("multipart_uploads_enabled", "multipart_downloads_enabled")
+PRESIGNED_PATH_MARKERS = ("/mlflow-artifacts/presigned/", "/artifacts/presigned-", "/mlflow-artifacts/mpu/")
+NOT_IMPLEMENTED_BODY = json.dumps(
+    {
+        "error_code": "NOT_IMPLEMENTED",
+        "message": "This server proxies all artifact transfers; its object store is not reachable by clients.",
+    }
+).encode()
+
+
+async def _answer_not_implemented(send: Send) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(NOT_IMPLEMENTED_BODY)).encode())]
+    await send({"type": "http.response.start", "status": 501, "headers": headers})
+    await send({"type": "http.response.body", "body": NOT_IMPLEMENTED_BODY})
+
+
+def _without_direct_transfers(body: bytes) -> bytes:
+    try:
+        info = json.loads(body)
+    except ValueError:
+        return body  # an error page: pass it on as it is
+    if isinstance(info, dict):
+        for capability in DIRECT_TRANSFER_CAPABILITIES:
+            if capability in info:
+                info[capability] = False
+    return json.dumps(info).encode()
+
+
+class ProxiedArtifactsOnly:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if any(marker in path for marker in PRESIGNED_PATH_MARKERS):
+            await _answer_not_implemented(send)
+        elif path.endswith(SERVER_INFO_SUFFIX):
+            await self._rewrite_server_info(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _rewrite_server_info(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body = _without_direct_transfers(b"".join(chunks))
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+app = ProxiedArtifactsOnly(mlflow_app)

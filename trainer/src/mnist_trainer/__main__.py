@@ -1,0 +1,3 @@
+from mnist_trainer.cli import main
+
+main()

@@ -1,0 +1,169 @@
+"""What the trainer tells the MLflow tracking server: params, per-epoch metrics, data set, model."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import requests
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+    from mlflow.models.model import ModelInfo
+
+    from mnist_trainer.data import Mnist
+
+# Outside Docker, with no server configured, runs land in a local SQLite store (MLflow's own default since 3.7).
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SUPPORTED_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
+# Long enough for a server that is still booting, short enough that a wrong URI is reported promptly.
+PREFLIGHT_TIMEOUT_SECONDS = float(os.environ.get("TRAINER_PREFLIGHT_TIMEOUT", "30"))
+MODEL_ARTIFACT_NAME = "model"
+INPUT_EXAMPLE_SIZE = 5
+# Keras' metric names, as the UI shows them: explicit train_ prefix next to Keras' own val_ prefix.
+KERAS_TO_LOGGED_METRIC = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message says why in one line."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str) -> None:
+    scheme = urlparse(uri).scheme
+    if scheme not in SUPPORTED_SCHEMES and not (scheme == "" and uri.startswith(("/", "."))):
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI (expected http(s)://host:port or sqlite:///file.db)"
+        )
+
+
+def _auth() -> tuple[str, str] | None:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def wait_for_server(uri: str, timeout_seconds: float = PREFLIGHT_TIMEOUT_SECONDS) -> None:
+    """Fail fast and clearly when an HTTP tracking server is absent, instead of after MLflow's ~4 min of retries.
+
+    A real API call, not /health: /health is exempt from the Host-header check and from auth, so it would
+    say "fine" to a client that every later call rejects.
+    """
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    deadline = time.monotonic() + timeout_seconds
+    delay, last_error = 0.5, "no attempt made"
+    while True:
+        try:
+            response = requests.get(url, params={"max_results": 1}, auth=_auth(), timeout=5)
+        except requests.RequestException as error:
+            last_error = f"{type(error).__name__}"
+        else:
+            if response.ok:
+                return
+            if response.status_code in (401, 403):
+                reason = response.text.strip().splitlines()[0][:120] if response.text.strip() else response.reason
+                raise TrackingError(
+                    f"tracking server at {uri} refused the trainer (HTTP {response.status_code}: {reason})"
+                )
+            last_error = f"HTTP {response.status_code}"
+        if time.monotonic() + delay > deadline:
+            raise TrackingError(
+                f"tracking server at {uri} did not answer within {timeout_seconds:.0f} s ({last_error})"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def ui_url(uri: str) -> str:
+    """Where a person opens the run: TRAINER_UI_URL when the server is known by another name outside Docker.
+
+    For a local store that is wherever `mlflow ui` serves it, by default http://localhost:5000.
+    """
+    default = uri if urlparse(uri).scheme in ("http", "https") else "http://localhost:5000"
+    return (os.environ.get("TRAINER_UI_URL") or default).rstrip("/")
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def visible_devices() -> list[str]:
+    """'GPU:0 (NVIDIA A100...)' for each GPU TensorFlow can use, else ['CPU']."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    names = []
+    for index, gpu in enumerate(gpus):
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(f"GPU:{index} ({details.get('device_name', 'unknown')})")
+    return names or ["CPU"]
+
+
+def environment_tags(devices: list[str]) -> dict[str, str]:
+    import mlflow
+    import tensorflow as tf
+
+    tags = {
+        "devices": ", ".join(devices),
+        "tensorflow_version": tf.__version__,
+        "mlflow_version": mlflow.__version__,
+    }
+    # Set by the image build; absent when the package runs from a checkout.
+    for env_name, tag in (("TRAINER_GIT_SHA", "git_sha"), ("TRAINER_IMAGE", "image")):
+        if os.environ.get(env_name):
+            tags[tag] = os.environ[env_name]
+    return tags
+
+
+def log_dataset(data: Mnist) -> str:
+    """Record the training data as a run input; returns the digest MLflow computed for it."""
+    import mlflow
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    from mnist_trainer.data import TFDS_CATALOG_URL
+
+    source: Any = HTTPDatasetSource(TFDS_CATALOG_URL) if data.source == TFDS_CATALOG_URL else data.source
+    with warnings.catch_warnings():
+        # MLflow registers two equivalent local-file source classes and warns that it picked one of them.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_numpy(  # type: ignore[attr-defined]
+            data.x_train, targets=data.y_train, source=source, name="mnist"
+        )
+    mlflow.log_input(dataset, context="training")
+    return str(dataset.digest)
+
+
+def epoch_logger() -> keras.callbacks.Callback:
+    """A Keras callback logging every epoch's metrics in one batched call, at step = epoch number (1-based)."""
+    import keras
+    import mlflow
+
+    class EpochMetricsLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            metrics = {KERAS_TO_LOGGED_METRIC.get(key, key): float(value) for key, value in (logs or {}).items()}
+            metrics["epoch_seconds"] = time.perf_counter() - self._started
+            mlflow.log_metrics(metrics, step=epoch + 1)
+
+    return EpochMetricsLogger()
+
+
+def log_model(model: keras.Model, example_images: np.ndarray) -> ModelInfo:
+    """Log with the tensorflow flavor: mlflow.keras.log_model crashes with an input_example (mlflow#16183)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = example_images[:INPUT_EXAMPLE_SIZE]
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    return mlflow.tensorflow.log_model(model, name=MODEL_ARTIFACT_NAME, signature=signature, input_example=example)
