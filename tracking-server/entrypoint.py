@@ -30,17 +30,22 @@ def env(name: str) -> str:
     return value
 
 
+class FatalError(Exception):
+    """A failure that waiting will not fix."""
+
+
 def retry(what: str, attempt: Callable[[], T]) -> T:
     deadline, delay = time.monotonic() + WAIT_SECONDS, 0.5
     while True:
         try:
             return attempt()
+        except FatalError as error:
+            sys.exit(f"[tracking-server] error: {what}: {error}")
         except Exception as error:  # psycopg2 and botocore raise many types for "not there yet"
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             if time.monotonic() + delay > deadline:
-                sys.exit(
-                    f"[tracking-server] error: {what} failed for {WAIT_SECONDS:.0f} s: {type(error).__name__}: {error}"
-                )
-            log(f"{what}: not ready ({type(error).__name__}), retrying in {delay:.1f} s")
+                sys.exit(f"[tracking-server] error: {what} failed for {WAIT_SECONDS:.0f} s ({reason})")
+            log(f"{what}: not ready ({reason}), retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -60,6 +65,14 @@ def wait_for_database(uri: str) -> None:
         try:
             with engine.connect() as connection:
                 connection.execute(sqlalchemy.text("SELECT 1"))
+        except sqlalchemy.exc.OperationalError as error:
+            if "password authentication failed" in str(error):
+                # Postgres keeps the password of the volume's first start; retrying cannot help.
+                raise FatalError(
+                    "password authentication failed: the postgres-data volume was created with another "
+                    "POSTGRES_PASSWORD (set that one in .env, or ALTER ROLE inside the database)"
+                ) from error
+            raise
         finally:
             engine.dispose()
 
