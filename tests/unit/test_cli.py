@@ -86,8 +86,12 @@ def test_an_unreachable_server_is_one_line_and_exit_1_within_the_preflight_timeo
     ]
 
 
-def test_help_lists_every_option(tmp_path: Path) -> None:
-    result = run_trainer(["--help"], tmp_path)
+def test_help_lists_the_commands_and_train_help_every_option(tmp_path: Path) -> None:
+    overview = run_trainer(["--help"], tmp_path)
+    assert overview.returncode == 0
+    for command in ("train", "sweep", "models", "promote", "predict"):
+        assert command in overview.stdout
+    result = run_trainer(["train", "--help"], tmp_path)
     assert result.returncode == 0
     for option in (
         "--epochs",

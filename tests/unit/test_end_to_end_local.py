@@ -26,6 +26,8 @@ def test_a_local_run_logs_everything_and_registers_versions(tmp_path: Path) -> N
         "local",
         "--experiment-name",
         "unit",
+        "--min-accuracy",
+        "0.5",
     ]
     first = run_trainer(args, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -53,7 +55,19 @@ def test_a_local_run_logs_everything_and_registers_versions(tmp_path: Path) -> N
     assert "| test_accuracy |" in (version.description or "")
     assert version.tags["data_digest"] == dataset_input.dataset.digest
     assert client.get_registered_model("mnist").description.startswith("Handwritten-digit classifier")
+    assert version.tags["validation_status"] == "passed"
+    assert str(client.get_model_version_by_alias("mnist", "champion").version) == "1"
+    assert "version 1 is @champion: first version with a champion" in first.stdout
+    pictures = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert pictures == {"evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
 
-    second = run_trainer([*args[:-4], "--epochs", "1"], tmp_path)
+    # One epoch on the same data cannot beat two: the new version must not take the champion alias.
+    second = run_trainer([*args, "--epochs", "1"], tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     assert client.get_model_version("mnist", "2").run_id != run.info.run_id
+    assert str(client.get_model_version_by_alias("mnist", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("mnist", "challenger").version) == "2"
+
+    table = run_trainer(["models"], tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert [line.split()[:2] for line in table.stdout.splitlines()[1:3]] == [["2", "challenger"], ["1", "champion"]]

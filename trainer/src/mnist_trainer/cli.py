@@ -1,16 +1,21 @@
-"""`trainer`: train the MNIST convnet, track it in MLflow and register a new model version."""
+"""`trainer`: train, sweep, list, promote and use versions of the MNIST model tracked in MLflow.
+
+`trainer [train] OPTIONS` trains once; `sweep`, `models`, `promote` and `predict` are the other commands.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import math
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mnist_trainer import data as mnist_data
 from mnist_trainer import registry, tracking
+from mnist_trainer.predict import ImageError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -21,6 +26,13 @@ DEFAULT_SEED = 42
 DEFAULT_VALIDATION_FRACTION = 0.1
 DEFAULT_EXPERIMENT = "mnist"
 DEFAULT_MODEL_NAME = "mnist"
+# A version below this test accuracy is registered (for the record) but marked failed and never promoted.
+DEFAULT_MIN_ACCURACY = 0.9
+COMMANDS = ("train", "sweep", "models", "promote", "predict")
+
+
+class UsageError(ValueError):
+    """Options that parse but do not fit together or with the data."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -30,33 +42,50 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {minimum}, got {value}" if minimum else f"must not be negative, got {value}"
+        )
     return value
 
 
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
 def _non_negative_int(text: str) -> int:
+    return _whole(text, 0)
+
+
+def _finite(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
+        value = _finite(text)
+    except argparse.ArgumentTypeError:
+        value = math.nan
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
     return value
 
 
@@ -67,45 +96,103 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text.strip()
 
 
+def _list_of(parse: Callable[[str], float | int]) -> Callable[[str], list[float | int]]:
+    def parse_list(text: str) -> list[float | int]:
+        values = [parse(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError("give one or more comma-separated values")
+        return list(dict.fromkeys(values))  # drop repeats, keep order
+
+    return parse_list
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registered-model-name", type=_name, default=DEFAULT_MODEL_NAME)
+
+
+def _add_training(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
+    if sweep:
+        parser.add_argument("--learning-rate", type=_list_of(_positive_float), default=[DEFAULT_LEARNING_RATE],
+                            help="comma-separated values to try")  # fmt: skip
+        parser.add_argument("--batch-size", type=_list_of(_positive_int), default=[DEFAULT_BATCH_SIZE],
+                            help="comma-separated values to try")  # fmt: skip
+        parser.add_argument("--parallel", type=_positive_int, default=1, help="child runs at a time")
+    else:
+        parser.add_argument("--learning-rate", type=_positive_float, default=DEFAULT_LEARNING_RATE)
+        parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED)
+    parser.add_argument("--validation-fraction", type=_fraction, default=DEFAULT_VALIDATION_FRACTION,
+                        help="share of the training images held out for per-epoch validation")  # fmt: skip
+    parser.add_argument("--max-train-samples", type=_positive_int, default=None,
+                        help="train on a seeded subset of this many images (quick checks); default: all")  # fmt: skip
+    parser.add_argument("--data", default=os.environ.get("TRAINER_DATA", mnist_data.TFDS_SOURCE),
+                        help="'tfds' to download MNIST with TensorFlow Datasets (cached in TFDS_DATA_DIR), "
+                        "or the path of a Keras-format mnist.npz")  # fmt: skip
+    parser.add_argument("--run-name", type=_name, default=None, help="default: MLflow picks one")
+    parser.add_argument("--experiment-name", type=_name, default=DEFAULT_EXPERIMENT)
+    _add_common(parser)
+    parser.add_argument("--no-register", action="store_true", help="log the model to the run but create no version")
+    parser.add_argument("--promotion-metric", default="test_accuracy",
+                        help="run metric that decides @champion; names ending in 'loss' count lower as better")  # fmt: skip
+    parser.add_argument("--promotion-margin", type=_non_negative_float, default=0.0,
+                        help="how much better than the champion a new version must be to take the alias")  # fmt: skip
+    parser.add_argument("--min-accuracy", type=_unit_interval, default=DEFAULT_MIN_ACCURACY,
+                        help="versions below this test accuracy are marked failed and never promoted")  # fmt: skip
+    if not sweep:
+        # Set by `trainer sweep` for its child processes.
+        parser.add_argument("--parent-run-id", default=None, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="trainer",
-        description="Train the MNIST convnet, log it to MLflow (MLFLOW_TRACKING_URI) and register a new model version.",
+        description="Train the MNIST convnet, track it in MLflow (MLFLOW_TRACKING_URI) and manage its versions. "
+        "Without a command, `train` is meant.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--learning-rate", type=_positive_float, default=DEFAULT_LEARNING_RATE)
-    parser.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED)
-    parser.add_argument(
-        "--validation-fraction",
-        type=_fraction,
-        default=DEFAULT_VALIDATION_FRACTION,
-        help="share of the training images held out for per-epoch validation",
-    )
-    parser.add_argument(
-        "--max-train-samples",
-        type=_positive_int,
-        default=None,
-        help="train on a seeded subset of this many images (quick checks); default: all",
-    )
-    parser.add_argument(
-        "--data",
-        default=os.environ.get("TRAINER_DATA", mnist_data.TFDS_SOURCE),
-        help="'tfds' to download MNIST with TensorFlow Datasets (cached in TFDS_DATA_DIR), "
-        "or the path of a Keras-format mnist.npz",
-    )
-    parser.add_argument("--run-name", type=_name, default=None, help="default: MLflow picks one")
-    parser.add_argument("--experiment-name", type=_name, default=DEFAULT_EXPERIMENT)
-    parser.add_argument("--registered-model-name", type=_name, default=DEFAULT_MODEL_NAME)
-    parser.add_argument("--no-register", action="store_true", help="log the model to the run but create no version")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    train = command("train", "train once, register and promote (the default)")
+    _add_training(train, sweep=False)
+    sweep = command("sweep", "grid over learning rates and batch sizes as nested runs")
+    _add_training(sweep, sweep=True)
+    models = command("models", "list the registered versions with aliases and metric")
+    _add_common(models)
+    models.add_argument("--metric", default="test_accuracy")
+    promote = command("promote", "point an alias at a version by hand")
+    _add_common(promote)
+    promote.add_argument("--version", type=_positive_int, required=True)
+    promote.add_argument("--alias", type=_name, default=registry.CHAMPION)
+    promote.add_argument("--reason", default="promoted by hand")
+    predict = command("predict", "classify digit images (PNG/JPEG/.npy) with a model")
+    predict.add_argument("--model", default=f"models:/{DEFAULT_MODEL_NAME}@{registry.CHAMPION}")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
     return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    argv = list(argv)
+    # `trainer --epochs 5` has always meant training: keep that working next to the subcommands.
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "train")
+    return build_parser().parse_args(argv)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -113,98 +200,112 @@ def fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def train_and_track(args: argparse.Namespace, dataset: mnist_data.Mnist, uri: str) -> None:
+def promotion_rule(args: argparse.Namespace) -> registry.PromotionRule:
+    lower_is_better = args.promotion_metric.endswith("loss")
+    return registry.PromotionRule(args.promotion_metric, not lower_is_better, args.promotion_margin)
+
+
+def _load_training_data(args: argparse.Namespace) -> mnist_data.Mnist:
+    dataset = mnist_data.load(args.data, os.environ.get("TFDS_DATA_DIR"))
+    if args.max_train_samples is not None and args.max_train_samples > len(dataset.x_train):
+        raise UsageError(
+            f"--max-train-samples {args.max_train_samples} exceeds the {len(dataset.x_train)} training images"
+        )
+    return dataset
+
+
+def command_train(args: argparse.Namespace, uri: str) -> None:
+    from mnist_trainer.training import RegistryOptions, TrainOptions, register_and_promote, train_and_track
+
+    dataset = _load_training_data(args)
+    tracking.wait_for_server(uri)
+    options = TrainOptions(
+        args.epochs, args.batch_size, args.learning_rate, args.seed, args.validation_fraction, args.max_train_samples
+    )
+    result = train_and_track(options, dataset, uri, args.experiment_name, args.run_name, args.parent_run_id)
+    if not args.no_register:
+        register_and_promote(
+            result, uri, RegistryOptions(args.registered_model_name, promotion_rule(args), args.min_accuracy)
+        )
+
+
+def command_sweep(args: argparse.Namespace, uri: str) -> None:
+    from mnist_trainer.sweep import grid, run_sweep
+    from mnist_trainer.training import RegistryOptions
+
+    _load_training_data(args)  # validate once here rather than fail in every child
+    tracking.wait_for_server(uri)
+    shared = ["--epochs", str(args.epochs), "--seed", str(args.seed), "--data", args.data,
+              "--validation-fraction", repr(args.validation_fraction),
+              "--promotion-metric", args.promotion_metric]  # fmt: skip
+    if args.max_train_samples:
+        shared += ["--max-train-samples", str(args.max_train_samples)]
+    options = (
+        None
+        if args.no_register
+        else RegistryOptions(args.registered_model_name, promotion_rule(args), args.min_accuracy)
+    )
+    run_sweep(
+        grid(args.learning_rate, args.batch_size),
+        shared,
+        uri,
+        args.experiment_name,
+        args.run_name,
+        args.parallel,
+        options,
+    )
+
+
+def command_models(args: argparse.Namespace, uri: str) -> None:
+    from mlflow import MlflowClient
+
+    tracking.wait_for_server(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    print(registry.format_table(registry.versions_table(client, args.registered_model_name, args.metric)))
+
+
+def command_promote(args: argparse.Namespace, uri: str) -> None:
+    from mlflow import MlflowClient
+
+    tracking.wait_for_server(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    who = os.environ.get("TRAINER_USER") or getpass.getuser()
+    registry.promote_by_hand(client, args.registered_model_name, args.version, args.alias, who, args.reason)
+    print(f"trainer: {args.registered_model_name} version {args.version} is now @{args.alias} (set by {who})")
+
+
+def command_predict(args: argparse.Namespace, uri: str) -> None:
+    from mnist_trainer.predict import load_digit, predict
+
+    for path in args.images:
+        load_digit(path)  # bad files are input errors: report them before loading any model
+    tracking.wait_for_server(uri)
     import mlflow
 
-    from mnist_trainer.model import build_model
-
-    devices = tracking.visible_devices()
-    print(f"trainer: training on {', '.join(devices)}; tracking at {uri}", flush=True)
-    splits = mnist_data.make_splits(
-        dataset,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        validation_fraction=args.validation_fraction,
-        max_train_samples=args.max_train_samples,
-    )
-    params = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "seed": args.seed,
-        "validation_fraction": args.validation_fraction,
-        "train_samples": splits.train_size,
-        "validation_samples": splits.validation_size,
-        "test_samples": splits.test_size,
-        "optimizer": "adam",
-    }
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(args.experiment_name)
-    with mlflow.start_run(run_name=args.run_name) as run:
-        tags = tracking.environment_tags(devices)
-        mlflow.log_params(params)
-        mlflow.set_tags({**tags, "data_source": dataset.source})
-        data_digest = tracking.log_dataset(dataset)
+    for prediction in predict(args.model, args.images):
+        print(f"{prediction.path}: {prediction.digit} (p={prediction.probability:.3f})")
 
-        model = build_model(args.learning_rate, args.seed)
-        started = time.perf_counter()
-        model.fit(
-            splits.train,
-            validation_data=splits.validation,
-            epochs=args.epochs,
-            callbacks=[tracking.epoch_logger()],
-            # The pipeline reshuffles itself with the seed; Keras warns if asked to shuffle a tf.data input.
-            shuffle=False,
-            verbose=2,
-        )
-        test_loss, test_accuracy = model.evaluate(splits.test, verbose=0)
-        metrics = {
-            "test_loss": float(test_loss),
-            "test_accuracy": float(test_accuracy),
-            "train_seconds": time.perf_counter() - started,
-        }
-        mlflow.log_metrics(metrics)
-        print(f"trainer: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}", flush=True)
 
-        model_info = tracking.log_model(model, mnist_data.to_model_input(dataset.x_test[: tracking.INPUT_EXAMPLE_SIZE]))
-        run_url = tracking.run_link(uri, experiment.experiment_id, run.info.run_id)
-        print(f"trainer: run {run.info.run_id}: {run_url}", flush=True)
-        if args.no_register:
-            return
-        facts = registry.VersionFacts(
-            params=params,
-            metrics=metrics,
-            data_source=dataset.source,
-            data_digest=data_digest,
-            run_url=run_url,
-            devices=tags["devices"],
-        )
-        version_tags = {"test_accuracy": f"{test_accuracy:.4f}", "data_digest": data_digest}
-        version = registry.register(model_info.model_uri, args.registered_model_name, facts, version_tags)
-        print(
-            f"trainer: registered {args.registered_model_name} version {version} "
-            f"(models:/{args.registered_model_name}/{version})",
-            flush=True,
-        )
+HANDLERS: dict[str, Callable[[argparse.Namespace, str], None]] = {
+    "train": command_train,
+    "sweep": command_sweep,
+    "models": command_models,
+    "promote": command_promote,
+    "predict": command_predict,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     # MLflow would print the run URL under the server's in-network name; the trainer prints the one to open.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = tracking.tracking_uri()
     try:
         tracking.check_tracking_uri(uri)
-        dataset = mnist_data.load(args.data, os.environ.get("TFDS_DATA_DIR"))
-        if args.max_train_samples is not None and args.max_train_samples > len(dataset.x_train):
-            raise ValueError(
-                f"--max-train-samples {args.max_train_samples} exceeds the {len(dataset.x_train)} training images"
-            )
-    except ValueError as error:  # DataError included: bad input, nothing was created
+        HANDLERS[args.command](args, uri)
+    except (UsageError, tracking.ConfigError, mnist_data.DataError, ImageError) as error:
         fail(str(error), EXIT_USAGE)
-    try:
-        tracking.wait_for_server(uri)
-        train_and_track(args, dataset, uri)
     except tracking.TrackingError as error:
         fail(str(error), EXIT_FAILURE)
     except KeyboardInterrupt:
@@ -212,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as error:
         from mlflow.exceptions import MlflowException
 
-        if isinstance(error, (MlflowException, OSError)):
+        if isinstance(error, MlflowException) and error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            fail(str(error).strip().splitlines()[0], EXIT_USAGE)  # e.g. `promote --version 99`
+        if isinstance(error, (MlflowException, OSError, RuntimeError)):
             # MLflow has already retried; its message is long and multi-line, the first line says what failed.
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             fail(f"{type(error).__name__}: {first_line[:300]}", EXIT_FAILURE)

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# How often a trainer re-compares after finding the alias moved under it by a concurrent trainer.
+PROMOTION_ATTEMPTS = 6
+# Pause between setting the alias and reading it back: long against one HTTP round trip, so a concurrent
+# writer that read the old champion has written by then and the loser of the race sees it and re-compares.
+PROMOTION_SETTLE_SECONDS = 0.3
 
 REGISTERED_MODEL_DESCRIPTION = """\
 Handwritten-digit classifier (MNIST, 10 classes), a Keras convnet trained by the stack's trainer.
@@ -11,8 +26,10 @@ Handwritten-digit classifier (MNIST, 10 classes), a Keras convnet trained by the
 Input: float32 images of shape (n, 28, 28, 1), pixel values scaled to [0, 1].
 Output: (n, 10) class probabilities.
 
-Load a version with `mlflow.pyfunc.load_model("models:/{name}/<version>")`.
-Each version's description lists its parameters, metrics and the run that made it.
+Load the current best with `mlflow.pyfunc.load_model("models:/{name}@champion")`, a given version with
+`models:/{name}/<version>`. The trainer moves `@champion` only to a version that beats it on its promotion
+metric; a version that does not gets `@challenger`. `trainer promote --version N` overrides by hand.
+Each version's description lists its parameters, metrics, data and the run that made it.
 """
 
 
@@ -58,3 +75,132 @@ def register(model_uri: str, name: str, facts: VersionFacts, tags: Mapping[str, 
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION.format(name=name))
     return int(version.version)
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """Move the champion alias only to a version better by at least `margin` on `metric`."""
+
+    metric: str = "test_accuracy"
+    greater_is_better: bool = True
+    margin: float = 0.0
+
+    def improvement(self, candidate: float, incumbent: float) -> float:
+        return candidate - incumbent if self.greater_is_better else incumbent - candidate
+
+    def beats(self, candidate: float, incumbent: float) -> bool:
+        gain = self.improvement(candidate, incumbent)
+        return gain > 0 and gain >= self.margin
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: int
+    alias: str  # CHAMPION or CHALLENGER
+    reason: str
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def version_metric(client: MlflowClient, version: ModelVersion, metric: str) -> float | None:
+    """The metric as its run logged it (the tag is a rounded copy for people)."""
+    if not version.run_id:
+        return None
+    value = client.get_run(version.run_id).data.metrics.get(metric)
+    return None if value is None else float(value)
+
+
+def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) -> Promotion:
+    """Give `version` the champion alias if it beats the champion, else the challenger alias.
+
+    Several trainers may finish at once. Each re-reads the champion right before setting it and reads it
+    back after a pause; one that finds a racing trainer's version there compares again, so the alias ends
+    on the better version instead of the last writer's.
+    """
+    candidate = client.get_model_version(name, str(version))
+    score = version_metric(client, candidate, rule.metric)
+    if score is None:
+        raise ValueError(f"version {version} has no metric {rule.metric!r} to compare on")
+    for _ in range(PROMOTION_ATTEMPTS):
+        incumbent = _alias_version(client, name, CHAMPION)
+        if incumbent is not None and int(incumbent.version) == version:
+            return Promotion(version, CHAMPION, "already champion")
+        incumbent_score = None if incumbent is None else version_metric(client, incumbent, rule.metric)
+        if incumbent is not None and incumbent_score is not None and not rule.beats(score, incumbent_score):
+            reason = (
+                f"{rule.metric} {score:.4f} does not beat champion v{incumbent.version} "
+                f"({incumbent_score:.4f}) by the margin {rule.margin:g}"
+            )
+            client.set_registered_model_alias(name, CHALLENGER, str(version))
+            client.set_model_version_tag(name, str(version), "promotion", reason)
+            return Promotion(version, CHALLENGER, reason)
+        latest = _alias_version(client, name, CHAMPION)
+        if (latest and latest.version) != (incumbent and incumbent.version):
+            continue  # moved between our read and now: compare with the new champion
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        time.sleep(PROMOTION_SETTLE_SECONDS)
+        settled = _alias_version(client, name, CHAMPION)
+        if settled is not None and int(settled.version) == version:
+            reason = (
+                "first version with a champion"
+                if incumbent is None
+                else f"{rule.metric} {score:.4f} beats v{incumbent.version} ({incumbent_score})"
+            )
+            client.set_model_version_tag(name, str(version), "promotion", reason)
+            return Promotion(version, CHAMPION, reason)
+    raise RuntimeError(f"the {CHAMPION} alias of {name} kept moving; version {version} left without an alias")
+
+
+def promote_by_hand(client: MlflowClient, name: str, version: int, alias: str, who: str, reason: str) -> None:
+    """A person's choice: set the alias and record who and why on the version."""
+    client.get_model_version(name, str(version))  # raises for a version that does not exist
+    client.set_registered_model_alias(name, alias, str(version))
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    client.set_model_version_tag(name, str(version), f"{alias}_set_by", f"{who} at {stamp}: {reason}")
+
+
+def versions_table(client: MlflowClient, name: str, metric: str) -> list[dict[str, Any]]:
+    """One row per version, newest first: what `trainer models` prints."""
+    aliases: dict[str, list[str]] = {}
+    for alias, number in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(number), []).append(alias)
+    rows = []
+    for version in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"]):
+        rows.append(
+            {
+                "version": int(version.version),
+                "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
+                metric: version_metric(client, version, metric),
+                "validation": version.tags.get("validation_status", ""),
+                "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
+                "run_id": version.run_id or "",
+            }
+        )
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A plain aligned text table; floats to 4 decimals, missing values as '-'."""
+    if not rows:
+        return "(none)"
+    columns = list(rows[0])
+
+    def cell(value: Any) -> str:
+        if value is None or value == "":
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    lines = ["  ".join(column.ljust(widths[i]) for i, column in enumerate(columns))]
+    lines += ["  ".join(value.ljust(widths[i]) for i, value in enumerate(line)) for line in cells]
+    return "\n".join(line.rstrip() for line in lines)

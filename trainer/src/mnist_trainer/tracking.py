@@ -29,6 +29,10 @@ INPUT_EXAMPLE_SIZE = 5
 KERAS_TO_LOGGED_METRIC = {"loss": "train_loss", "accuracy": "train_accuracy"}
 
 
+class ConfigError(ValueError):
+    """The environment names no usable tracking server."""
+
+
 class TrackingError(RuntimeError):
     """The tracking server cannot be used; the message says why in one line."""
 
@@ -40,7 +44,7 @@ def tracking_uri() -> str:
 def check_tracking_uri(uri: str) -> None:
     scheme = urlparse(uri).scheme
     if scheme not in SUPPORTED_SCHEMES and not (scheme == "" and uri.startswith(("/", "."))):
-        raise ValueError(
+        raise ConfigError(
             f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI (expected http(s)://host:port or sqlite:///file.db)"
         )
 

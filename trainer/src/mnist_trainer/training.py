@@ -1,0 +1,153 @@
+"""One training run, end to end: fit, evaluate, log everything, register, promote."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from mnist_trainer import data as mnist_data
+from mnist_trainer import plots, registry, tracking
+
+# Run tag through which a sweep's parent finds the model each child logged.
+MODEL_URI_TAG = "model_uri"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    validation_fraction: float
+    max_train_samples: int | None
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    name: str
+    rule: registry.PromotionRule
+    min_accuracy: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    metrics: dict[str, float]
+
+
+def log_evaluation_pictures(model: object, splits: mnist_data.Splits, dataset: mnist_data.Mnist) -> None:
+    import mlflow
+
+    probabilities = model.predict(splits.test, verbose=0)  # type: ignore[attr-defined]
+    predictions = probabilities.argmax(axis=1)
+    mlflow.log_figure(
+        plots.confusion_matrix_figure(plots.confusion_matrix(dataset.y_test, predictions)),
+        "evaluation/confusion_matrix.png",
+    )
+    mlflow.log_figure(
+        plots.misclassified_figure(dataset.x_test, dataset.y_test, probabilities), "evaluation/misclassified.png"
+    )
+
+
+def train_and_track(
+    options: TrainOptions,
+    dataset: mnist_data.Mnist,
+    uri: str,
+    experiment_name: str,
+    run_name: str | None,
+    parent_run_id: str | None = None,
+) -> TrainResult:
+    """Train once inside an MLflow run; the run ends FAILED if anything here raises."""
+    import mlflow
+
+    from mnist_trainer.model import build_model
+
+    devices = tracking.visible_devices()
+    print(f"trainer: training on {', '.join(devices)}; tracking at {uri}", flush=True)
+    splits = mnist_data.make_splits(
+        dataset,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        validation_fraction=options.validation_fraction,
+        max_train_samples=options.max_train_samples,
+    )
+    params = {
+        **{key: value for key, value in asdict(options).items() if key != "max_train_samples"},
+        "train_samples": splits.train_size,
+        "validation_samples": splits.validation_size,
+        "test_samples": splits.test_size,
+        "optimizer": "adam",
+    }
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(experiment_name)
+    parent_tags = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else None
+    with mlflow.start_run(run_name=run_name, tags=parent_tags) as run:
+        mlflow.log_params(params)
+        mlflow.set_tags({**tracking.environment_tags(devices), "data_source": dataset.source})
+        data_digest = tracking.log_dataset(dataset)
+
+        model = build_model(options.learning_rate, options.seed)
+        started = time.perf_counter()
+        model.fit(
+            splits.train,
+            validation_data=splits.validation,
+            epochs=options.epochs,
+            callbacks=[tracking.epoch_logger()],
+            # The pipeline reshuffles itself with the seed; Keras warns if asked to shuffle a tf.data input.
+            shuffle=False,
+            verbose=2,
+        )
+        test_loss, test_accuracy = model.evaluate(splits.test, verbose=0)
+        metrics = {
+            "test_loss": float(test_loss),
+            "test_accuracy": float(test_accuracy),
+            "train_seconds": time.perf_counter() - started,
+        }
+        mlflow.log_metrics(metrics)
+        print(f"trainer: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}", flush=True)
+        log_evaluation_pictures(model, splits, dataset)
+
+        example = mnist_data.to_model_input(dataset.x_test[: tracking.INPUT_EXAMPLE_SIZE])
+        model_info = tracking.log_model(model, example)
+        mlflow.set_tags({MODEL_URI_TAG: model_info.model_uri, "data_digest": data_digest})
+        print(f"trainer: run {run.info.run_id}: {tracking.run_link(uri, experiment.experiment_id, run.info.run_id)}")
+        return TrainResult(run.info.run_id, experiment.experiment_id, model_info.model_uri, metrics)
+
+
+def register_and_promote(result: TrainResult, uri: str, options: RegistryOptions) -> int:
+    """Register the run's model as a new version, describe it, gate it on accuracy and promote it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(result.run_id)
+    accuracy = result.metrics["test_accuracy"]
+    validation = "passed" if accuracy >= options.min_accuracy else "failed"
+    facts = registry.VersionFacts(
+        params=run.data.params,
+        metrics=result.metrics,
+        data_source=run.data.tags.get("data_source", ""),
+        data_digest=run.data.tags.get("data_digest", ""),
+        run_url=tracking.run_link(uri, result.experiment_id, result.run_id),
+        devices=run.data.tags.get("devices", ""),
+    )
+    tags: dict[str, str] = {
+        "test_accuracy": f"{accuracy:.4f}",
+        "data_digest": facts.data_digest,
+        "validation_status": validation,
+        **{key: run.data.tags[key] for key in ("git_sha", "image") if key in run.data.tags},
+    }
+    version = registry.register(result.model_uri, options.name, facts, tags)
+    print(f"trainer: registered {options.name} version {version} (models:/{options.name}/{version})", flush=True)
+    if validation == "failed":
+        print(
+            f"trainer: version {version} failed validation (test_accuracy {accuracy:.4f} < {options.min_accuracy});"
+            " aliases unchanged",
+            flush=True,
+        )
+        return version
+    promotion = registry.promote(client, options.name, version, options.rule)
+    print(f"trainer: version {version} is @{promotion.alias}: {promotion.reason}", flush=True)
+    return version
