@@ -23,9 +23,17 @@ STACK_URL = os.environ.get("STACK_URL", "http://localhost:5000")
 NPZ_IN_CONTAINER = "/data/mnist.npz"
 
 
-def compose(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+def compose(
+    *args: str, timeout: float = 600, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        ["docker", "compose", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+        ["docker", "compose", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"docker compose {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")

@@ -48,8 +48,10 @@ def _run_child(command: list[str], combination: Combination, log_dir: Path) -> C
     with log_path.open("w") as log:
         exit_code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    trainer_lines = [line for line in lines if line.startswith("trainer:")]
-    last = (trainer_lines or lines or [""])[-1]
+    # The line worth a glance: the error if there was one, else the test result.
+    errors = [line for line in lines if line.startswith("trainer: error")]
+    results = [line for line in lines if line.startswith("trainer: test accuracy")]
+    last = (errors or results or lines or [""])[-1]
     return ChildOutcome(combination, exit_code, time.perf_counter() - started, last)
 
 
