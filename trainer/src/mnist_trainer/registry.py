@@ -23,12 +23,13 @@ PROMOTION_SETTLE_SECONDS = 0.3
 REGISTERED_MODEL_DESCRIPTION = """\
 Handwritten-digit classifier (MNIST, 10 classes), a Keras convnet trained by the stack's trainer.
 
-Input: float32 images of shape (n, 28, 28, 1), pixel values scaled to [0, 1].
+Input: float32 images of shape (n, 28, 28, 1), pixel values scaled to [0, 1]. \
 Output: (n, 10) class probabilities.
 
-Load the current best with `mlflow.pyfunc.load_model("models:/{name}@champion")`, a given version with
-`models:/{name}/<version>`. The trainer moves `@champion` only to a version that beats it on its promotion
+Load the current best with `mlflow.pyfunc.load_model("models:/{name}@champion")`, a given version with \
+`models:/{name}/<version>`. The trainer moves `@champion` only to a version that beats it on its promotion \
 metric; a version that does not gets `@challenger`. `trainer promote --version N` overrides by hand.
+
 Each version's description lists its parameters, metrics, data and the run that made it.
 """
 
@@ -153,7 +154,7 @@ def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) 
             reason = (
                 "first version with a champion"
                 if incumbent is None
-                else f"{rule.metric} {score:.4f} beats v{incumbent.version} ({incumbent_score})"
+                else f"{rule.metric} {score:.4f} beats v{incumbent.version} ({incumbent_score:.4f})"
             )
             client.set_model_version_tag(name, str(version), "promotion", reason)
             return Promotion(version, CHAMPION, reason)
