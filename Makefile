@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TF_CPU := tensorflow-cpu==2.21.0
 
-.PHONY: env up down train test lint venv logs clean
+.PHONY: env up down train test lint venv logs clean backup restore
 
 env:  ## write .env with random secrets (once)
 	scripts/init-env.sh
@@ -29,6 +29,12 @@ lint:
 
 test:  ## the test command CI runs
 	scripts/test.sh
+
+backup:  ## Postgres dump + artifact bucket to backups/<timestamp>/
+	scripts/backup.sh
+
+restore:  ## make restore BACKUP=backups/<timestamp>: replace the stack's data with a backup
+	scripts/restore.sh "$(BACKUP)"
 
 clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
 	docker compose down -v --remove-orphans

@@ -10,6 +10,8 @@ fi
 random_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 sed -e "s/^POSTGRES_PASSWORD=\$/POSTGRES_PASSWORD=$(random_secret)/" \
     -e "s/^MINIO_ROOT_PASSWORD=\$/MINIO_ROOT_PASSWORD=$(random_secret)/" \
+    -e "s/^MLFLOW_AUTH_ADMIN_PASSWORD=\$/MLFLOW_AUTH_ADMIN_PASSWORD=$(random_secret)/" \
+    -e "s/^MLFLOW_FLASK_SERVER_SECRET_KEY=\$/MLFLOW_FLASK_SERVER_SECRET_KEY=$(random_secret)/" \
     .env.example > .env
 chmod 600 .env
-echo "wrote .env with random POSTGRES_PASSWORD and MINIO_ROOT_PASSWORD"
+echo "wrote .env with random secrets (POSTGRES_PASSWORD, MINIO_ROOT_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY)"

@@ -17,6 +17,8 @@ step "lint and types"
 ruff check .
 ruff format --check .
 mypy
+hadolint trainer/Dockerfile tracking-server/Dockerfile
+yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml .yamllint
 
 step "build images"
 start=$(date +%s)

@@ -8,10 +8,13 @@ time, so a restart of any backend is survived without a human.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -97,8 +100,60 @@ def ensure_bucket(bucket: str) -> None:
     retry(f"checking bucket {bucket}", create_if_missing)
 
 
+AUTH_REQUIRED = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+
+
+def auth_mode() -> str:
+    mode = os.environ.get("MLFLOW_AUTH", "none") or "none"
+    if mode not in ("none", "basic"):
+        sys.exit(f"[tracking-server] error: MLFLOW_AUTH={mode!r}; expected 'none' or 'basic'")
+    if mode == "basic":
+        missing = [name for name in AUTH_REQUIRED if not os.environ.get(name)]
+        if missing:
+            # No defaults on purpose: a stack with auth "on" and a guessable password is worse than none.
+            sys.exit(f"[tracking-server] error: MLFLOW_AUTH=basic needs {', '.join(missing)} (set in .env)")
+    return mode
+
+
+def prepare_basic_auth(uri: str) -> None:
+    """Users and permissions live in their own database next to the tracking data, created on first start."""
+    import sqlalchemy
+
+    auth_db = os.environ.get("MLFLOW_AUTH_DB", "mlflow_auth")
+    engine = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        exists = connection.execute(
+            sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": auth_db}
+        )
+        if exists.scalar() is None:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{auth_db}"'))
+            log(f"created database {auth_db} for users and permissions")
+    engine.dispose()
+    config = Path(tempfile.mkdtemp(prefix="mlflow-auth-")) / "basic_auth.ini"
+    auth_uri = uri.rsplit("/", 1)[0] + "/" + quote(auth_db, safe="")
+    # READ by default: a new user sees everything and changes nothing until granted more.
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {auth_uri.replace('%', '%%')}\n"
+        f"admin_username = {os.environ['MLFLOW_AUTH_ADMIN_USERNAME']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    config.chmod(0o600)
+    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+
+    from mlflow.environment_variables import _MLFLOW_AUTH_ADMIN_BOOTSTRAPPED, _MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN
+    from mlflow.server.auth import bootstrap_admin_user, get_flask_server_secret_key
+
+    # What `mlflow server --app-name basic-auth` does before forking workers; our app name is another one.
+    get_flask_server_secret_key()
+    bootstrap_admin_user()
+    os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
+    os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
+
+
 def main() -> None:
     started = time.monotonic()
+    mode = auth_mode()
     uri = backend_store_uri()
     bucket = env("MLFLOW_ARTIFACTS_BUCKET")
 
@@ -108,7 +163,11 @@ def main() -> None:
     subprocess.run(["mlflow", "db", "upgrade", uri], check=True, stdout=subprocess.DEVNULL)
     log(f"schema up to date after {time.monotonic() - started:.1f} s")
     ensure_bucket(bucket)
-    log(f"bucket {bucket} ready after {time.monotonic() - started:.1f} s; starting mlflow server")
+    log(f"bucket {bucket} ready after {time.monotonic() - started:.1f} s")
+    if mode == "basic":
+        prepare_basic_auth(uri)
+        log(f"basic auth ready after {time.monotonic() - started:.1f} s")
+    log(f"starting mlflow server (auth: {mode})")
 
     command = [
         "mlflow",
@@ -125,7 +184,7 @@ def main() -> None:
         f"s3://{bucket}/",
         # MLflow's app, wrapped so that clients are never sent to the internal S3 endpoint (see the module).
         "--app-name",
-        "proxied-artifacts",
+        "proxied-artifacts-basic-auth" if mode == "basic" else "proxied-artifacts",
         *sys.argv[1:],
     ]
     # Through the environment, not argv: the URI holds the database password and argv is visible in `ps`.

@@ -56,6 +56,18 @@ def run_trainer(*args: str, check: bool = True) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
+# Modules that restart services or replace the stack's data: after every other module, in this order.
+DISRUPTIVE_MODULES = ("test_auth.py", "test_restarts.py", "test_backup_restore.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return DISRUPTIVE_MODULES.index(name) + 1 if name in DISRUPTIVE_MODULES else 0
+
+    items.sort(key=rank)  # stable: the order within each group stays as collected
+
+
 @dataclass(frozen=True)
 class Training:
     run_id: str

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.stack.conftest import published_ports, trainer_python
+from tests.stack.conftest import REPO, published_ports, trainer_python
 
 
 def test_only_the_ui_and_the_console_are_published_and_on_loopback_only() -> None:
@@ -39,3 +42,36 @@ print("tracking-server", socket.getaddrinfo("tracking-server", 5000)[0][4][1])
     assert "postgres unknown" in result.stdout
     assert "minio unknown" in result.stdout
     assert "tracking-server 5000" in result.stdout
+
+
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"])
+def test_the_stack_refuses_to_start_without_a_required_secret(secret: str, tmp_path: Path) -> None:
+    env_file = tmp_path / "incomplete.env"
+    other = {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"} - {secret}
+    env_file.write_text("".join(f"{name}=set-in-this-test\n" for name in other) + f"{secret}=\n")
+    clean_env = {
+        key: value for key, value in os.environ.items() if key not in {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"}
+    }
+    result = subprocess.run(
+        ["docker", "compose", "--env-file", str(env_file), "config", "--quiet"],
+        cwd=REPO,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert secret in result.stderr
+    assert "scripts/init-env.sh" in result.stderr or ".env" in result.stderr
+
+
+def test_our_images_run_as_a_non_root_user() -> None:
+    for image in ("mlflow-stack/tracking-server:3.17.2", "mlflow-stack/trainer:0.1.0"):
+        user = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Config.User}}", image],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert user not in ("", "0", "root", "0:0"), (image, user)

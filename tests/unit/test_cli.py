@@ -48,6 +48,7 @@ def test_invalid_input_is_one_line_and_exit_2_before_any_run(tmp_path: Path, arg
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+    assert lines[0].startswith("trainer: error: ")
     assert not (tmp_path / "mlflow.db").exists(), "no tracking store may be touched on bad input"
 
 

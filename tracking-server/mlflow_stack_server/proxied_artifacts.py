@@ -85,3 +85,10 @@ class ProxiedArtifactsOnly:
 
 
 app = ProxiedArtifactsOnly(mlflow_app)
+
+
+def create_app_with_basic_auth() -> ProxiedArtifactsOnly:
+    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way."""
+    from mlflow.server.auth import create_app
+
+    return ProxiedArtifactsOnly(create_app())

@@ -28,7 +28,7 @@ DEFAULT_EXPERIMENT = "mnist"
 DEFAULT_MODEL_NAME = "mnist"
 # A version below this test accuracy is registered (for the record) but marked failed and never promoted.
 DEFAULT_MIN_ACCURACY = 0.9
-COMMANDS = ("train", "sweep", "models", "promote", "predict")
+COMMANDS = ("train", "sweep", "models", "promote", "predict", "upload")
 
 
 class UsageError(ValueError):
@@ -39,7 +39,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage block before an error; users asked for one line they can read."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        # Always "trainer: error:", also from a subcommand's parser: one prefix to look for in logs.
+        self.exit(EXIT_USAGE, f"trainer: error: {message} (see {self.prog} --help)\n")
 
 
 def _whole(text: str, minimum: int) -> int:
@@ -123,6 +124,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registered-model-name", type=_name, default=DEFAULT_MODEL_NAME)
 
 
+def _add_registration(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--no-register", action="store_true", help="log the model to the run but create no version")
+    parser.add_argument("--promotion-metric", default="test_accuracy",
+                        help="run metric that decides @champion; names ending in 'loss' count lower as better")  # fmt: skip
+    parser.add_argument("--promotion-margin", type=_non_negative_float, default=0.0,
+                        help="how much better than the champion a new version must be to take the alias")  # fmt: skip
+    parser.add_argument("--min-accuracy", type=_unit_interval, default=DEFAULT_MIN_ACCURACY,
+                        help="versions below this test accuracy are marked failed and never promoted")  # fmt: skip
+
+
 def _add_training(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
     if sweep:
         parser.add_argument("--learning-rate", type=_list_of(_positive_float), default=[DEFAULT_LEARNING_RATE],
@@ -144,14 +156,7 @@ def _add_training(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
                         "or the path of a Keras-format mnist.npz")  # fmt: skip
     parser.add_argument("--run-name", type=_name, default=None, help="default: MLflow picks one")
     parser.add_argument("--experiment-name", type=_name, default=DEFAULT_EXPERIMENT)
-    _add_common(parser)
-    parser.add_argument("--no-register", action="store_true", help="log the model to the run but create no version")
-    parser.add_argument("--promotion-metric", default="test_accuracy",
-                        help="run metric that decides @champion; names ending in 'loss' count lower as better")  # fmt: skip
-    parser.add_argument("--promotion-margin", type=_non_negative_float, default=0.0,
-                        help="how much better than the champion a new version must be to take the alias")  # fmt: skip
-    parser.add_argument("--min-accuracy", type=_unit_interval, default=DEFAULT_MIN_ACCURACY,
-                        help="versions below this test accuracy are marked failed and never promoted")  # fmt: skip
+    _add_registration(parser)
     if not sweep:
         # Set by `trainer sweep` for its child processes.
         parser.add_argument("--parent-run-id", default=None, help=argparse.SUPPRESS)
@@ -184,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = command("predict", "classify digit images (PNG/JPEG/.npy) with a model")
     predict.add_argument("--model", default=f"models:/{DEFAULT_MODEL_NAME}@{registry.CHAMPION}")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
+    upload = command("upload", "store a model the trainer kept locally during a storage outage")
+    upload.add_argument("path", help="the folder the trainer named, e.g. /data/pending/<run id>")
+    _add_registration(upload)
     return parser
 
 
@@ -287,12 +295,26 @@ def command_predict(args: argparse.Namespace, uri: str) -> None:
         print(f"{prediction.path}: {prediction.digit} (p={prediction.probability:.3f})")
 
 
+def command_upload(args: argparse.Namespace, uri: str) -> None:
+    from pathlib import Path
+
+    from mnist_trainer.training import RegistryOptions, register_and_promote, upload_pending
+
+    tracking.wait_for_server(uri)
+    result = upload_pending(Path(args.path), uri)
+    if not args.no_register:
+        register_and_promote(
+            result, uri, RegistryOptions(args.registered_model_name, promotion_rule(args), args.min_accuracy)
+        )
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, str], None]] = {
     "train": command_train,
     "sweep": command_sweep,
     "models": command_models,
     "promote": command_promote,
     "predict": command_predict,
+    "upload": command_upload,
 }
 
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from mnist_trainer import data as mnist_data
 from mnist_trainer import plots, registry, tracking
@@ -11,6 +18,12 @@ from mnist_trainer import plots, registry, tracking
 # Run tag through which a sweep's parent finds the model each child logged.
 MODEL_URI_TAG = "model_uri"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# Where a trained model waits when the artifact store cannot take it: the trainer-data volume in Docker.
+PENDING_DIR = Path(os.environ.get("TRAINER_PENDING_DIR") or ("/data/pending" if Path("/data").is_dir() else "pending"))
+
+
+class ModelNotStoredError(RuntimeError):
+    """Training finished but the model could not be stored; it was kept locally instead."""
 
 
 @dataclass(frozen=True)
@@ -108,13 +121,53 @@ def train_and_track(
         }
         mlflow.log_metrics(metrics)
         print(f"trainer: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}", flush=True)
-        log_evaluation_pictures(model, splits, dataset)
+        mlflow.set_tag("data_digest", data_digest)
 
         example = mnist_data.to_model_input(dataset.x_test[: tracking.INPUT_EXAMPLE_SIZE])
-        model_info = tracking.log_model(model, example)
-        mlflow.set_tags({MODEL_URI_TAG: model_info.model_uri, "data_digest": data_digest})
+        try:
+            log_evaluation_pictures(model, splits, dataset)
+            model_info = tracking.log_model(model, example)
+        except Exception as error:
+            # Minutes of training must not be lost to a storage outage: keep the model and say how to finish.
+            kept = keep_pending(model, example, run.info.run_id, experiment.experiment_id, metrics)
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise ModelNotStoredError(
+                f"the model could not be stored ({reason}); it is kept in {kept}, upload it when the store is "
+                f"back: trainer upload {kept}"
+            ) from error
+        mlflow.set_tag(MODEL_URI_TAG, model_info.model_uri)
         print(f"trainer: run {run.info.run_id}: {tracking.run_link(uri, experiment.experiment_id, run.info.run_id)}")
         return TrainResult(run.info.run_id, experiment.experiment_id, model_info.model_uri, metrics)
+
+
+def keep_pending(model: Any, example: np.ndarray, run_id: str, experiment_id: str, metrics: dict[str, float]) -> Path:
+    target = PENDING_DIR / run_id
+    target.mkdir(parents=True, exist_ok=True)
+    model.save(target / "model.keras")
+    np.save(target / "input_example.npy", example)
+    (target / "run.json").write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "metrics": metrics}))
+    return target
+
+
+def upload_pending(path: Path, uri: str) -> TrainResult:
+    """Log a kept model to the run that trained it; the run, FAILED until now, ends FINISHED."""
+    import keras
+    import mlflow
+
+    try:
+        meta = json.loads((path / "run.json").read_text())
+        example = np.load(path / "input_example.npy")
+    except (OSError, ValueError) as error:
+        raise mnist_data.DataError(f"{path}: not a model kept by the trainer ({error})") from error
+    model = keras.models.load_model(path / "model.keras")
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=meta["run_id"]):
+        model_info = tracking.log_model(model, example)
+        mlflow.set_tags({MODEL_URI_TAG: model_info.model_uri, "model_uploaded_later": "true"})
+    print(f"trainer: uploaded {path} to run {meta['run_id']}", flush=True)
+    result = TrainResult(meta["run_id"], meta["experiment_id"], model_info.model_uri, meta["metrics"])
+    shutil.rmtree(path)  # only once the server holds the model
+    return result
 
 
 def register_and_promote(result: TrainResult, uri: str, options: RegistryOptions) -> int:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Writes backups/<UTC timestamp>/ with a Postgres dump (runs, metrics, registry, aliases) and a tar of the
+# artifact bucket (models, plots). The stack must be running; it keeps serving during the backup.
+#   scripts/backup.sh [DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=${1:-backups/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$target"
+started=$(date +%s)
+# Custom format: compressed, and pg_restore can clean and recreate objects from it.
+docker compose exec -T postgres sh -c 'pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" --format=custom' \
+  > "$target/postgres.dump"
+docker compose exec -T tracking-server python /usr/local/bin/bucket-archive export > "$target/artifacts.tar"
+echo "backup written to $target ($(du -sh "$target" | cut -f1), $(( $(date +%s) - started )) s)"

@@ -1,0 +1,89 @@
+"""The auth switch: MLFLOW_AUTH=basic turns on MLflow's users and permissions, and refuses to run half-set.
+
+Restarts the tracking server in auth mode and back; runs after the modules that use the open stack.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.stack.conftest import NPZ_IN_CONTAINER, STACK_URL, compose, mnist_npz, parse_training
+
+# Fixed rather than random: the admin is created once per auth database, and a rerun on the same volumes
+# must log in with the password it was created with.
+ADMIN = ("admin", "stack-test-admin-password")
+AUTH_ENV = {
+    "MLFLOW_AUTH": "basic",
+    "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+    "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "stack-test-secret-key-0123456789",
+}
+API = STACK_URL + "/api/2.0/mlflow"
+
+
+@pytest.mark.parametrize("missing", ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"])
+def test_auth_mode_refuses_to_start_without_its_secrets(missing: str) -> None:
+    result = compose(
+        "run", "--rm", "-T", "--no-deps", "tracking-server", env={**AUTH_ENV, missing: ""}, check=False
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"MLFLOW_AUTH=basic needs {missing}" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def auth_on() -> Iterator[tuple[str, str]]:
+    compose("up", "-d", "--wait", "--wait-timeout", "180", "tracking-server", env=AUTH_ENV)
+    yield ADMIN
+    compose("up", "-d", "--wait", "--wait-timeout", "180", "tracking-server", env={"MLFLOW_AUTH": "none"})
+
+
+def test_anonymous_and_wrong_password_requests_get_401(auth_on: tuple[str, str]) -> None:
+    search = API + "/experiments/search?max_results=1"
+    assert requests.get(search, timeout=10).status_code == 401
+    assert requests.get(search, auth=(auth_on[0], "wrong"), timeout=10).status_code == 401
+    assert requests.get(search, auth=auth_on, timeout=10).status_code == 200
+
+
+def test_a_trainer_with_a_login_trains_and_registers(auth_on: tuple[str, str]) -> None:
+    model = f"mnist-auth-{uuid.uuid4().hex[:8]}"
+    result = compose(
+        "run", "--rm", "-T", "-e", f"MLFLOW_TRACKING_USERNAME={auth_on[0]}",
+        "-e", f"MLFLOW_TRACKING_PASSWORD={auth_on[1]}", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro",
+        "trainer", "--data", NPZ_IN_CONTAINER, "--epochs", "1", "--max-train-samples", "3000",
+        "--min-accuracy", "0.5", "--registered-model-name", model,
+    )  # fmt: skip
+    training = parse_training(result)
+    version = requests.get(
+        API + "/model-versions/get", params={"name": model, "version": str(training.version)}, auth=auth_on, timeout=10
+    )
+    assert version.status_code == 200
+    assert version.json()["model_version"]["run_id"] == training.run_id
+
+    # Without a login the same trainer is turned away at once, in one line.
+    anonymous = compose("run", "--rm", "-T", "trainer", "models", "--registered-model-name", model, check=False)
+    assert anonymous.returncode == 1
+    assert "refused the trainer (HTTP 401" in anonymous.stderr
+
+
+def test_a_read_only_user_can_read_but_not_register(auth_on: tuple[str, str]) -> None:
+    reader = (f"reader-{uuid.uuid4().hex[:6]}", "reader-password-123")
+    created = requests.post(
+        API + "/users/create", json={"username": reader[0], "password": reader[1]}, auth=auth_on, timeout=10
+    )
+    assert created.status_code == 200, created.text
+    model = f"mnist-readonly-{uuid.uuid4().hex[:8]}"
+    made = requests.post(API + "/registered-models/create", json={"name": model}, auth=auth_on, timeout=10)
+    assert made.status_code == 200, made.text
+
+    assert requests.get(API + "/registered-models/get", params={"name": model}, auth=reader, timeout=10).ok
+    register = requests.post(
+        API + "/model-versions/create",
+        json={"name": model, "source": "mlflow-artifacts:/0/somewhere/model"},
+        auth=reader,
+        timeout=10,
+    )
+    assert register.status_code == 403, register.text

@@ -1,0 +1,181 @@
+"""Faults survived: backends restarted under a running trainer, the whole stack restarted, the server absent.
+
+This module restarts services; it runs after the others that share the session's trained model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.stack.conftest import NPZ_IN_CONTAINER, REPO, compose, mnist_npz, parse_training
+
+EPOCHS = 4
+# Small enough for seconds per epoch, large enough that a restart lands mid-training.
+TRAIN_SAMPLES = "12000"
+
+
+def _start_trainer(experiment: str, model: str) -> subprocess.Popen[str]:
+    command = [
+        "docker", "compose", "run", "--rm", "-T", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro", "trainer",
+        "--data", NPZ_IN_CONTAINER, "--epochs", str(EPOCHS), "--max-train-samples", TRAIN_SAMPLES,
+        "--min-accuracy", "0.5", "--experiment-name", experiment, "--registered-model-name", model,
+        "--run-name", "under-fire",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_first_epoch(client: MlflowClient, experiment: str, trainer: subprocess.Popen[str]) -> str:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert trainer.poll() is None, trainer.stdout.read() if trainer.stdout else ""
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            for run in client.search_runs([found.experiment_id]):
+                if client.get_metric_history(run.info.run_id, "val_accuracy"):
+                    return str(run.info.run_id)
+        time.sleep(1)
+    raise AssertionError("the trainer logged no epoch within 300 s")
+
+
+def _survives(client: MlflowClient, restart: Callable[[], object]) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    experiment, model = f"fault-{suffix}", f"mnist-fault-{suffix}"
+    trainer = _start_trainer(experiment, model)
+    run_id = _wait_for_first_epoch(client, experiment, trainer)
+    restart()
+    output, _ = trainer.communicate(timeout=900)
+    assert trainer.returncode == 0, output[-3000:]
+    training = parse_training(subprocess.CompletedProcess([], 0, output, ""))
+    assert training.run_id == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for metric in ("train_loss", "val_loss", "val_accuracy", "epoch_seconds"):
+        steps = sorted({point.step for point in client.get_metric_history(run_id, metric)})
+        assert steps == list(range(1, EPOCHS + 1)), (metric, steps)
+    assert "test_accuracy" in run.data.metrics
+    assert client.get_model_version(model, str(training.version)).run_id == run_id
+
+
+def test_a_tracking_server_restart_mid_training_loses_nothing(client: MlflowClient) -> None:
+    _survives(client, lambda: compose("restart", "tracking-server"))
+
+
+def test_a_postgres_restart_mid_training_loses_nothing(client: MlflowClient) -> None:
+    _survives(client, lambda: compose("restart", "postgres"))
+
+
+def test_a_missing_tracking_server_is_one_line_and_exit_1_within_the_preflight_timeout() -> None:
+    compose("stop", "tracking-server")
+    try:
+        started = time.monotonic()
+        result = compose(
+            "run", "--rm", "-T", "--no-deps", "-e", "TRAINER_PREFLIGHT_TIMEOUT=10", "trainer", "--epochs", "1",
+            "--data", "/nonexistent-is-checked-first.npz", check=False,
+        )  # fmt: skip
+        assert result.returncode == 2  # bad input is reported before the server is even looked for
+        result = compose(
+            "run", "--rm", "-T", "--no-deps", "-e", "TRAINER_PREFLIGHT_TIMEOUT=10",
+            "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro", "trainer", "--data", NPZ_IN_CONTAINER,
+            check=False,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        assert result.returncode == 1, result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("trainer: error")]
+        assert errors == [
+            "trainer: error: tracking server at http://tracking-server:5000 did not answer within 10 s (ConnectionError)"
+        ], result.stderr[-2000:]
+        assert elapsed < 90, elapsed
+    finally:
+        compose("up", "-d", "--wait", "tracking-server")
+
+
+def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(client: MlflowClient) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    experiment, model = f"outage-{suffix}", f"mnist-outage-{suffix}"
+    compose("stop", "minio")
+    try:
+        result = compose(
+            # One retry instead of seven: the outage is certain here, the test need not wait out the backoff.
+            "run", "--rm", "-T", "-e", "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1",
+            "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro", "trainer", "--data", NPZ_IN_CONTAINER,
+            "--epochs", "1", "--max-train-samples", "3000", "--min-accuracy", "0.5",
+            "--experiment-name", experiment, "--registered-model-name", model,
+            check=False,
+        )  # fmt: skip
+    finally:
+        compose("start", "minio")
+        # The stand-in object store forgets its bucket on restart; the server re-creates it when it starts.
+        compose("restart", "tracking-server")
+        compose("up", "-d", "--wait", "--wait-timeout", "180")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trainer: error")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "the model could not be stored" in errors[0]
+    kept = errors[0].rsplit("trainer upload ", 1)[1].strip()
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    (run,) = client.search_runs([found.experiment_id])
+    assert run.info.status == "FAILED"  # not left RUNNING
+    assert kept.endswith(run.info.run_id)
+
+    upload = compose(
+        "run", "--rm", "-T", "trainer", "upload", kept, "--registered-model-name", model, "--min-accuracy", "0.5"
+    )  # fmt: skip
+    assert f"registered {model} version 1" in upload.stdout
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert client.get_model_version(model, "1").run_id == run.info.run_id
+    # The kept copy is gone once the server holds the model: nothing is uploaded twice.
+    again = compose("run", "--rm", "-T", "trainer", "upload", kept, check=False)
+    assert again.returncode == 2
+
+
+def test_down_and_up_keeps_runs_metrics_versions_and_aliases(client: MlflowClient) -> None:
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments], max_results=1000)
+    models = client.search_registered_models(max_results=1000)
+    before = {
+        "runs": {(r.info.run_id, r.info.status, tuple(sorted(r.data.params.items()))) for r in runs},
+        "metrics": {(r.info.run_id, tuple(sorted(r.data.metrics.items()))) for r in runs},
+        "versions": {(m.name, v.version) for m in models for v in client.search_model_versions(f"name = '{m.name}'")},
+        "aliases": {(m.name, alias, str(version)) for m in models for alias, version in m.aliases.items()},
+    }
+    assert before["runs"]
+    assert before["aliases"]
+
+    compose("down")  # keeps the volumes
+    compose("up", "-d", "--wait", "--wait-timeout", "180")
+
+    runs_after = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    models_after = client.search_registered_models(max_results=1000)
+    after = {
+        "runs": {(r.info.run_id, r.info.status, tuple(sorted(r.data.params.items()))) for r in runs_after},
+        "metrics": {(r.info.run_id, tuple(sorted(r.data.metrics.items()))) for r in runs_after},
+        "versions": {
+            (m.name, v.version) for m in models_after for v in client.search_model_versions(f"name = '{m.name}'")
+        },
+        "aliases": {(m.name, alias, str(version)) for m in models_after for alias, version in m.aliases.items()},
+    }
+    assert after == before
+
+
+def test_down_and_up_keeps_the_artifacts(client: MlflowClient) -> None:
+    if os.environ.get("STACK_S3_EPHEMERAL") == "1":
+        pytest.skip(
+            "STACK_S3_EPHEMERAL=1: this object store is an in-memory stand-in that loses every object on restart"
+        )
+    versions = [
+        v for m in client.search_registered_models() for v in client.search_model_versions(f"name = '{m.name}'")
+    ]
+    assert versions
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{versions[0].name}/{versions[0].version}")
+    assert os.path.isfile(os.path.join(path, "MLmodel"))
