@@ -42,6 +42,7 @@ def auth_on() -> Iterator[tuple[str, str]]:
 
 
 def test_anonymous_and_wrong_password_requests_get_401(auth_on: tuple[str, str]) -> None:
+    assert "auth: basic" in compose("logs", "--tail", "30", "tracking-server").stdout
     search = API + "/experiments/search?max_results=1"
     assert requests.get(search, timeout=10).status_code == 401
     assert requests.get(search, auth=(auth_on[0], "wrong"), timeout=10).status_code == 401
@@ -50,11 +51,12 @@ def test_anonymous_and_wrong_password_requests_get_401(auth_on: tuple[str, str])
 
 def test_a_trainer_with_a_login_trains_and_registers(auth_on: tuple[str, str]) -> None:
     model = f"mnist-auth-{uuid.uuid4().hex[:8]}"
+    # --no-deps and the auth environment: otherwise `run` would recreate the server in its default, open mode.
     result = compose(
-        "run", "--rm", "-T", "-e", f"MLFLOW_TRACKING_USERNAME={auth_on[0]}",
+        "run", "--rm", "-T", "--no-deps", "-e", f"MLFLOW_TRACKING_USERNAME={auth_on[0]}",
         "-e", f"MLFLOW_TRACKING_PASSWORD={auth_on[1]}", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro",
         "trainer", "--data", NPZ_IN_CONTAINER, "--epochs", "1", "--max-train-samples", "3000",
-        "--min-accuracy", "0.5", "--registered-model-name", model,
+        "--min-accuracy", "0.5", "--registered-model-name", model, env=AUTH_ENV,
     )  # fmt: skip
     training = parse_training(result)
     version = requests.get(
@@ -64,7 +66,10 @@ def test_a_trainer_with_a_login_trains_and_registers(auth_on: tuple[str, str]) -
     assert version.json()["model_version"]["run_id"] == training.run_id
 
     # Without a login the same trainer is turned away at once, in one line.
-    anonymous = compose("run", "--rm", "-T", "trainer", "models", "--registered-model-name", model, check=False)
+    anonymous = compose(
+        "run", "--rm", "-T", "--no-deps", "trainer", "models", "--registered-model-name", model,
+        env=AUTH_ENV, check=False,
+    )  # fmt: skip
     assert anonymous.returncode == 1
     assert "refused the trainer (HTTP 401" in anonymous.stderr
 

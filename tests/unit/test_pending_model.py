@@ -28,7 +28,7 @@ def test_an_unstorable_model_is_kept_then_uploaded_to_its_own_run(
         raise OSError("S3 endpoint http://minio:9000 unreachable")
 
     monkeypatch.setattr(tracking, "log_model", store_is_down)
-    with pytest.raises(training.ModelNotStoredError) as raised:
+    with pytest.raises(tracking.ModelNotStoredError) as raised:
         training.train_and_track(options, dataset, uri, "outage", "doomed")
     message = str(raised.value)
     assert "S3 endpoint http://minio:9000 unreachable" in message

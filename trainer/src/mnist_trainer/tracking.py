@@ -37,6 +37,10 @@ class TrackingError(RuntimeError):
     """The tracking server cannot be used; the message says why in one line."""
 
 
+class ModelNotStoredError(TrackingError):
+    """Training finished but the model could not be stored; it was kept locally instead."""
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 

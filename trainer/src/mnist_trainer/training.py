@@ -22,10 +22,6 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 PENDING_DIR = Path(os.environ.get("TRAINER_PENDING_DIR") or ("/data/pending" if Path("/data").is_dir() else "pending"))
 
 
-class ModelNotStoredError(RuntimeError):
-    """Training finished but the model could not be stored; it was kept locally instead."""
-
-
 @dataclass(frozen=True)
 class TrainOptions:
     epochs: int
@@ -131,7 +127,7 @@ def train_and_track(
             # Minutes of training must not be lost to a storage outage: keep the model and say how to finish.
             kept = keep_pending(model, example, run.info.run_id, experiment.experiment_id, metrics)
             reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-            raise ModelNotStoredError(
+            raise tracking.ModelNotStoredError(
                 f"the model could not be stored ({reason}); it is kept in {kept}, upload it when the store is "
                 f"back: trainer upload {kept}"
             ) from error
