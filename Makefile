@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TF_CPU := tensorflow-cpu==2.21.0
 
-.PHONY: env up down train test lint venv logs clean backup restore
+.PHONY: env up down train test lint venv logs clean backup restore bench
 
 env:  ## write .env with random secrets (once)
 	scripts/init-env.sh
@@ -29,6 +29,9 @@ lint:
 
 test:  ## the test command CI runs
 	scripts/test.sh
+
+bench:  ## benchmarks against the running stack -> docs/performance.md
+	scripts/bench.sh
 
 backup:  ## Postgres dump + artifact bucket to backups/<timestamp>/
 	scripts/backup.sh

@@ -35,6 +35,8 @@ def make_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[f
     monkeypatch.setattr(registry, "PROMOTION_SETTLE_SECONDS", 0.0)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
+    # The active experiment is process-wide in MLflow: name one that exists in this store.
+    mlflow.set_experiment("promotion")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("digits")
 

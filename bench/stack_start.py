@@ -1,0 +1,64 @@
+"""Seconds from `docker compose up -d` to every service healthy (images built, volumes kept), the cost of
+each start step of the tracking server, and the size of our two images."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from bench.common import median, save
+
+REPO = Path(__file__).resolve().parents[1]
+ROUNDS = 3
+STEP_PATTERNS = {
+    "database_reachable": r"database reachable after ([\d.]+) s",
+    "schema_migrated": r"schema up to date after ([\d.]+) s",
+    "bucket_ready": r"bucket \S+ ready after ([\d.]+) s",
+}
+
+
+def compose(*args: str) -> str:
+    return subprocess.run(["docker", "compose", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
+
+
+def image_size_mb(image: str) -> float:
+    size = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Size}}", image], check=True, capture_output=True, text=True
+    ).stdout
+    return round(int(size) / 1e6, 1)
+
+
+def main() -> None:
+    totals: list[float] = []
+    steps: dict[str, list[float]] = {name: [] for name in STEP_PATTERNS}
+    for _ in range(ROUNDS):
+        compose("down")
+        started = time.perf_counter()
+        compose("up", "-d", "--wait", "--wait-timeout", "180")
+        totals.append(time.perf_counter() - started)
+        log = compose("logs", "--no-log-prefix", "tracking-server")
+        for name, pattern in STEP_PATTERNS.items():
+            steps[name].append(float(re.findall(pattern, log)[-1]))
+    services = json.loads("[" + ",".join(compose("ps", "--format", "json").split("\n")[:-1]) + "]")
+    result = {
+        "rounds": ROUNDS,
+        "up_to_healthy_seconds_median": round(median(totals), 1),
+        "up_to_healthy_seconds": [round(t, 1) for t in totals],
+        "tracking_server_steps_seconds_median": {name: round(median(v), 1) for name, v in steps.items()},
+        "services_healthy": sorted(s["Service"] for s in services if "healthy" in s.get("Status", "")),
+        "image_size_mb": {
+            image: image_size_mb(image)
+            for image in ("mlflow-stack/tracking-server:3.17.2", "mlflow-stack/trainer:0.1.0")
+        },
+    }
+    print(
+        f"bench: stack start: {result['up_to_healthy_seconds_median']} s; steps {result['tracking_server_steps_seconds_median']}"
+    )
+    save("stack_start", result)
+
+
+if __name__ == "__main__":
+    main()
