@@ -41,7 +41,8 @@ def simulated_trainer(experiment_id: str, latencies: list[float], errors: list[s
         with lock:
             latencies.append(elapsed)
             if not ok:
-                errors.append(message if response is None else f"HTTP {response.status_code}")
+                detail = message if response is None else f"HTTP {response.status_code}: {response.text[:120]}"
+                errors.append(detail)
         return payload
 
     for _ in range(RUNS_PER_TRAINER):
