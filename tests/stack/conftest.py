@@ -127,6 +127,20 @@ def published_ports() -> set[tuple[str, int, int]]:
     return published
 
 
+def registry_snapshot(client: MlflowClient) -> dict[str, set[tuple[object, ...]]]:
+    """Every run (status, params, metrics), registered version and alias the server holds: for before/after."""
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    models = client.search_registered_models(max_results=1000)
+    return {
+        "runs": {(r.info.run_id, r.info.status, tuple(sorted(r.data.params.items()))) for r in runs},
+        "metrics": {(r.info.run_id, tuple(sorted(r.data.metrics.items()))) for r in runs},
+        "versions": {
+            (m.name, str(v.version)) for m in models for v in client.search_model_versions(f"name = '{m.name}'")
+        },
+        "aliases": {(m.name, alias, str(version)) for m in models for alias, version in m.aliases.items()},
+    }
+
+
 def s3_keys(prefix_contains: str) -> list[str]:
     """Object keys in the artifact bucket, listed from inside the network with the server's credentials."""
     script = (

@@ -9,20 +9,15 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from tests.stack.conftest import REPO, STACK_URL, compose, mnist_npz, parse_training, run_trainer
-
-
-def _snapshot(client: MlflowClient) -> dict[str, set[tuple[object, ...]]]:
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-    models = client.search_registered_models(max_results=1000)
-    return {
-        "runs": {(r.info.run_id, r.info.status, tuple(sorted(r.data.params.items()))) for r in runs},
-        "metrics": {(r.info.run_id, tuple(sorted(r.data.metrics.items()))) for r in runs},
-        "versions": {
-            (m.name, str(v.version)) for m in models for v in client.search_model_versions(f"name = '{m.name}'")
-        },
-        "aliases": {(m.name, alias, str(version)) for m in models for alias, version in m.aliases.items()},
-    }
+from tests.stack.conftest import (
+    REPO,
+    STACK_URL,
+    compose,
+    mnist_npz,
+    parse_training,
+    registry_snapshot,
+    run_trainer,
+)
 
 
 def test_backup_wipe_restore_brings_everything_back(client: MlflowClient, tmp_path: Path) -> None:
@@ -32,7 +27,7 @@ def test_backup_wipe_restore_brings_everything_back(client: MlflowClient, tmp_pa
     training = parse_training(
         run_trainer("--epochs", "1", "--batch-size", "64", "--registered-model-name", model, "--run-name", "backed-up")
     )
-    before = _snapshot(client)
+    before = registry_snapshot(client)
     assert (model, "champion", str(training.version)) in before["aliases"]
 
     backup_dir = tmp_path / "backup"
@@ -51,7 +46,7 @@ def test_backup_wipe_restore_brings_everything_back(client: MlflowClient, tmp_pa
         ["scripts/restore.sh", str(backup_dir)], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert restore.returncode == 0, restore.stderr[-2000:]
-    assert _snapshot(client) == before
+    assert registry_snapshot(client) == before
 
     mlflow.set_tracking_uri(STACK_URL)
     champion = mlflow.pyfunc.load_model(f"models:/{model}@champion")

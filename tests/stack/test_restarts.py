@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from mlflow import MlflowClient
 
-from tests.stack.conftest import NPZ_IN_CONTAINER, REPO, compose, mnist_npz, parse_training
+from tests.stack.conftest import NPZ_IN_CONTAINER, REPO, compose, mnist_npz, parse_training, registry_snapshot
 
 EPOCHS = 4
 # Small enough for seconds per epoch, large enough that a restart lands mid-training.
@@ -137,32 +137,12 @@ def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(clie
 
 
 def test_down_and_up_keeps_runs_metrics_versions_and_aliases(client: MlflowClient) -> None:
-    experiments = client.search_experiments()
-    runs = client.search_runs([e.experiment_id for e in experiments], max_results=1000)
-    models = client.search_registered_models(max_results=1000)
-    before = {
-        "runs": {(r.info.run_id, r.info.status, tuple(sorted(r.data.params.items()))) for r in runs},
-        "metrics": {(r.info.run_id, tuple(sorted(r.data.metrics.items()))) for r in runs},
-        "versions": {(m.name, v.version) for m in models for v in client.search_model_versions(f"name = '{m.name}'")},
-        "aliases": {(m.name, alias, str(version)) for m in models for alias, version in m.aliases.items()},
-    }
+    before = registry_snapshot(client)
     assert before["runs"]
     assert before["aliases"]
-
     compose("down")  # keeps the volumes
     compose("up", "-d", "--wait", "--wait-timeout", "180")
-
-    runs_after = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-    models_after = client.search_registered_models(max_results=1000)
-    after = {
-        "runs": {(r.info.run_id, r.info.status, tuple(sorted(r.data.params.items()))) for r in runs_after},
-        "metrics": {(r.info.run_id, tuple(sorted(r.data.metrics.items()))) for r in runs_after},
-        "versions": {
-            (m.name, v.version) for m in models_after for v in client.search_model_versions(f"name = '{m.name}'")
-        },
-        "aliases": {(m.name, alias, str(version)) for m in models_after for alias, version in m.aliases.items()},
-    }
-    assert after == before
+    assert registry_snapshot(client) == before
 
 
 def test_down_and_up_keeps_the_artifacts(client: MlflowClient) -> None:

@@ -75,10 +75,10 @@ def _finite(text: str) -> float:
 
 def _positive_float(text: str) -> float:
     try:
-        value = _finite(text)
-    except argparse.ArgumentTypeError:
-        value = math.nan
-    if not value > 0:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 

@@ -112,6 +112,10 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion 
         raise
 
 
+def _number(version: ModelVersion | None) -> int | None:
+    return None if version is None else int(version.version)
+
+
 def version_metric(client: MlflowClient, version: ModelVersion, metric: str) -> float | None:
     """The metric as its run logged it (the tag is a rounded copy for people)."""
     if not version.run_id:
@@ -144,8 +148,7 @@ def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) 
             client.set_registered_model_alias(name, CHALLENGER, str(version))
             client.set_model_version_tag(name, str(version), "promotion", reason)
             return Promotion(version, CHALLENGER, reason)
-        latest = _alias_version(client, name, CHAMPION)
-        if (latest and latest.version) != (incumbent and incumbent.version):
+        if _number(_alias_version(client, name, CHAMPION)) != _number(incumbent):
             continue  # moved between our read and now: compare with the new champion
         client.set_registered_model_alias(name, CHAMPION, str(version))
         time.sleep(PROMOTION_SETTLE_SECONDS)
@@ -154,7 +157,8 @@ def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) 
             reason = (
                 "first version with a champion"
                 if incumbent is None
-                else f"{rule.metric} {score:.4f} beats v{incumbent.version} ({incumbent_score:.4f})"
+                else f"{rule.metric} {score:.4f} beats v{incumbent.version} "
+                + ("(which has no such metric)" if incumbent_score is None else f"({incumbent_score:.4f})")
             )
             client.set_model_version_tag(name, str(version), "promotion", reason)
             return Promotion(version, CHAMPION, reason)

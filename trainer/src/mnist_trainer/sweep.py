@@ -145,8 +145,11 @@ def run_sweep(
         run_id=best["run_id"],
         experiment_id=experiment.experiment_id,
         model_uri=best_run.data.tags[MODEL_URI_TAG],
-        metrics={key: float(value) for key, value in best_run.data.metrics.items() if key.startswith("test_")}
-        | {"train_seconds": float(best_run.data.metrics.get("train_seconds", 0.0))},
+        metrics={
+            key: float(value)
+            for key, value in best_run.data.metrics.items()
+            if key in ("test_loss", "test_accuracy", "train_seconds")
+        },
     )
     return register_and_promote(result, uri, registry_options)
 
