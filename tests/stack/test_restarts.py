@@ -21,14 +21,17 @@ EPOCHS = 4
 TRAIN_SAMPLES = "12000"
 
 
+def _trainer_argv(*args: str) -> list[str]:
+    mount = f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro"
+    return ["docker", "compose", "run", "--rm", "-T", "-v", mount, "trainer", "--data", NPZ_IN_CONTAINER, *args]
+
+
 def _start_trainer(experiment: str, model: str) -> subprocess.Popen[str]:
-    command = [
-        "docker", "compose", "run", "--rm", "-T", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro", "trainer",
-        "--data", NPZ_IN_CONTAINER, "--epochs", str(EPOCHS), "--max-train-samples", TRAIN_SAMPLES,
-        "--min-accuracy", "0.5", "--experiment-name", experiment, "--registered-model-name", model,
-        "--run-name", "under-fire",
-    ]  # fmt: skip
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = _trainer_argv(
+        "--epochs", str(EPOCHS), "--max-train-samples", TRAIN_SAMPLES, "--min-accuracy", "0.5",
+        "--experiment-name", experiment, "--registered-model-name", model, "--run-name", "under-fire",
+    )  # fmt: skip
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _wait_for_first_epoch(client: MlflowClient, experiment: str, trainer: subprocess.Popen[str]) -> str:
@@ -69,6 +72,32 @@ def test_a_tracking_server_restart_mid_training_loses_nothing(client: MlflowClie
 
 def test_a_postgres_restart_mid_training_loses_nothing(client: MlflowClient) -> None:
     _survives(client, lambda: compose("restart", "postgres"))
+
+
+def test_eight_trainers_at_once_lose_nothing(client: MlflowClient) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    experiment, model = f"crowd-{suffix}", f"mnist-crowd-{suffix}"
+
+    def crowd_member(seed: int) -> subprocess.Popen[str]:
+        argv = _trainer_argv(
+            "--epochs", "1", "--max-train-samples", "2000", "--seed", str(seed), "--min-accuracy", "0.5",
+            "--experiment-name", experiment, "--registered-model-name", model, "--run-name", f"crowd-{seed}",
+        )  # fmt: skip
+        return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    trainers = [crowd_member(seed) for seed in range(8)]
+    outputs = [trainer.communicate(timeout=900)[0] for trainer in trainers]
+    assert [trainer.returncode for trainer in trainers] == [0] * 8, [out[-1500:] for out in outputs]
+    trainings = [parse_training(subprocess.CompletedProcess([], 0, out, "")) for out in outputs]
+    assert sorted(t.version for t in trainings) == list(range(1, 9))
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 8
+    assert all(run.info.status == "FINISHED" for run in runs)
+    best = max(runs, key=lambda run: run.data.metrics["test_accuracy"])
+    champion = client.get_model_version_by_alias(model, "champion")
+    assert champion.run_id == best.info.run_id
 
 
 def test_a_missing_tracking_server_is_one_line_and_exit_1_within_the_preflight_timeout() -> None:

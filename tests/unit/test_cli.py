@@ -73,6 +73,15 @@ def test_a_tracking_uri_that_is_not_one_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2 and "is not a tracking URI" in result.stderr
 
 
+def test_an_unknown_experiment_is_refused_when_creation_is_off(tmp_path: Path) -> None:
+    npz = write_npz(tmp_path / "m.npz", train=50, test=10)
+    result = run_trainer(["--data", str(npz), "--experiment-name", "typo", "--no-create-experiment"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    # Looking the name up opens the local store (MLflow logs that); the error itself is one line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trainer:")]
+    assert errors == ["trainer: error: experiment 'typo' does not exist (and --no-create-experiment is set)"]
+
+
 def test_an_unreachable_server_is_one_line_and_exit_1_within_the_preflight_timeout(tmp_path: Path) -> None:
     npz = write_npz(tmp_path / "m.npz", train=50, test=10)
     result = run_trainer(

@@ -156,6 +156,8 @@ def _add_training(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
                         "or the path of a Keras-format mnist.npz")  # fmt: skip
     parser.add_argument("--run-name", type=_name, default=None, help="default: MLflow picks one")
     parser.add_argument("--experiment-name", type=_name, default=DEFAULT_EXPERIMENT)
+    parser.add_argument("--no-create-experiment", action="store_true",
+                        help="fail instead of creating --experiment-name when it does not exist")  # fmt: skip
     _add_registration(parser)
     if not sweep:
         # Set by `trainer sweep` for its child processes.
@@ -222,11 +224,22 @@ def _load_training_data(args: argparse.Namespace) -> mnist_data.Mnist:
     return dataset
 
 
+def _check_experiment(args: argparse.Namespace, uri: str) -> None:
+    """With --no-create-experiment a misspelt name is an input error, reported before any run exists."""
+    if not args.no_create_experiment:
+        return
+    from mlflow import MlflowClient
+
+    if MlflowClient(tracking_uri=uri).get_experiment_by_name(args.experiment_name) is None:
+        raise UsageError(f"experiment {args.experiment_name!r} does not exist (and --no-create-experiment is set)")
+
+
 def command_train(args: argparse.Namespace, uri: str) -> None:
     from mnist_trainer.training import RegistryOptions, TrainOptions, register_and_promote, train_and_track
 
     dataset = _load_training_data(args)
     tracking.wait_for_server(uri)
+    _check_experiment(args, uri)
     options = TrainOptions(
         args.epochs, args.batch_size, args.learning_rate, args.seed, args.validation_fraction, args.max_train_samples
     )
@@ -243,6 +256,7 @@ def command_sweep(args: argparse.Namespace, uri: str) -> None:
 
     _load_training_data(args)  # validate once here rather than fail in every child
     tracking.wait_for_server(uri)
+    _check_experiment(args, uri)
     shared = ["--epochs", str(args.epochs), "--seed", str(args.seed), "--data", args.data,
               "--validation-fraction", repr(args.validation_fraction),
               "--promotion-metric", args.promotion_metric]  # fmt: skip
