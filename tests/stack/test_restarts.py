@@ -87,7 +87,8 @@ def test_eight_trainers_at_once_lose_nothing(client: MlflowClient) -> None:
 
     trainers = [crowd_member(seed) for seed in range(8)]
     outputs = [trainer.communicate(timeout=900)[0] for trainer in trainers]
-    assert [trainer.returncode for trainer in trainers] == [0] * 8, [out[-1500:] for out in outputs]
+    failures = [out[-2500:] for trainer, out in zip(trainers, outputs, strict=True) if trainer.returncode != 0]
+    assert not failures, failures
     trainings = [parse_training(subprocess.CompletedProcess([], 0, out, "")) for out in outputs]
     assert sorted(t.version for t in trainings) == list(range(1, 9))
     found = client.get_experiment_by_name(experiment)
@@ -95,9 +96,10 @@ def test_eight_trainers_at_once_lose_nothing(client: MlflowClient) -> None:
     runs = client.search_runs([found.experiment_id])
     assert len(runs) == 8
     assert all(run.info.status == "FINISHED" for run in runs)
-    best = max(runs, key=lambda run: run.data.metrics["test_accuracy"])
+    best = max(run.data.metrics["test_accuracy"] for run in runs)
     champion = client.get_model_version_by_alias(model, "champion")
-    assert champion.run_id == best.info.run_id
+    # Compared by value: two seeds can tie on 10,000 test images, and a tie does not move the alias.
+    assert client.get_run(champion.run_id or "").data.metrics["test_accuracy"] == best
 
 
 def test_a_missing_tracking_server_is_one_line_and_exit_1_within_the_preflight_timeout() -> None:

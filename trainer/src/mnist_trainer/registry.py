@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,10 +15,12 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# How often a trainer re-compares after finding the alias moved under it by a concurrent trainer.
-PROMOTION_ATTEMPTS = 6
+# How often a trainer re-compares after finding the alias moved under it by a concurrent trainer; each
+# lost race means some other version won, so this bounds the wait, not correctness.
+PROMOTION_ATTEMPTS = 25
 # Pause between setting the alias and reading it back: long against one HTTP round trip, so a concurrent
 # writer that read the old champion has written by then and the loser of the race sees it and re-compares.
+# Jittered so that trainers finishing together do not keep colliding in lockstep.
 PROMOTION_SETTLE_SECONDS = 0.3
 
 REGISTERED_MODEL_DESCRIPTION = """\
@@ -151,7 +154,7 @@ def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) 
         if _number(_alias_version(client, name, CHAMPION)) != _number(incumbent):
             continue  # moved between our read and now: compare with the new champion
         client.set_registered_model_alias(name, CHAMPION, str(version))
-        time.sleep(PROMOTION_SETTLE_SECONDS)
+        time.sleep(PROMOTION_SETTLE_SECONDS * random.uniform(1.0, 2.0))
         settled = _alias_version(client, name, CHAMPION)
         if settled is not None and int(settled.version) == version:
             reason = (
