@@ -89,13 +89,6 @@ def test_load_npz_rejects_missing_corrupt_and_truncated_files(tmp_path: Path, sm
         data.load_npz(tmp_path / "cut.npz")
 
 
-def test_digest_changes_with_content_only() -> None:
-    first, second = mnist_with_indices(), mnist_with_indices()
-    assert first.digest == second.digest
-    second.y_test[0] = (second.y_test[0] + 1) % 10
-    assert first.digest != second.digest
-
-
 def test_to_model_input_scales_and_adds_a_channel() -> None:
     batch = data.to_model_input(np.array([[[0, 255] + [0] * 26] * 28], np.uint8))
     assert batch.shape == (1, 28, 28, 1) and batch.dtype == np.float32

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,14 +33,6 @@ class Mnist:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
-
-    @property
-    def digest(self) -> str:
-        """A short content hash, so the UI can tell two data sets apart even when their paths match."""
-        sha = hashlib.sha256()
-        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
-            sha.update(np.ascontiguousarray(array).tobytes())
-        return sha.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
