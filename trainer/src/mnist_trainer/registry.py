@@ -115,6 +115,23 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion 
         raise
 
 
+def _set_alias(client: MlflowClient, name: str, alias: str, version: int) -> bool:
+    """False when a concurrent trainer created the same alias at the same instant.
+
+    MLflow inserts a new alias row without locking; on Postgres the loser of two simultaneous first sets
+    gets a unique-key violation (HTTP 400), which only means: someone else just wrote, compare again.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as error:
+        if "duplicate key" in str(error) or "UniqueViolation" in str(error):
+            return False
+        raise
+    return True
+
+
 def _number(version: ModelVersion | None) -> int | None:
     return None if version is None else int(version.version)
 
@@ -148,12 +165,14 @@ def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) 
                 f"{rule.metric} {score:.4f} does not beat champion v{incumbent.version} "
                 f"({incumbent_score:.4f}) by the margin {rule.margin:g}"
             )
-            client.set_registered_model_alias(name, CHALLENGER, str(version))
+            if not _set_alias(client, name, CHALLENGER, version):
+                continue
             client.set_model_version_tag(name, str(version), "promotion", reason)
             return Promotion(version, CHALLENGER, reason)
         if _number(_alias_version(client, name, CHAMPION)) != _number(incumbent):
             continue  # moved between our read and now: compare with the new champion
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+        if not _set_alias(client, name, CHAMPION, version):
+            continue
         time.sleep(PROMOTION_SETTLE_SECONDS * random.uniform(1.0, 2.0))
         settled = _alias_version(client, name, CHAMPION)
         if settled is not None and int(settled.version) == version:
