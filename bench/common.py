@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", Path(__file__).resolve().parents[1] / "docs" / "bench-results"))
 STACK_URL = os.environ.get("STACK_URL", "http://localhost:5000")
 

@@ -16,6 +16,20 @@ def load(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu_ms_per_request", {})
+    parts = [cpu.get(role) for role in ("tracking_server", "postgres", "load_generator")]
+    return " + ".join("?" if part is None else f"{part:.1f}" for part in parts)
+
+
+def _load_row(label: str, row: dict[str, Any]) -> str:
+    return (
+        f"| {label} | {row['k']} | {row['requests_per_second']} | {row['metric_points_per_second']} | "
+        f"{row['latency_ms_p50']} | {row['latency_ms_p99']} | {row['errors']} | {_cpu(row)} | "
+        f"{row.get('cpu_busy_cores', '?')} |"
+    )
+
+
 def main() -> None:
     lines = [
         "# Performance",
@@ -24,7 +38,7 @@ def main() -> None:
         "",
     ]
     overhead, pipeline, start = load("tracking_overhead"), load("input_pipeline"), load("stack_start")
-    loads = [load(path.stem) for path in sorted(RESULTS_DIR.glob("server_load_*.json"))]
+    loads = [load(name) for name in ("server_load_shipped", "server_load_mlflow-defaults")]
     first = next((r for r in (overhead, pipeline, start, *loads) if r), None)
     if first:
         m = first["machine"]
@@ -53,7 +67,7 @@ def main() -> None:
             "",
             "| input | images/s |",
             "| --- | --- |",
-            f"| trainer's tf.data (cache, shuffle, batch, prefetch) | {rates['tf_data']} |",
+            f"| trainer's tf.data (shuffled indices, batched gather and scaling, prefetch) | {rates['tf_data']} |",
             f"| keras-io `model.fit(numpy arrays)` | {rates['numpy_fit']} |",
             "",
             f"Ratio tf.data / numpy: **{pipeline['ratio_tf_data_over_numpy']}**; "
@@ -64,21 +78,67 @@ def main() -> None:
         lines += [
             "## 2. Tracking server under concurrent trainers",
             "",
-            "Each simulated trainer: create a run, log 10 params, one `log-batch` of 5 metrics per epoch, a tag, "
-            "end the run; twice. Load generator and stack on the same 2 cores.",
+            "Each simulated trainer: create a run, log 10 params, one `log-batch` of 5 metrics per epoch for 10 "
+            "epochs, a tag, end the run; twice, closed-loop (the next call leaves as soon as the last one "
+            "answers). Load generator, server and Postgres share the same 2 cores. CPU is per request, from "
+            "the containers' cgroups.",
             "",
-            "| configuration | K | req/s | metric points/s | p50 ms | p99 ms | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| configuration | K | req/s | metric points/s | p50 ms | p99 ms | errors | CPU ms/req: server + Postgres "
+            "+ load gen | cores busy |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for result in loads:
             if result:
-                for row in result["rows"]:
-                    lines.append(
-                        f"| {result['label']} | {row['k']} | {row['requests_per_second']} | "
-                        f"{row['metric_points_per_second']} | {row['latency_ms_p50']} | {row['latency_ms_p99']} | "
-                        f"{row['errors']} |"
-                    )
+                lines += [_load_row(result["label"], row) for row in result["rows"]]
         lines.append("")
+        shipped = next((r for r in loads if r and r["label"] == "shipped"), None)
+        default = next((r for r in loads if r and r["label"] == "mlflow-defaults"), None)
+        if shipped and default:
+            ratios = []
+            for ours, theirs in zip(shipped["rows"], default["rows"], strict=False):
+                ratio = ours["requests_per_second"] / max(theirs["requests_per_second"], 0.1)
+                ratios.append(f"K={ours['k']} {ratio:.1f}x")
+            lines += ["Throughput, shipped / MLflow defaults: " + ", ".join(ratios) + ".", ""]
+        errors = sorted({kind for r in loads if r for row in r["rows"] for kind in row.get("error_kinds", [])})
+        if errors:
+            lines += ["Errors seen: " + "; ".join(f"`{kind[:110]}`" for kind in errors[:4]) + ".", ""]
+    tuning = load("server_tuning")
+    if tuning:
+        lines += [
+            f"### Tuning, one knob at a time, K = {tuning['k']}",
+            "",
+            "| configuration | req/s | p50 ms | p99 ms | errors | CPU ms/req: server + Postgres + load gen |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in tuning["rows"]:
+            lines.append(
+                f"| {row['configuration']} | {row['requests_per_second']} | {row['latency_ms_p50']} | "
+                f"{row['latency_ms_p99']} | {row['errors']} | {_cpu(row)} |"
+            )
+        lines.append("")
+    search = load("search_runs")
+    if search:
+        lines += [
+            f"### search_runs over {search['runs']} runs",
+            "",
+            f"Through the REST API, median of {search['repeats']} after one warm-up:",
+            "",
+            "| query | runs returned | median s | p95 s |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {row['query']} | {row['runs_returned']} | {row['seconds_median']} | {row['seconds_p95']} |"
+                for row in search["rows"]
+            ),
+            "",
+        ]
+        database = search.get("database")
+        if database:
+            lines += [
+                f"Of one {database['request_ms']} ms search for 1000 runs, Postgres spent "
+                f"{database['all_statements_ms']} ms in {database['statements']} statements (slowest "
+                f"{database['slowest_statement_ms']} ms); the rest is MLflow building the response in Python.",
+                "",
+            ]
     if start:
         steps = start["tracking_server_steps_seconds_median"]
         lines += [

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Every benchmark, against the running stack; prints numbers and writes docs/bench-results/*.json and
-# docs/performance.md. Needs the test environment (make venv) and MNIST_NPZ. About 10 minutes on 2 cores.
+# docs/performance.md. Needs the test environment (make venv) and MNIST_NPZ. About 12 minutes on 2 cores.
+# It leaves experiments named bench-* in the stack (bench-search-10k holds 10k synthetic runs, reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 : "${MNIST_NPZ:?set MNIST_NPZ to a Keras-format mnist.npz}"
+trap 'python -m bench.server_variants stop' EXIT
 
 docker compose up -d --wait
 python -m bench.stack_start
 python -m bench.tracking_overhead
 python -m bench.input_pipeline
-# The shipped configuration, then MLflow's own default of 4 workers, on the same database.
-python -m bench.server_load shipped-"${MLFLOW_WORKERS:-2}"-workers 1 8 32 64
-MLFLOW_WORKERS=4 docker compose up -d --wait tracking-server
-python -m bench.server_load mlflow-default-4-workers 1 8 32 64
-docker compose up -d --wait tracking-server
+python -m bench.search_runs
+# The shipped configuration, then `mlflow server` with MLflow's defaults on the same database, then
+# each tuned knob on its own at K = 64.
+python -m bench.server_load shipped 1 8 32 64
+python -m bench.server_variants baseline
+python -m bench.server_variants tuning
 python -m bench.report

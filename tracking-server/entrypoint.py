@@ -151,6 +151,38 @@ def prepare_basic_auth(uri: str) -> None:
     os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
 
 
+def size_connection_pool(uri: str, mode: str) -> None:
+    """Give each store's SQLAlchemy pool room for every request thread to nest a second session.
+
+    Unless set by hand: pool_size = overflow = MLFLOW_REQUEST_THREADS (see mlflow_stack_server for why
+    twice the threads). Warns when the workers could open more connections than Postgres accepts.
+    """
+    import sqlalchemy
+
+    threads = int(os.environ.get("MLFLOW_REQUEST_THREADS", "8"))
+    workers = int(os.environ.get("MLFLOW_WORKERS", "2"))
+    os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", str(threads))
+    os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", str(threads))
+    pool_size = int(os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
+    # Per worker: the tracking and registry stores (and auth's) each keep pool_size idle connections,
+    # and at most two per request thread are in use at once.
+    engines = 3 if mode == "basic" else 2
+    needed = workers * (2 * threads + pool_size * (engines - 1))
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            allowed = int(connection.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
+            reserved = int(connection.execute(sqlalchemy.text("SHOW superuser_reserved_connections")).scalar_one())
+    finally:
+        engine.dispose()
+    log(f"{workers} workers x {threads} request threads: up to {needed} of {allowed - reserved} connections")
+    if needed > allowed - reserved:
+        log(
+            f"warning: raise POSTGRES_MAX_CONNECTIONS above {needed + reserved} or lower MLFLOW_WORKERS / "
+            "MLFLOW_REQUEST_THREADS; under load requests would fail with 'too many clients'"
+        )
+
+
 def main() -> None:
     started = time.monotonic()
     mode = auth_mode()
@@ -164,6 +196,7 @@ def main() -> None:
     log(f"schema up to date after {time.monotonic() - started:.1f} s")
     ensure_bucket(bucket)
     log(f"bucket {bucket} ready after {time.monotonic() - started:.1f} s")
+    size_connection_pool(uri, mode)
     if mode == "basic":
         prepare_basic_auth(uri)
         log(f"basic auth ready after {time.monotonic() - started:.1f} s")

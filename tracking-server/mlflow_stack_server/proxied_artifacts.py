@@ -1,4 +1,4 @@
-"""Keep every artifact transfer on the tracking server.
+"""Keep every artifact transfer on the tracking server, and bound the requests a worker runs at once.
 
 Since 3.16, an MLflow server whose artifact destination is S3 tells clients (in /server-info) that they
 may fetch and send artifacts straight from and to S3 through presigned URLs, and the Python client and
@@ -7,14 +7,23 @@ reachable from inside the backend network only: a client on the host waits out m
 UI's download button fails. This wrapper makes the server advertise what it can really offer, proxied
 transfers, and answers the presigned-URL endpoints with 501, on which MLflow's client falls back to the
 proxy. Everything else passes through untouched.
+
+MLflow runs its Flask handlers in anyio worker threads, 40 at a time by default, while its SQLAlchemy
+pool holds 5 + 10 connections, and `log_batch` keeps one connection while each of its steps takes a
+second one. Fifteen trainers logging at once then hold every connection and wait for a second that never
+comes, until the pool's 30 s timeout answers 400 ("QueuePool limit ... reached"). The wrapper caps the
+threads at MLFLOW_REQUEST_THREADS; the entrypoint sizes the pool to twice that. Requests beyond the cap
+wait in the event loop instead of in the pool.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio.to_thread
 from mlflow.server.fastapi_app import app as mlflow_app
 
 Scope = MutableMapping[str, Any]
@@ -52,11 +61,24 @@ def _without_direct_transfers(body: bytes) -> bytes:
     return json.dumps(info).encode()
 
 
+DEFAULT_REQUEST_THREADS = 8
+
+
+def request_threads() -> int:
+    return int(os.environ.get("MLFLOW_REQUEST_THREADS", DEFAULT_REQUEST_THREADS))
+
+
 class ProxiedArtifactsOnly:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, threads: int | None = None) -> None:
         self.app = app
+        self.threads = threads or request_threads()
+        self._limited = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._limited:
+            # The limiter belongs to the running event loop, so it can only be set from inside it.
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+            self._limited = True
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if any(marker in path for marker in PRESIGNED_PATH_MARKERS):
             await _answer_not_implemented(send)
