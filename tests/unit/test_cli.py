@@ -30,6 +30,10 @@ def run_trainer(args: list[str], cwd: Path, env: dict[str, str] | None = None) -
         (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
         (["--epochs", "two"], "--epochs: 'two' is not a whole number"),
         (["--batch-size", "-8"], "--batch-size: must be at least 1"),
+        (["--batch-size", "big"], "--batch-size: 'big' is neither a whole number nor 'auto'"),
+        (["sweep", "--batch-size", "auto,0"], "--batch-size: must be at least 1, got 0"),
+        (["--mixed-precision", "yes"], "--mixed-precision: invalid choice: 'yes' (choose from 'auto', 'on', 'off')"),
+        (["sweep", "--xla", "true"], "--xla: invalid choice: 'true' (choose from 'auto', 'on', 'off')"),
         (["--learning-rate", "0"], "--learning-rate: must be a finite number above 0"),
         (["--learning-rate", "-0.1"], "--learning-rate: must be a finite number above 0"),
         (["--learning-rate", "nan"], "--learning-rate: must be a finite number above 0"),
@@ -113,5 +117,7 @@ def test_help_lists_the_commands_and_train_help_every_option(tmp_path: Path) -> 
         "--registered-model-name",
         "--data",
         "--no-register",
+        "--mixed-precision",
+        "--xla",
     ):
         assert option in result.stdout

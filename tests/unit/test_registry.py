@@ -20,3 +20,14 @@ def test_version_description_has_metrics_params_data_and_run_link() -> None:
     assert "`/data/mnist.npz` (digest `abc123`)" in text
     # Tables render only with their header separator line.
     assert text.count("| --- | --- |") == 2
+
+
+def test_version_description_says_the_precision_when_the_run_recorded_it() -> None:
+    def first_line(params: dict[str, object], devices: str) -> str:
+        facts = VersionFacts(params, {"test_accuracy": 0.99}, "tfds", "d", "http://ui/#/experiments/1/runs/r1", devices)
+        return version_description(facts).splitlines()[0]
+
+    mixed = first_line({"mixed_precision": "on"}, "GPU:0 (NVIDIA A100)")
+    assert mixed.endswith(" on GPU:0 (NVIDIA A100) in mixed precision (float16 compute, float32 output).")
+    assert first_line({"mixed_precision": "off"}, "CPU").endswith(" on CPU in float32.")
+    assert first_line({}, "CPU").endswith(" on CPU."), "runs from before the option: no guess"

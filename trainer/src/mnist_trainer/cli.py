@@ -11,16 +11,17 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Literal, NoReturn, TypeVar
 
+from mnist_trainer import accelerate, registry, tracking
 from mnist_trainer import data as mnist_data
-from mnist_trainer import registry, tracking
 from mnist_trainer.predict import ImageError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 DEFAULT_EPOCHS = 5
-DEFAULT_BATCH_SIZE = 128
+# `auto`: 128 on the CPU, 512 with a GPU (accelerate.py says why).
+DEFAULT_BATCH_SIZE: Literal["auto"] = accelerate.AUTO
 DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_SEED = 42
 DEFAULT_VALIDATION_FRACTION = 0.1
@@ -29,6 +30,9 @@ DEFAULT_MODEL_NAME = "mnist"
 # A version below this test accuracy is registered (for the record) but marked failed and never promoted.
 DEFAULT_MIN_ACCURACY = 0.9
 COMMANDS = ("train", "sweep", "models", "promote", "predict", "upload")
+AUTO_BATCH_SIZE_HELP = f"'auto' ({accelerate.GPU_BATCH_SIZE} with a GPU, else {accelerate.CPU_BATCH_SIZE})"
+
+T = TypeVar("T")
 
 
 class UsageError(ValueError):
@@ -61,6 +65,16 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_int(text: str) -> int:
     return _whole(text, 0)
+
+
+def _batch_size(text: str) -> int | Literal["auto"]:
+    if text.strip() == accelerate.AUTO:
+        return accelerate.AUTO
+    try:
+        int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number nor 'auto'") from None
+    return _positive_int(text)
 
 
 def _finite(text: str) -> float:
@@ -110,8 +124,8 @@ def _name(text: str) -> str:
     return text.strip()
 
 
-def _list_of(parse: Callable[[str], float | int]) -> Callable[[str], list[float | int]]:
-    def parse_list(text: str) -> list[float | int]:
+def _list_of(parse: Callable[[str], T]) -> Callable[[str], list[T]]:
+    def parse_list(text: str) -> list[T]:
         values = [parse(part.strip()) for part in text.split(",") if part.strip()]
         if not values:
             raise argparse.ArgumentTypeError("give one or more comma-separated values")
@@ -139,12 +153,19 @@ def _add_training(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
     if sweep:
         parser.add_argument("--learning-rate", type=_list_of(_positive_float), default=[DEFAULT_LEARNING_RATE],
                             help="comma-separated values to try")  # fmt: skip
-        parser.add_argument("--batch-size", type=_list_of(_positive_int), default=[DEFAULT_BATCH_SIZE],
-                            help="comma-separated values to try")  # fmt: skip
+        parser.add_argument("--batch-size", type=_list_of(_batch_size), default=[DEFAULT_BATCH_SIZE],
+                            help=f"comma-separated values to try: numbers or {AUTO_BATCH_SIZE_HELP}, "
+                            "resolved by each child")  # fmt: skip
         parser.add_argument("--parallel", type=_positive_int, default=1, help="child runs at a time")
     else:
         parser.add_argument("--learning-rate", type=_positive_float, default=DEFAULT_LEARNING_RATE)
-        parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+        parser.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE,
+                            help=f"images per step, or {AUTO_BATCH_SIZE_HELP}")  # fmt: skip
+    parser.add_argument("--mixed-precision", choices=accelerate.TOGGLES, default=accelerate.AUTO,
+                        help="compute in float16, keep weights and output in float32; 'auto': on with a GPU "
+                        "of compute capability 7.0 or more (or unknown)")  # fmt: skip
+    parser.add_argument("--xla", choices=accelerate.TOGGLES, default=accelerate.AUTO,
+                        help="compile the training step with XLA; 'auto': on with a GPU")  # fmt: skip
     parser.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS)
     parser.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED)
     parser.add_argument("--validation-fraction", type=_fraction, default=DEFAULT_VALIDATION_FRACTION,
@@ -241,7 +262,14 @@ def command_train(args: argparse.Namespace, uri: str) -> None:
     tracking.wait_for_server(uri)
     _check_experiment(args, uri)
     options = TrainOptions(
-        args.epochs, args.batch_size, args.learning_rate, args.seed, args.validation_fraction, args.max_train_samples
+        args.epochs,
+        args.batch_size,
+        args.learning_rate,
+        args.seed,
+        args.validation_fraction,
+        args.max_train_samples,
+        args.mixed_precision,
+        args.xla,
     )
     result = train_and_track(options, dataset, uri, args.experiment_name, args.run_name, args.parent_run_id)
     if not args.no_register:
@@ -259,7 +287,8 @@ def command_sweep(args: argparse.Namespace, uri: str) -> None:
     _check_experiment(args, uri)
     shared = ["--epochs", str(args.epochs), "--seed", str(args.seed), "--data", args.data,
               "--validation-fraction", repr(args.validation_fraction),
-              "--promotion-metric", args.promotion_metric]  # fmt: skip
+              "--promotion-metric", args.promotion_metric,
+              "--mixed-precision", args.mixed_precision, "--xla", args.xla]  # fmt: skip
     if args.max_train_samples:
         shared += ["--max-train-samples", str(args.max_train_samples)]
     options = (

@@ -58,9 +58,13 @@ def _table(header: tuple[str, str], rows: Mapping[str, str]) -> str:
 def version_description(facts: VersionFacts) -> str:
     metrics = {name: f"{value:.4f}" for name, value in facts.metrics.items()}
     params = {name: str(value) for name, value in facts.params.items()}
+    # Runs from before the --mixed-precision option have no such param: say nothing rather than guess.
+    precision = {"on": " in mixed precision (float16 compute, float32 output)", "off": " in float32"}.get(
+        params.get("mixed_precision", ""), ""
+    )
     return "\n\n".join(
         [
-            f"Trained by run [{facts.run_url.rsplit('/', 1)[-1]}]({facts.run_url}) on {facts.devices}.",
+            f"Trained by run [{facts.run_url.rsplit('/', 1)[-1]}]({facts.run_url}) on {facts.devices}{precision}.",
             "**Metrics**\n\n" + _table(("metric", "value"), metrics),
             "**Parameters**\n\n" + _table(("parameter", "value"), params),
             f"**Data**: `{facts.data_source}` (digest `{facts.data_digest}`)",

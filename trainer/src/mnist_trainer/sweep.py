@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mnist_trainer import registry, tracking
 from mnist_trainer.training import MODEL_URI_TAG, PARENT_RUN_TAG, RegistryOptions, TrainResult, register_and_promote
@@ -23,7 +23,7 @@ from mnist_trainer.training import MODEL_URI_TAG, PARENT_RUN_TAG, RegistryOption
 @dataclass(frozen=True)
 class Combination:
     learning_rate: float
-    batch_size: int
+    batch_size: int | Literal["auto"]  # `auto` is resolved by the child, on the devices it trains on
 
     @property
     def label(self) -> str:
@@ -38,8 +38,14 @@ class ChildOutcome:
     last_line: str
 
 
-def grid(learning_rates: Sequence[float], batch_sizes: Sequence[int]) -> list[Combination]:
+def grid(learning_rates: Sequence[float], batch_sizes: Sequence[int | Literal["auto"]]) -> list[Combination]:
     return [Combination(lr, bs) for lr, bs in itertools.product(learning_rates, batch_sizes)]
+
+
+def _batch_sizes_param(combinations: Sequence[Combination]) -> str:
+    """'auto,64,128': `auto` first, then the numbers in order."""
+    sizes = {c.batch_size for c in combinations}
+    return ",".join(["auto"] * ("auto" in sizes) + [str(size) for size in sorted(s for s in sizes if s != "auto")])
 
 
 def _run_child(command: list[str], combination: Combination, log_dir: Path) -> ChildOutcome:
@@ -79,7 +85,7 @@ def run_sweep(
         mlflow.log_params(
             {
                 "grid.learning_rate": ",".join(f"{c:g}" for c in sorted({c.learning_rate for c in combinations})),
-                "grid.batch_size": ",".join(str(b) for b in sorted({c.batch_size for c in combinations})),
+                "grid.batch_size": _batch_sizes_param(combinations),
                 "grid.size": len(combinations),
                 "parallel": parallel,
                 "promotion_metric": metric,

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from mnist_trainer import accelerate, plots, registry, tracking
 from mnist_trainer import data as mnist_data
-from mnist_trainer import plots, registry, tracking
 
 # Run tag through which a sweep's parent finds the model each child logged.
 MODEL_URI_TAG = "model_uri"
@@ -24,12 +25,16 @@ PENDING_DIR = Path(os.environ.get("TRAINER_PENDING_DIR") or ("/data/pending" if 
 
 @dataclass(frozen=True)
 class TrainOptions:
+    """As asked for; `auto` values are resolved for the devices at hand when training starts."""
+
     epochs: int
-    batch_size: int
+    batch_size: int | Literal["auto"]
     learning_rate: float
     seed: int
     validation_fraction: float
     max_train_samples: int | None
+    mixed_precision: accelerate.Toggle = accelerate.AUTO
+    xla: accelerate.Toggle = accelerate.AUTO
 
 
 @dataclass(frozen=True)
@@ -75,16 +80,21 @@ def train_and_track(
     from mnist_trainer.model import build_model
 
     devices = tracking.visible_devices()
+    gpu_count, capability = accelerate.probe_gpus()
+    settings = accelerate.resolve(gpu_count, options.mixed_precision, options.xla, options.batch_size, capability)
     print(f"trainer: training on {', '.join(devices)}; tracking at {uri}", flush=True)
+    if settings.warning:
+        print(f"trainer: warning: {settings.warning}", file=sys.stderr, flush=True)
     splits = mnist_data.make_splits(
         dataset,
-        batch_size=options.batch_size,
+        batch_size=settings.batch_size,
         seed=options.seed,
         validation_fraction=options.validation_fraction,
         max_train_samples=options.max_train_samples,
     )
     params = {
         **{key: value for key, value in asdict(options).items() if key != "max_train_samples"},
+        **settings.params(),  # the resolved values replace any `auto`
         "train_samples": splits.train_size,
         "validation_samples": splits.validation_size,
         "test_samples": splits.test_size,
@@ -98,7 +108,9 @@ def train_and_track(
         mlflow.set_tags({**tracking.environment_tags(devices), "data_source": dataset.source})
         data_digest = tracking.log_dataset(dataset)
 
-        model = build_model(options.learning_rate, options.seed)
+        model = build_model(
+            options.learning_rate, options.seed, mixed_precision=settings.mixed_precision, xla=settings.xla
+        )
         started = time.perf_counter()
         model.fit(
             splits.train,
