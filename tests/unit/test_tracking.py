@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,50 @@ def test_run_link_prefers_the_ui_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (
         tracking.run_link("http://tracking-server:5000", "3", "abc") == "http://localhost:5000/#/experiments/3/runs/abc"
     )
+
+
+def _fit_two_epochs_with_epoch_logger(tmp_path: Path, delete_run_first: bool) -> tuple[str, Exception | None]:
+    """The run's id, and what fit raised (not what ending a deleted run raises afterwards)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mnist_trainer import data
+    from mnist_trainer.model import build_model
+    from tests.unit.conftest import write_npz
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    splits = data.make_splits(
+        data.load_npz(write_npz(tmp_path / "m.npz", 200, 20)), batch_size=50, seed=0, validation_fraction=0.2
+    )
+    fit_error: Exception | None = None
+    with contextlib.suppress(MlflowException), mlflow.start_run() as run:
+        if delete_run_first:
+            mlflow.MlflowClient().delete_run(run.info.run_id)
+        try:
+            build_model(1e-3, 0).fit(
+                splits.train,
+                validation_data=splits.validation,
+                epochs=2,
+                callbacks=[tracking.epoch_logger()],
+                verbose=0,
+            )
+        except MlflowException as error:
+            fit_error = error
+    return run.info.run_id, fit_error
+
+
+def test_epoch_metrics_are_all_stored_when_training_ends(tmp_path: Path) -> None:
+    import mlflow
+
+    run_id, fit_error = _fit_two_epochs_with_epoch_logger(tmp_path, delete_run_first=False)
+    assert fit_error is None
+    history = mlflow.MlflowClient().get_metric_history(run_id, "val_accuracy")
+    assert sorted(point.step for point in history) == [1, 2]
+    assert {"train_loss", "epoch_seconds"} <= set(mlflow.get_run(run_id).data.metrics)
+
+
+def test_a_failed_asynchronous_metric_write_fails_the_training(tmp_path: Path) -> None:
+    """Async logging must not swallow errors: a run that cannot take metrics fails fit at the end."""
+    _, fit_error = _fit_two_epochs_with_epoch_logger(tmp_path, delete_run_first=True)
+    assert fit_error is not None
+    assert "must be in the 'active' state" in str(fit_error)

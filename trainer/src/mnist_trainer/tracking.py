@@ -151,18 +151,30 @@ def log_dataset(data: Mnist) -> str:
 
 
 def epoch_logger() -> keras.callbacks.Callback:
-    """A Keras callback logging every epoch's metrics in one batched call, at step = epoch number (1-based)."""
+    """A Keras callback logging every epoch's metrics in one batched call, at step = epoch number (1-based).
+
+    The calls are asynchronous: the next epoch starts while MLflow's queue sends them (and retries them
+    through a server restart); the end of training waits for all of them and raises if any failed.
+    """
     import keras
     import mlflow
 
     class EpochMetricsLogger(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+            self._pending: list[Any] = []
+
         def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
             self._started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
             metrics = {KERAS_TO_LOGGED_METRIC.get(key, key): float(value) for key, value in (logs or {}).items()}
             metrics["epoch_seconds"] = time.perf_counter() - self._started
-            mlflow.log_metrics(metrics, step=epoch + 1)
+            self._pending.append(mlflow.log_metrics(metrics, step=epoch + 1, synchronous=False))
+
+        def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+            pending, self._pending = self._pending, []
+            for operations in pending:
+                operations.wait()
 
     return EpochMetricsLogger()
 
