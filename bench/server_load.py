@@ -38,7 +38,10 @@ CALLS_PER_RUN = 4 + EPOCHS
 
 def container_id(name: str) -> str | None:
     """A compose service name (tracking-server) or a container name (mlflow-stack-baseline)."""
-    for command in (["docker", "compose", "ps", "-q", name], ["docker", "ps", "-q", "--filter", f"name=^{name}$"]):
+    for command in (
+        ["docker", "compose", "ps", "-q", name],
+        ["docker", "ps", "-q", "--no-trunc", "--filter", f"name=^{name}$"],
+    ):
         found = subprocess.run(command, cwd=REPO, capture_output=True, text=True).stdout.split()
         if found:
             return found[0]
