@@ -81,7 +81,11 @@ def run_sweep(
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(experiment_name)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with mlflow.start_run(run_name=run_name) as parent, tempfile.TemporaryDirectory() as log_dir:
+    # experiment_id named explicitly for the reason given in training.train_and_track.
+    with (
+        mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name) as parent,
+        tempfile.TemporaryDirectory() as log_dir,
+    ):
         mlflow.log_params(
             {
                 "grid.learning_rate": ",".join(f"{c:g}" for c in sorted({c.learning_rate for c in combinations})),

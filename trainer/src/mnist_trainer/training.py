@@ -103,7 +103,10 @@ def train_and_track(
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(experiment_name)
     parent_tags = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else None
-    with mlflow.start_run(run_name=run_name, tags=parent_tags) as run:
+    # experiment_id named explicitly: when trainers create the experiment at the same instant, the one that
+    # loses the race gets it back from set_experiment without it being made active, and its run would land
+    # in "Default" (MLflow 3.17 fluent.set_experiment; seen with eight trainers starting together).
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name, tags=parent_tags) as run:
         mlflow.log_params(params)
         mlflow.set_tags({**tracking.environment_tags(devices), "data_source": dataset.source})
         data_digest = tracking.log_dataset(dataset)
