@@ -2,10 +2,11 @@
 metrics per epoch, a tag, and ends the run. Reports requests/s, metric points/s, per-call latency, and
 where the CPU went (tracking server, Postgres, this load generator) per request.
 
-    python -m bench.server_load LABEL [K ...]
+    python -m bench.server_load LABEL [K ...] [--epoch-seconds T]
 
-Trainers are closed-loop: each sends its next call as
-soon as the last one answers, so this measures saturation, not a typical day.
+By default trainers are closed-loop: each sends its
+next call as soon as the last one answers, so this measures saturation, not a typical day; with
+--epoch-seconds T each logs one epoch every T seconds, like a real trainer.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class Recorder:
                 self.metric_points += metric_points
 
 
-def simulated_trainer(api: str, experiment_id: str, recorder: Recorder, deadline: float) -> int:
+def simulated_trainer(
+    api: str, experiment_id: str, recorder: Recorder, deadline: float, epoch_seconds: float = 0.0
+) -> int:
     """Returns the number of calls it never made because the deadline passed."""
     session = requests.Session()
     calls_made = 0
@@ -111,7 +114,10 @@ def simulated_trainer(api: str, experiment_id: str, recorder: Recorder, deadline
             continue
         params = [{"key": f"param_{i}", "value": str(i)} for i in range(10)]
         call("/runs/log-batch", {"run_id": run_id, "params": params})
+        first_epoch_at = time.perf_counter()
         for epoch in range(1, EPOCHS + 1):
+            # Paced like a real trainer: one epoch's metrics every epoch_seconds, whatever the last call took.
+            time.sleep(max(0.0, first_epoch_at + epoch * epoch_seconds - time.perf_counter()))
             if time.perf_counter() > deadline:
                 break
             now = int(time.time() * 1000)
@@ -125,7 +131,9 @@ def simulated_trainer(api: str, experiment_id: str, recorder: Recorder, deadline
     return RUNS_PER_TRAINER * CALLS_PER_RUN - calls_made
 
 
-def load(k: int, containers: dict[str, str | None], api: str = API, deadline: float = DEADLINE) -> dict[str, Any]:
+def load(
+    k: int, containers: dict[str, str | None], api: str = API, deadline: float = DEADLINE, epoch_seconds: float = 0.0
+) -> dict[str, Any]:
     name = f"bench-load-{uuid.uuid4().hex[:8]}"
     response = requests.post(api + "/experiments/create", json={"name": name}, timeout=CALL_TIMEOUT)
     experiment_id = response.json()["experiment_id"]
@@ -134,7 +142,10 @@ def load(k: int, containers: dict[str, str | None], api: str = API, deadline: fl
     own_before = own_cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=k) as pool:
-        futures = [pool.submit(simulated_trainer, api, experiment_id, recorder, started + deadline) for _ in range(k)]
+        futures = [
+            pool.submit(simulated_trainer, api, experiment_id, recorder, started + deadline, epoch_seconds)
+            for _ in range(k)
+        ]
         never_made = sum(future.result() for future in futures)
     seconds = time.perf_counter() - started
     requests_done = len(recorder.latencies)
@@ -147,6 +158,7 @@ def load(k: int, containers: dict[str, str | None], api: str = API, deadline: fl
     cpu_busy_cores = sum(cpu_ms_per_request.values()) / 1000 / seconds
     return {
         "k": k,
+        "epoch_seconds": epoch_seconds,
         "requests": requests_done,
         "errors": len(recorder.errors) + never_made,
         "never_made": never_made,
@@ -162,9 +174,14 @@ def load(k: int, containers: dict[str, str | None], api: str = API, deadline: fl
 
 
 def load_and_print(
-    label: str, k: int, containers: dict[str, str | None], api: str = API, deadline: float = DEADLINE
+    label: str,
+    k: int,
+    containers: dict[str, str | None],
+    api: str = API,
+    deadline: float = DEADLINE,
+    epoch_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    row = load(k, containers, api, deadline)
+    row = load(k, containers, api, deadline, epoch_seconds)
     cpu = ", ".join(f"{role} {ms}" for role, ms in row["cpu_ms_per_request"].items())
     print(
         f"bench: {label} K={k}: {row['requests_per_second']} req/s, {row['metric_points_per_second']} points/s, "
@@ -181,10 +198,15 @@ def stack_containers(server: str = "tracking-server") -> dict[str, str | None]:
 
 
 def main() -> None:
-    label = sys.argv[1]
-    ks = [int(k) for k in sys.argv[2:]] or [1, 8, 32, 64]
+    label, *args = sys.argv[1:]
+    epoch_seconds = 0.0
+    if "--epoch-seconds" in args:
+        at = args.index("--epoch-seconds")
+        epoch_seconds = float(args[at + 1])
+        del args[at : at + 2]
+    ks = [int(k) for k in args] or [1, 8, 32, 64]
     containers = stack_containers()
-    rows = [load_and_print(label, k, containers) for k in ks]
+    rows = [load_and_print(label, k, containers, epoch_seconds=epoch_seconds) for k in ks]
     save(
         f"server_load_{label}",
         {

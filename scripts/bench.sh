@@ -16,6 +16,8 @@ python -m bench.search_runs
 # The shipped configuration, then `mlflow server` with MLflow's defaults on the same database, then
 # each tuned knob on its own at K = 64.
 python -m bench.server_load shipped 1 8 32 64
+# 64 trainers at a realistic pace: one epoch per second each (a fast GPU epoch of MNIST).
+python -m bench.server_load shipped-paced 64 --epoch-seconds 1
 python -m bench.server_variants baseline
 python -m bench.server_variants tuning
-python -m bench.report
+BENCH_SECONDS=$SECONDS python -m bench.report
