@@ -73,7 +73,9 @@ def summary(results: dict[str, Any]) -> list[str]:
             for ours, theirs in zip(shipped["rows"], default["rows"], strict=False)
         ]
         text = ", ".join(f"K={r['k']} {x:.1f}x" for r, x in zip(shipped["rows"], ratios, strict=False))
-        rows.append(f"| throughput ≥ 2x MLflow defaults | {text} | {_met(min(ratios) >= 2)} at every K |")
+        met_at = [f"K={r['k']}" for r, x in zip(shipped["rows"], ratios, strict=False) if x >= 2]
+        verdict = "met" if len(met_at) == len(ratios) else f"**not met**; met at {', '.join(met_at) or 'no K'}"
+        rows.append(f"| throughput ≥ 2x MLflow defaults | {text} | {verdict} |")
     if search:
         slowest = max(row["seconds_median"] for row in search["rows"])
         rows.append(
@@ -151,7 +153,8 @@ def server_section(results: dict[str, Any]) -> list[str]:
         "pool's 30 s timeout answers HTTP 400 (`QueuePool limit ... reached`), while the CPU idles. The stack "
         "caps the threads per worker (`MLFLOW_REQUEST_THREADS`, 8) and sizes the pool to twice that; extra "
         "requests wait in the event loop instead. `tests/stack/test_concurrency.py` holds this: 64 trainers "
-        "logging at once all get answers (it fails against MLflow's defaults).",
+        "logging at once all get answers (it fails against MLflow's defaults). Below K = 64 the two configurations "
+        "are within about a third of each other: both spend the same CPU per request, and the limit is the CPU.",
         "",
     ]
     if tuning:

@@ -6,12 +6,14 @@ where the CPU went (tracking server, Postgres, this load generator) per request.
 
 By default trainers are closed-loop: each sends its
 next call as soon as the last one answers, so this measures saturation, not a typical day; with
---epoch-seconds T each logs one epoch every T seconds, like a real trainer.
+--epoch-seconds T each starts at a random moment within T and logs one epoch every T seconds, like
+independent real trainers.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -88,6 +90,9 @@ def simulated_trainer(
     """Returns the number of calls it never made because the deadline passed."""
     session = requests.Session()
     calls_made = 0
+    if epoch_seconds:
+        # Independent trainers do not start in step; without this all 64 would log in the same instant.
+        time.sleep(random.uniform(0, epoch_seconds))
 
     def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
         nonlocal calls_made
