@@ -71,8 +71,11 @@ def _fit_two_epochs_with_epoch_logger(tmp_path: Path, delete_run_first: bool) ->
     splits = data.make_splits(
         data.load_npz(write_npz(tmp_path / "m.npz", 200, 20)), batch_size=50, seed=0, validation_fraction=0.2
     )
+    # An experiment of this store, named explicitly: an earlier test may have left another one active.
+    experiment_id = mlflow.MlflowClient().create_experiment("epoch-logger")
+    run = mlflow.start_run(experiment_id=experiment_id)
     fit_error: Exception | None = None
-    with contextlib.suppress(MlflowException), mlflow.start_run() as run:
+    try:
         if delete_run_first:
             mlflow.MlflowClient().delete_run(run.info.run_id)
         try:
@@ -85,6 +88,9 @@ def _fit_two_epochs_with_epoch_logger(tmp_path: Path, delete_run_first: bool) ->
             )
         except MlflowException as error:
             fit_error = error
+    finally:
+        with contextlib.suppress(MlflowException):  # ending a deleted run raises too
+            mlflow.end_run()
     return run.info.run_id, fit_error
 
 
