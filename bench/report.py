@@ -190,6 +190,16 @@ def server_section(results: dict[str, Any]) -> list[str]:
             "second.",
             "",
         ]
+    by_call = paced["rows"][0].get("latency_ms_p99_by_call") if paced else None
+    if by_call:
+        calls = ", ".join(f"`{call}` {ms:.0f} ms" for call, ms in by_call.items())
+        lines += [
+            f"In the paced run the median call takes {paced['rows'][0]['latency_ms_p50']} ms; the tail comes from "
+            "bursts, not from one kind of call: all 64 trainers run the same number of epochs at the same pace, so "
+            "they end a run and start the next within the same second, about 4 calls each. p99 by call: "
+            f"{calls}.",
+            "",
+        ]
     if search:
         lines += [
             f"### search_runs over {search['runs']} runs",

@@ -74,10 +74,12 @@ class Recorder:
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self.metric_points = 0
+        self.by_call: dict[str, list[float]] = {}
 
-    def add(self, elapsed: float, error: str | None, metric_points: int) -> None:
+    def add(self, call: str, elapsed: float, error: str | None, metric_points: int) -> None:
         with self.lock:
             self.latencies.append(elapsed)
+            self.by_call.setdefault(call, []).append(elapsed)
             if error:
                 self.errors.append(error)
             else:
@@ -107,7 +109,8 @@ def simulated_trainer(
                 error = f"HTTP {response.status_code}: {response.text[:120]}"
         except requests.RequestException as exception:
             error = type(exception).__name__
-        recorder.add(time.perf_counter() - started, error, len(body.get("metrics", [])))
+        kind = path + (" (metrics)" if body.get("metrics") else " (params)" if body.get("params") else "")
+        recorder.add(kind, time.perf_counter() - started, error, len(body.get("metrics", [])))
         return payload
 
     for _ in range(RUNS_PER_TRAINER):
@@ -175,6 +178,10 @@ def load(
         "latency_ms_p99": round(1000 * percentile(recorder.latencies, 0.99), 1),
         "cpu_ms_per_request": {role: round(ms / max(1, requests_done), 2) for role, ms in cpu_ms_per_request.items()},
         "cpu_busy_cores": round(cpu_busy_cores, 2),
+        # Which calls make the tail: run creation and the end of a run cost more than a metrics batch.
+        "latency_ms_p99_by_call": {
+            call: round(1000 * percentile(values, 0.99), 1) for call, values in sorted(recorder.by_call.items())
+        },
     }
 
 
