@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,12 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def compose(*args: str, stdin: str | None = None) -> str:
+    """`docker compose ARGS` in the project folder; its stdout, or CalledProcessError."""
+    command = ["docker", "compose", *args]
+    return subprocess.run(command, cwd=REPO, input=stdin, check=True, capture_output=True, text=True).stdout
 
 
 def percentile(values: Sequence[float], share: float) -> float:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from typing import Any
 
 import requests
 
-from bench.common import REPO, STACK_URL, median, percentile, save
+from bench.common import STACK_URL, compose, median, percentile, save
 
 RUNS = int(os.environ.get("BENCH_SEARCH_RUNS", "10000"))
 EXPERIMENT = f"bench-search-{RUNS // 1000}k"
@@ -77,19 +76,8 @@ ANALYZE;
 
 
 def psql(*args: str, stdin: str | None = None) -> str:
-    command = [
-        "docker",
-        "compose",
-        "exec",
-        "-T",
-        "postgres",
-        "sh",
-        "-c",
-        'psql -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -At "$@"',
-        "psql",
-        *args,
-    ]
-    return subprocess.run(command, cwd=REPO, input=stdin, capture_output=True, text=True, check=True).stdout
+    script = 'psql -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -At "$@"'
+    return compose("exec", "-T", "postgres", "sh", "-c", script, "psql", *args, stdin=stdin)
 
 
 def experiment_id() -> str:
@@ -130,13 +118,7 @@ def slowest_statement(experiment: str, query: dict[str, Any]) -> dict[str, Any]:
     try:
         since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
         request_seconds, _ = search(experiment, query)
-        logs = subprocess.run(
-            ["docker", "compose", "logs", "--no-log-prefix", "--since", since, "postgres"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        logs = compose("logs", "--no-log-prefix", "--since", since, "postgres")
     finally:
         psql("-c", "ALTER SYSTEM RESET log_min_duration_statement")
         psql("-c", "SELECT pg_reload_conf()")

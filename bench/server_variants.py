@@ -14,7 +14,7 @@ import time
 
 import requests
 
-from bench.common import REPO, save
+from bench.common import REPO, compose, save
 from bench.server_load import container_id, cpu_seconds, load_and_print, stack_containers
 
 NAME = "mlflow-stack-bench-server"
@@ -59,8 +59,6 @@ def stop() -> None:
 def start(environment: dict[str, str], plain_mlflow: bool = False) -> None:
     stop()
     command = [
-        "docker",
-        "compose",
         "run",
         "--detach",
         "--no-deps",
@@ -75,7 +73,7 @@ def start(environment: dict[str, str], plain_mlflow: bool = False) -> None:
         command += ["--entrypoint", "python", "tracking-server", "-c", PLAIN_MLFLOW]
     else:
         command += ["tracking-server"]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    compose(*command)
     deadline = time.monotonic() + 120
     while not _healthy():
         if time.monotonic() > deadline:

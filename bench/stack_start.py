@@ -7,21 +7,15 @@ import json
 import re
 import subprocess
 import time
-from pathlib import Path
 
-from bench.common import median, save
+from bench.common import compose, median, save
 
-REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 3
 STEP_PATTERNS = {
     "database_reachable": r"database reachable after ([\d.]+) s",
     "schema_migrated": r"schema up to date after ([\d.]+) s",
     "bucket_ready": r"bucket \S+ ready after ([\d.]+) s",
 }
-
-
-def compose(*args: str) -> str:
-    return subprocess.run(["docker", "compose", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
 
 
 def image_size_mb(image: str) -> float:

@@ -61,17 +61,10 @@ def _without_direct_transfers(body: bytes) -> bytes:
     return json.dumps(info).encode()
 
 
-DEFAULT_REQUEST_THREADS = 8
-
-
-def request_threads() -> int:
-    return int(os.environ.get("MLFLOW_REQUEST_THREADS", DEFAULT_REQUEST_THREADS))
-
-
 class ProxiedArtifactsOnly:
-    def __init__(self, app: ASGIApp, threads: int | None = None) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.threads = threads or request_threads()
+        self.threads = int(os.environ.get("MLFLOW_REQUEST_THREADS", "8"))
         self._limited = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -161,7 +161,7 @@ def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) 
         raise ValueError(f"version {version} has no metric {rule.metric!r} to compare on")
     for _ in range(PROMOTION_ATTEMPTS):
         incumbent = _alias_version(client, name, CHAMPION)
-        if incumbent is not None and int(incumbent.version) == version:
+        if _number(incumbent) == version:
             return Promotion(version, CHAMPION, "already champion")
         incumbent_score = None if incumbent is None else version_metric(client, incumbent, rule.metric)
         if incumbent is not None and incumbent_score is not None and not rule.beats(score, incumbent_score):
@@ -179,7 +179,7 @@ def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) 
             continue
         time.sleep(PROMOTION_SETTLE_SECONDS * random.uniform(1.0, 2.0))
         settled = _alias_version(client, name, CHAMPION)
-        if settled is not None and int(settled.version) == version:
+        if _number(settled) == version:
             reason = (
                 "first version with a champion"
                 if incumbent is None
