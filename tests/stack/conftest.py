@@ -19,7 +19,13 @@ import pytest
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[2]
-STACK_URL = os.environ.get("STACK_URL", "http://localhost:5000")
+# The same variables compose reads, so a second stack (COMPOSE_PROJECT_NAME, other ports) can be tested too.
+MLFLOW_PORT = int(os.environ.get("MLFLOW_PORT", "5000"))
+SERVING_PORT = int(os.environ.get("SERVING_PORT", "5001"))
+MINIO_CONSOLE_PORT = int(os.environ.get("MINIO_CONSOLE_PORT", "9001"))
+STACK_URL = os.environ.get("STACK_URL", f"http://localhost:{MLFLOW_PORT}")
+TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
+TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "mlflow-stack/trainer:0.1.0")
 NPZ_IN_CONTAINER = "/data/mnist.npz"
 
 

@@ -13,6 +13,7 @@ import requests
 from mlflow import MlflowClient
 
 from tests.stack.conftest import (
+    MLFLOW_PORT,
     STACK_URL,
     Names,
     Training,
@@ -76,7 +77,7 @@ def test_the_version_is_described_and_tagged(client: MlflowClient, first_trainin
     assert f"| test_accuracy | {run.data.metrics['test_accuracy']:.4f} |" in description
     assert "| batch_size | 64 |" in description
     assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in description
-    assert description.count("http://localhost:5000/") == 1
+    assert description.count(f"http://localhost:{MLFLOW_PORT}/") == 1
     assert version.tags["test_accuracy"] == f"{run.data.metrics['test_accuracy']:.4f}"
     assert len(version.tags["data_digest"]) >= 8
     assert "models:/" in (client.get_registered_model(names.model).description or "")

@@ -15,9 +15,9 @@ import requests
 from mlflow import MlflowClient
 
 from mnist_trainer import registry
-from tests.stack.conftest import Training, compose, mnist_npz, parse_training, run_trainer
+from tests.stack.conftest import SERVING_PORT, Training, compose, mnist_npz, parse_training, run_trainer
 
-SERVING_URL = "http://localhost:5001"
+SERVING_URL = f"http://localhost:{SERVING_PORT}"
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.conftest import REPO, published_ports, trainer_python
+from tests.stack.conftest import (
+    MINIO_CONSOLE_PORT,
+    MLFLOW_PORT,
+    REPO,
+    TRACKING_SERVER_IMAGE,
+    TRAINER_IMAGE,
+    published_ports,
+    trainer_python,
+)
 
 
 def test_only_the_ui_and_the_console_are_published_and_on_loopback_only() -> None:
-    assert published_ports() == {("127.0.0.1", 5000, 5000), ("127.0.0.1", 9001, 9001)}
+    assert published_ports() == {("127.0.0.1", MLFLOW_PORT, 5000), ("127.0.0.1", MINIO_CONSOLE_PORT, 9001)}
 
 
 @pytest.mark.parametrize(("port", "what"), [(5432, "Postgres"), (9000, "the S3 API")])
@@ -72,7 +80,7 @@ def test_the_stack_refuses_to_start_without_a_required_secret(secret: str, tmp_p
 
 
 def test_our_images_run_as_a_non_root_user() -> None:
-    for image in ("mlflow-stack/tracking-server:3.17.2", "mlflow-stack/trainer:0.1.0"):
+    for image in (TRACKING_SERVER_IMAGE, TRAINER_IMAGE):
         user = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{.Config.User}}", image],
             capture_output=True,
