@@ -88,7 +88,7 @@ def main() -> None:
     for round_number in range(ROUNDS):
         for mode, callback in (
             ("off", None),
-            ("per_epoch_batched_async", tracking.epoch_logger()),
+            ("per_epoch_batched_async", tracking.epoch_logger(EPOCHS)),
             ("naive_per_batch", NaivePerBatchLogger()),
         ):
             if callback is None:

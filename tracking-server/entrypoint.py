@@ -1,92 +1,155 @@
-"""Prepare the tracking server's stores, then become `mlflow server`.
+"""The tracking server's two steps: `prepare` (once per deployment) and `serve` (any number of replicas).
 
-Order matters: the database must accept connections before its schema can be migrated, and the bucket
-must exist before the first artifact upload. Each wait retries with backoff instead of sleeping a fixed
-time, so a restart of any backend is survived without a human.
+    tracking-server-entrypoint prepare   wait for Postgres, migrate the schema (under an advisory lock),
+                                         make sure the bucket exists, bootstrap the auth database; exit 0
+    tracking-server-entrypoint [serve]   wait for Postgres, check the schema is current, size the pools,
+                                         become `mlflow server` (arguments starting with `-` are passed on)
+
+Why split: N replicas that each migrated, created the bucket and bootstrapped the admin at start would race
+on all three. Compose runs `prepare` as a one-shot service the servers wait for; Kubernetes as a hook Job.
+Each wait retries with backoff instead of sleeping a fixed time, so a restart of any backend is survived.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import quote
 
-WAIT_SECONDS = float(os.environ.get("MLFLOW_BOOTSTRAP_TIMEOUT", "120"))
+from mlflow_stack_server.settings import Settings, SettingsError
+
 T = TypeVar("T")
+# Any fixed 64-bit number shared by every prepare: concurrent ones queue on it instead of migrating at once.
+MIGRATION_LOCK_KEY = 0x6D6C666C6F77  # "mlflow"
 
 
 def log(message: str) -> None:
     print(f"[tracking-server] {message}", flush=True)
 
 
-def env(name: str) -> str:
-    value = os.environ.get(name, "")
-    if not value:
-        sys.exit(f"[tracking-server] error: {name} is not set")
-    return value
+def fail(message: str) -> NoReturn:
+    sys.exit(f"[tracking-server] error: {message}")
 
 
 class FatalError(Exception):
     """A failure that waiting will not fix."""
 
 
-def retry(what: str, attempt: Callable[[], T]) -> T:
-    deadline, delay = time.monotonic() + WAIT_SECONDS, 0.5
+def retry(what: str, attempt: Callable[[], T], wait_seconds: float) -> T:
+    deadline, delay = time.monotonic() + wait_seconds, 0.5
     while True:
         try:
             return attempt()
         except FatalError as error:
-            sys.exit(f"[tracking-server] error: {what}: {error}")
+            fail(f"{what}: {error}")
         except Exception as error:  # psycopg2 and botocore raise many types for "not there yet"
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             if time.monotonic() + delay > deadline:
-                sys.exit(f"[tracking-server] error: {what} failed for {WAIT_SECONDS:.0f} s ({reason})")
+                fail(f"{what} failed for {wait_seconds:.0f} s ({reason})")
             log(f"{what}: not ready ({reason}), retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
 def backend_store_uri() -> str:
-    # psycopg2 named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed.
-    user, password = quote(env("POSTGRES_USER"), safe=""), quote(env("POSTGRES_PASSWORD"), safe="")
-    host, port = os.environ.get("POSTGRES_HOST", "postgres"), os.environ.get("POSTGRES_PORT", "5432")
-    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{quote(env('POSTGRES_DB'), safe='')}"
+    """The database URI from the environment (also used by bench/server_variants.py)."""
+    return Settings.from_environment().backend_store_uri
 
 
-def wait_for_database(uri: str) -> None:
+def wait_for_database(settings: Settings) -> None:
     import sqlalchemy
 
     def connect() -> None:
-        engine = sqlalchemy.create_engine(uri, pool_pre_ping=True)
+        engine = sqlalchemy.create_engine(settings.backend_store_uri, pool_pre_ping=True)
         try:
             with engine.connect() as connection:
                 connection.execute(sqlalchemy.text("SELECT 1"))
         except sqlalchemy.exc.OperationalError as error:
             if "password authentication failed" in str(error):
-                # Postgres keeps the password of the volume's first start; retrying cannot help.
+                # Postgres keeps the password of the volume's first start; retrying cannot help. The usual cause
+                # in compose: the `secrets` volume was deleted and a new password generated next to old data.
                 raise FatalError(
-                    "password authentication failed: the postgres-data volume was created with another "
-                    "POSTGRES_PASSWORD (set that one in .env, or ALTER ROLE inside the database)"
+                    "Postgres refused the password: the postgres-data volume was created with another one. "
+                    "Put the old password in .env as POSTGRES_PASSWORD, or give the database the current one "
+                    "with `scripts/secrets.sh reset-postgres-password`, or start empty with `docker compose "
+                    "down -v` (README, Troubleshooting)"
                 ) from error
             raise
         finally:
             engine.dispose()
 
-    retry("connecting to Postgres", connect)
+    retry("connecting to Postgres", connect, settings.wait_seconds)
 
 
-def ensure_bucket(bucket: str) -> None:
+def schema_revisions(uri: str) -> tuple[str | None, str]:
+    """(the database's alembic revision or None when empty, the revision this MLflow expects)."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        return _get_schema_version(engine), _get_latest_schema_revision()
+    finally:
+        engine.dispose()
+
+
+def migrate_once(settings: Settings) -> None:
+    """`mlflow db upgrade` under a Postgres advisory lock: concurrent prepares queue, the first migrates,
+    the others find the schema current and change nothing."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(settings.backend_store_uri)
+    try:
+        with engine.connect() as lock_holder:
+            waited = time.monotonic()
+            lock_holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            log(f"migration lock held after {time.monotonic() - waited:.1f} s of waiting")
+            try:
+                current, head = schema_revisions(settings.backend_store_uri)
+                if current == head:
+                    log(f"schema already at {head}: nothing to migrate")
+                    return
+                log(f"migrating schema from {current or 'an empty database'} to {head}")
+                from mlflow.store.db.utils import _initialize_tables, _is_empty_database, _upgrade_db
+
+                # What `mlflow db upgrade` does, in this process so that the lock above covers it.
+                target = sqlalchemy.create_engine(settings.backend_store_uri)
+                try:
+                    if _is_empty_database(target):
+                        _initialize_tables(target)
+                    else:
+                        _upgrade_db(target)
+                finally:
+                    target.dispose()
+                log(f"schema migrated to {head}")
+            finally:
+                lock_holder.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
+def check_schema_is_current(settings: Settings) -> None:
+    current, head = schema_revisions(settings.backend_store_uri)
+    if current != head:
+        fail(
+            f"the database schema is at {current or 'nothing (empty database)'}, this MLflow needs {head}: "
+            "run the prepare step first (compose: `docker compose up` runs tracking-server-prepare; "
+            "by hand: tracking-server-entrypoint prepare)"
+        )
+
+
+def ensure_bucket(settings: Settings) -> None:
     import boto3
     from botocore.exceptions import ClientError
 
-    s3 = boto3.client("s3", endpoint_url=env("MLFLOW_S3_ENDPOINT_URL"))
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None)
+    bucket = settings.bucket
 
     def create_if_missing() -> None:
         try:
@@ -97,61 +160,56 @@ def ensure_bucket(bucket: str) -> None:
             s3.create_bucket(Bucket=bucket)
             log(f"created bucket {bucket}")
 
-    retry(f"checking bucket {bucket}", create_if_missing)
+    retry(f"checking bucket {bucket}", create_if_missing, settings.wait_seconds)
 
 
-AUTH_REQUIRED = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+def auth_database_uri(settings: Settings) -> str:
+    return settings.backend_store_uri.rsplit("/", 1)[0] + "/" + quote(settings.auth_database, safe="")
 
 
-def auth_mode() -> str:
-    mode = os.environ.get("MLFLOW_AUTH", "none") or "none"
-    if mode not in ("none", "basic"):
-        sys.exit(f"[tracking-server] error: MLFLOW_AUTH={mode!r}; expected 'none' or 'basic'")
-    if mode == "basic":
-        missing = [name for name in AUTH_REQUIRED if not os.environ.get(name)]
-        if missing:
-            # No defaults on purpose: a stack with auth "on" and a guessable password is worse than none.
-            sys.exit(f"[tracking-server] error: MLFLOW_AUTH=basic needs {', '.join(missing)} (set in .env)")
-    return mode
-
-
-def prepare_basic_auth(uri: str) -> None:
-    """Users and permissions live in their own database next to the tracking data, created on first start."""
-    import sqlalchemy
-
-    auth_db = os.environ.get("MLFLOW_AUTH_DB", "mlflow_auth")
-    engine = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        exists = connection.execute(
-            sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": auth_db}
-        )
-        if exists.scalar() is None:
-            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{auth_db}"'))
-            log(f"created database {auth_db} for users and permissions")
-    engine.dispose()
+def write_auth_config(settings: Settings) -> None:
     config = Path(tempfile.mkdtemp(prefix="mlflow-auth-")) / "basic_auth.ini"
-    auth_uri = uri.rsplit("/", 1)[0] + "/" + quote(auth_db, safe="")
     # READ by default: a new user sees everything and changes nothing until granted more.
     config.write_text(
         "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = {auth_uri.replace('%', '%%')}\n"
-        f"admin_username = {os.environ['MLFLOW_AUTH_ADMIN_USERNAME']}\n"
+        f"database_uri = {auth_database_uri(settings).replace('%', '%%')}\n"
+        f"admin_username = {settings.admin[0]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     config.chmod(0o600)
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
 
-    from mlflow.environment_variables import _MLFLOW_AUTH_ADMIN_BOOTSTRAPPED, _MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN
-    from mlflow.server.auth import bootstrap_admin_user, get_flask_server_secret_key
 
-    # What `mlflow server --app-name basic-auth` does before forking workers; our app name is another one.
-    get_flask_server_secret_key()
-    bootstrap_admin_user()
-    os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
-    os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
+def prepare_basic_auth(settings: Settings) -> None:
+    """Users and permissions live in their own database next to the tracking data; the admin is created once."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(settings.backend_store_uri, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            # Same lock as the migration: two prepares must not both create the database or the admin.
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                exists = connection.execute(
+                    sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                    {"name": settings.auth_database},
+                )
+                if exists.scalar() is None:
+                    connection.execute(sqlalchemy.text(f'CREATE DATABASE "{settings.auth_database}"'))
+                    log(f"created database {settings.auth_database} for users and permissions")
+                write_auth_config(settings)
+                from mlflow.server.auth import bootstrap_admin_user
+
+                # Migrates the auth schema and creates the admin if missing (what `mlflow server --app-name
+                # basic-auth` does before forking workers); a no-op on the next run.
+                bootstrap_admin_user()
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
-def size_connection_pool(uri: str, mode: str) -> None:
+def size_connection_pool(settings: Settings) -> None:
     """Give each store's SQLAlchemy pool room for every request thread to nest a second session.
 
     Unless set by hand: pool_size = overflow = MLFLOW_REQUEST_THREADS (see mlflow_stack_server for why
@@ -159,16 +217,15 @@ def size_connection_pool(uri: str, mode: str) -> None:
     """
     import sqlalchemy
 
-    threads = int(os.environ.get("MLFLOW_REQUEST_THREADS", "8"))
-    workers = int(os.environ.get("MLFLOW_WORKERS", "2"))
+    threads, workers = settings.request_threads, settings.workers
     os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", str(threads))
     os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", str(threads))
     pool_size = int(os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
     # Per worker: the tracking and registry stores (and auth's) each keep pool_size idle connections,
     # and at most two per request thread are in use at once.
-    engines = 3 if mode == "basic" else 2
+    engines = 3 if settings.auth == "basic" else 2
     needed = workers * (2 * threads + pool_size * (engines - 1))
-    engine = sqlalchemy.create_engine(uri)
+    engine = sqlalchemy.create_engine(settings.backend_store_uri)
     try:
         with engine.connect() as connection:
             allowed = int(connection.execute(sqlalchemy.text("SHOW max_connections")).scalar_one())
@@ -183,47 +240,73 @@ def size_connection_pool(uri: str, mode: str) -> None:
         )
 
 
-def main() -> None:
+def prepare(settings: Settings) -> None:
     started = time.monotonic()
-    mode = auth_mode()
-    uri = backend_store_uri()
-    bucket = env("MLFLOW_ARTIFACTS_BUCKET")
-
-    wait_for_database(uri)
+    settings.export_secrets()
+    wait_for_database(settings)
     log(f"database reachable after {time.monotonic() - started:.1f} s")
-    # A no-op when the schema is current; after an MLflow upgrade the server refuses to start until it has run.
-    subprocess.run(["mlflow", "db", "upgrade", uri], check=True, stdout=subprocess.DEVNULL)
-    log(f"schema up to date after {time.monotonic() - started:.1f} s")
-    ensure_bucket(bucket)
-    log(f"bucket {bucket} ready after {time.monotonic() - started:.1f} s")
-    size_connection_pool(uri, mode)
-    if mode == "basic":
-        prepare_basic_auth(uri)
+    migrate_once(settings)
+    ensure_bucket(settings)
+    log(f"bucket {settings.bucket} ready after {time.monotonic() - started:.1f} s")
+    if settings.auth == "basic":
+        prepare_basic_auth(settings)
         log(f"basic auth ready after {time.monotonic() - started:.1f} s")
-    log(f"starting mlflow server (auth: {mode})")
+    log(f"prepared in {time.monotonic() - started:.1f} s")
 
+
+def serve(settings: Settings, server_args: list[str]) -> NoReturn:
+    started = time.monotonic()
+    settings.export_secrets()
+    wait_for_database(settings)
+    log(f"database reachable after {time.monotonic() - started:.1f} s")
+    check_schema_is_current(settings)
+    size_connection_pool(settings)
+    if settings.auth == "basic":
+        write_auth_config(settings)
+        from mlflow.environment_variables import _MLFLOW_AUTH_ADMIN_BOOTSTRAPPED, _MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN
+
+        # The admin exists (prepare made it): the workers must not each try to create it again.
+        os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
+        os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
+    log(f"starting mlflow server (auth: {settings.auth})")
     command = [
         "mlflow",
         "server",
         "--host",
         "0.0.0.0",
         "--port",
-        os.environ.get("MLFLOW_SERVER_PORT", "5000"),
+        settings.port,
         "--workers",
-        os.environ.get("MLFLOW_WORKERS", "2"),
+        str(settings.workers),
         # Proxied artifacts: clients upload and download through this server and need no S3 credentials.
         "--serve-artifacts",
         "--artifacts-destination",
-        f"s3://{bucket}/",
+        settings.artifacts_destination,
         # MLflow's app, wrapped so that clients are never sent to the internal S3 endpoint (see the module).
         "--app-name",
-        "proxied-artifacts-basic-auth" if mode == "basic" else "proxied-artifacts",
-        *sys.argv[1:],
+        "proxied-artifacts-basic-auth" if settings.auth == "basic" else "proxied-artifacts",
+        *server_args,
     ]
-    # Through the environment, not argv: the URI holds the database password and argv is visible in `ps`.
-    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
     os.execvp(command[0], command)
 
 
+def main(argv: list[str]) -> None:
+    step, rest = "serve", argv
+    if argv and not argv[0].startswith("-"):
+        step, rest = argv[0], argv[1:]
+    if step not in ("prepare", "serve"):
+        fail(f"unknown step {step!r}; expected 'prepare' or 'serve' (or mlflow server options starting with -)")
+    try:
+        settings = Settings.from_environment()
+    except SettingsError as error:
+        fail(str(error))
+    if step == "prepare":
+        if rest:
+            fail(f"prepare takes no arguments (got {' '.join(rest)})")
+        prepare(settings)
+    else:
+        serve(settings, rest)
+
+
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -76,7 +76,9 @@ def test_the_version_is_described_and_tagged(client: MlflowClient, first_trainin
     description = version.description or ""
     assert f"| test_accuracy | {run.data.metrics['test_accuracy']:.4f} |" in description
     assert "| batch_size | 64 |" in description
-    assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in description
+    assert (
+        f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning)" in description
+    )
     assert description.count(f"http://localhost:{MLFLOW_PORT}/") == 1
     assert version.tags["test_accuracy"] == f"{run.data.metrics['test_accuracy']:.4f}"
     assert len(version.tags["data_digest"]) >= 8

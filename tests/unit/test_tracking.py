@@ -54,7 +54,8 @@ def test_a_server_that_refuses_the_trainer_is_reported_at_once(forbidding_server
 def test_run_link_prefers_the_ui_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINER_UI_URL", "http://localhost:5000/")
     assert (
-        tracking.run_link("http://tracking-server:5000", "3", "abc") == "http://localhost:5000/#/experiments/3/runs/abc"
+        tracking.run_link("http://tracking-server:5000", "3", "abc")
+        == "http://localhost:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
 
 
@@ -83,7 +84,7 @@ def _fit_two_epochs_with_epoch_logger(tmp_path: Path, delete_run_first: bool) ->
                 splits.train,
                 validation_data=splits.validation,
                 epochs=2,
-                callbacks=[tracking.epoch_logger()],
+                callbacks=[tracking.epoch_logger(2)],
                 verbose=0,
             )
         except MlflowException as error:

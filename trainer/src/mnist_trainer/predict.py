@@ -60,6 +60,9 @@ def load_digit(path: str | Path) -> np.ndarray:
 def predict(model_uri: str, paths: list[str]) -> list[Prediction]:
     import mlflow
 
+    from mnist_trainer.tracking import quiet_progress_bars_off_a_terminal
+
+    quiet_progress_bars_off_a_terminal()
     images = np.stack([load_digit(path) for path in paths])
     model = mlflow.pyfunc.load_model(model_uri)
     probabilities = np.asarray(model.predict(to_model_input(images)))

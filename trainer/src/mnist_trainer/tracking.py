@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -91,6 +92,11 @@ def wait_for_server(uri: str, timeout_seconds: float = PREFLIGHT_TIMEOUT_SECONDS
         delay = min(delay * 2, 5.0)
 
 
+# MLflow 3.17's UI opens in its GenAI view unless the URL (or the browser's saved choice) says otherwise; it
+# reads no server-side setting and ignores the experiment tag mlflow.experimentKind (see the README, "The UI").
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+
+
 def ui_url(uri: str) -> str:
     """Where a person opens the run: TRAINER_UI_URL when the server is known by another name outside Docker.
 
@@ -101,7 +107,8 @@ def ui_url(uri: str) -> str:
 
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+    # The query picks the UI's model-training view (its default is GenAI; see the README, "The UI").
+    return f"{ui_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW_QUERY}"
 
 
 def visible_devices() -> list[str]:
@@ -150,8 +157,19 @@ def log_dataset(data: Mnist) -> str:
     return str(dataset.digest)
 
 
-def epoch_logger() -> keras.callbacks.Callback:
+def quiet_progress_bars_off_a_terminal() -> None:
+    """Keras draws progress bars with terminal escape codes even into a pipe or a log file (and MLflow's
+    input-example check calls `predict` with them on): off a terminal, Keras prints nothing at all."""
+    if not sys.stdout.isatty():
+        import keras
+
+        keras.config.disable_interactive_logging()
+
+
+def epoch_logger(epochs: int) -> keras.callbacks.Callback:
     """A Keras callback logging every epoch's metrics in one batched call, at step = epoch number (1-based).
+
+    It also prints one plain line per epoch (Keras' own progress output stays off: see above).
 
     The calls are asynchronous: the next epoch starts while MLflow's queue sends them (and retries them
     through a server restart); the end of training waits for all of them and raises if any failed.
@@ -170,6 +188,8 @@ def epoch_logger() -> keras.callbacks.Callback:
             metrics = {KERAS_TO_LOGGED_METRIC.get(key, key): float(value) for key, value in (logs or {}).items()}
             metrics["epoch_seconds"] = time.perf_counter() - self._started
             self._pending.append(mlflow.log_metrics(metrics, step=epoch + 1, synchronous=False))
+            shown = " - ".join(f"{key} {value:.4f}" for key, value in metrics.items() if key != "epoch_seconds")
+            print(f"trainer: epoch {epoch + 1}/{epochs} - {metrics['epoch_seconds']:.0f} s - {shown}", flush=True)
 
         def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
             pending, self._pending = self._pending, []
@@ -184,6 +204,7 @@ def log_model(model: keras.Model, example_images: np.ndarray) -> ModelInfo:
     import mlflow
     from mlflow.models import infer_signature
 
+    quiet_progress_bars_off_a_terminal()
     example = example_images[:INPUT_EXAMPLE_SIZE]
     signature = infer_signature(example, model.predict(example, verbose=0))
     return mlflow.tensorflow.log_model(model, name=MODEL_ARTIFACT_NAME, signature=signature, input_example=example)

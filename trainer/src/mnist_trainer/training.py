@@ -114,15 +114,16 @@ def train_and_track(
         model = build_model(
             options.learning_rate, options.seed, mixed_precision=settings.mixed_precision, xla=settings.xla
         )
+        tracking.quiet_progress_bars_off_a_terminal()
         started = time.perf_counter()
         model.fit(
             splits.train,
             validation_data=splits.validation,
             epochs=options.epochs,
-            callbacks=[tracking.epoch_logger()],
+            callbacks=[tracking.epoch_logger(options.epochs)],
             # The pipeline reshuffles itself with the seed; Keras warns if asked to shuffle a tf.data input.
             shuffle=False,
-            verbose=2,
+            verbose=0,  # the epoch logger prints one plain line per epoch
         )
         test_loss, test_accuracy = model.evaluate(splits.test, verbose=0)
         metrics = {
