@@ -14,6 +14,11 @@ second one. Fifteen trainers logging at once then hold every connection and wait
 comes, until the pool's 30 s timeout answers 400 ("QueuePool limit ... reached"). The wrapper caps the
 threads at MLFLOW_REQUEST_THREADS; the entrypoint sizes the pool to twice that. Requests beyond the cap
 wait in the event loop instead of in the pool.
+
+MLflow 3.17's UI opens in its GenAI view: the choice lives in the browser (the `workflowType` query of the
+page's URL, else localStorage, default GenAI) and no server setting changes it. With MLFLOW_UI_WORKFLOW=
+machine_learning (the stack's default), a bare `/` is redirected to the experiments list in the model-training
+view. The outer `?workflowType=` only keeps the redirect from repeating: the fragment never reaches the server.
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ async def _answer_not_implemented(send: Send) -> None:
     await send({"type": "http.response.body", "body": NOT_IMPLEMENTED_BODY})
 
 
+async def _redirect(send: Send, location: str) -> None:
+    await send({"type": "http.response.start", "status": 302, "headers": [(b"location", location.encode())]})
+    await send({"type": "http.response.body", "body": b""})
+
+
 def _without_direct_transfers(body: bytes) -> bytes:
     try:
         info = json.loads(body)
@@ -66,6 +76,7 @@ class ProxiedArtifactsOnly:
         self.app = app
         self.threads = int(os.environ.get("MLFLOW_REQUEST_THREADS", "8"))
         self._limited = False
+        self.ui_workflow = os.environ.get("MLFLOW_UI_WORKFLOW", "")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._limited:
@@ -73,7 +84,9 @@ class ProxiedArtifactsOnly:
             anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
             self._limited = True
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if any(marker in path for marker in PRESIGNED_PATH_MARKERS):
+        if path == "/" and self.ui_workflow and not scope.get("query_string") and scope.get("method") == "GET":
+            await _redirect(send, f"/?workflowType={self.ui_workflow}#/experiments?workflowType={self.ui_workflow}")
+        elif any(marker in path for marker in PRESIGNED_PATH_MARKERS):
             await _answer_not_implemented(send)
         elif path.endswith(SERVER_INFO_SUFFIX):
             await self._rewrite_server_info(scope, receive, send)
