@@ -2,13 +2,16 @@
 PYTHON ?= python3
 TF_CPU := tensorflow-cpu==2.21.0
 
-.PHONY: env up down train test lint venv logs clean backup restore bench
+.PHONY: env up down train test lint venv logs clean backup restore bench secrets
 
-env:  ## write .env with random secrets (once)
+env:  ## optional: write your own .env (random secrets) instead of the generated ones
 	scripts/init-env.sh
 
-up: env  ## start Postgres, MinIO and the tracking server; wait until healthy
+up:  ## start Postgres, MinIO and the tracking server; wait until healthy (secrets generated at the first start)
 	docker compose up -d --wait
+
+secrets:  ## print the generated secrets (e.g. the MinIO console login); rotate: scripts/secrets.sh rotate NAME
+	scripts/secrets.sh show
 
 down:  ## stop the stack, keep the data
 	docker compose down
@@ -27,7 +30,7 @@ venv:  ## host Python env for tests and for running the trainer outside Docker
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
-test:  ## the test command CI runs
+test:  ## the test command CI runs; builds .venv if missing, fetches MNIST if MNIST_NPZ is unset
 	scripts/test.sh
 
 bench:  ## benchmarks against the running stack -> docs/performance.md

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Writes .env from .env.example with fresh random secrets. Leaves an existing .env alone.
+# Optional: writes .env from .env.example with fresh random secrets, for people who want their own .env
+# (without one the stack generates its secrets at the first `up`). Leaves an existing .env alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

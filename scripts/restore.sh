@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Restores a backup written by scripts/backup.sh into the running stack, replacing what it holds:
 #   scripts/restore.sh backups/<timestamp>
-# The tracking server is stopped meanwhile, so nothing writes half-way; on start it migrates the schema,
-# so a backup from an older MLflow restores too.
+# The tracking server is stopped meanwhile, so nothing writes half-way; starting it runs
+# tracking-server-prepare first, which migrates the schema, so a backup from an older MLflow restores too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

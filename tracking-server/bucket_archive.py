@@ -13,6 +13,8 @@ import tarfile
 
 import boto3
 
+from mlflow_stack_server.settings import Settings
+
 
 def _client():  # type: ignore[no-untyped-def]
     return boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"])
@@ -52,6 +54,8 @@ def import_(bucket: str) -> int:
 def main() -> None:
     if len(sys.argv) != 2 or sys.argv[1] not in ("export", "import"):
         sys.exit("usage: bucket-archive export > artifacts.tar | bucket-archive import < artifacts.tar")
+    # The S3 keys arrive as files (AWS_*_FILE); boto3 reads only the plain variables.
+    Settings.from_environment().export_secrets()
     bucket = os.environ["MLFLOW_ARTIFACTS_BUCKET"]
     count = export(bucket) if sys.argv[1] == "export" else import_(bucket)
     print(f"bucket-archive: {sys.argv[1]}ed {count} objects ({bucket})", file=sys.stderr)

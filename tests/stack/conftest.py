@@ -151,6 +151,8 @@ def s3_keys(prefix_contains: str) -> list[str]:
     """Object keys in the artifact bucket, listed from inside the network with the server's credentials."""
     script = (
         "import boto3, os, json;"
+        # The server's S3 keys are files (AWS_*_FILE); the settings put them where boto3 looks.
+        "from mlflow_stack_server.settings import Settings; Settings.from_environment().export_secrets();"
         "s3 = boto3.client('s3', endpoint_url=os.environ['MLFLOW_S3_ENDPOINT_URL']);"
         "pages = s3.get_paginator('list_objects_v2').paginate(Bucket=os.environ['MLFLOW_ARTIFACTS_BUCKET']);"
         "print(json.dumps([o['Key'] for p in pages for o in p.get('Contents', [])]))"

@@ -44,6 +44,27 @@ def page() -> Iterator[Page]:
         browser.close()
 
 
+def test_the_ui_opens_on_model_training_with_the_trainers_experiment(
+    page: Page,
+    client: MlflowClient,
+    first_training: Training,
+    names: Names,
+) -> None:
+    # A browser that has never chosen a view (a fresh Playwright context): MLflow's default would be GenAI.
+    page.goto(f"{STACK_URL}/")
+    # "Model registry" is in the sidebar only in the model-training view (MLflow 3.17's UI).
+    expect(page.get_by_role("link", name="Model registry")).to_be_visible()
+    page.screenshot(path=str(SCREENSHOTS / "home.png"))
+    # The trainer's experiment: the runs table, in the same view, from a plain link without any query.
+    experiment_id = client.get_run(first_training.run_id).info.experiment_id
+    page.goto(f"{STACK_URL}/#/experiments/{experiment_id}")
+    run_name = client.get_run(first_training.run_id).info.run_name
+    expect(page.get_by_role("link", name=run_name, exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="Model registry")).to_be_visible()
+    expect(page.get_by_text(names.experiment).first).to_be_visible()
+    page.screenshot(path=str(SCREENSHOTS / "experiment.png"))
+
+
 def test_the_registry_page_lists_the_versions_and_the_champion_alias(
     page: Page,
     client: MlflowClient,

@@ -142,8 +142,8 @@ def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(clie
         )  # fmt: skip
     finally:
         compose("start", "minio")
-        # The stand-in object store forgets its bucket on restart; the server re-creates it when it starts.
-        compose("restart", "tracking-server")
+        # The stand-in object store forgets its bucket on restart; `up` runs tracking-server-prepare again,
+        # which re-creates it.
         compose("up", "-d", "--wait", "--wait-timeout", "180")
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("trainer: error")]

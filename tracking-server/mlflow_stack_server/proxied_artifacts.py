@@ -16,9 +16,10 @@ threads at MLFLOW_REQUEST_THREADS; the entrypoint sizes the pool to twice that. 
 wait in the event loop instead of in the pool.
 
 MLflow 3.17's UI opens in its GenAI view: the choice lives in the browser (the `workflowType` query of the
-page's URL, else localStorage, default GenAI) and no server setting changes it. With MLFLOW_UI_WORKFLOW=
-machine_learning (the stack's default), a bare `/` is redirected to the experiments list in the model-training
-view. The outer `?workflowType=` only keeps the redirect from repeating: the fragment never reaches the server.
+page's URL, else the localStorage entry `mlflow.workflowType_v1`, else GenAI) and no server setting changes
+it. With MLFLOW_UI_WORKFLOW set (the stack sets machine_learning), the UI's page gets a one-line script that
+stores that choice when the browser has none yet: the first visit opens the model-training view, and a
+person's own later choice (the sidebar switch) is kept.
 """
 
 from __future__ import annotations
@@ -54,9 +55,17 @@ async def _answer_not_implemented(send: Send) -> None:
     await send({"type": "http.response.body", "body": NOT_IMPLEMENTED_BODY})
 
 
-async def _redirect(send: Send, location: str) -> None:
-    await send({"type": "http.response.start", "status": 302, "headers": [(b"location", location.encode())]})
-    await send({"type": "http.response.body", "body": b""})
+# The key and JSON encoding of MLflow 3.17's useLocalStorage("mlflow.workflowType", version 1).
+WORKFLOW_STORAGE_KEY = "mlflow.workflowType_v1"
+UI_WORKFLOWS = ("machine_learning", "genai")
+
+
+def _with_default_workflow(page: bytes, workflow: str) -> bytes:
+    script = (
+        f'<script>try{{if(!localStorage.getItem("{WORKFLOW_STORAGE_KEY}"))'
+        f'localStorage.setItem("{WORKFLOW_STORAGE_KEY}",\'"{workflow}"\')}}catch(e){{}}</script>'
+    )
+    return page.replace(b"</head>", script.encode() + b"</head>", 1)
 
 
 def _without_direct_transfers(body: bytes) -> bytes:
@@ -77,6 +86,8 @@ class ProxiedArtifactsOnly:
         self.threads = int(os.environ.get("MLFLOW_REQUEST_THREADS", "8"))
         self._limited = False
         self.ui_workflow = os.environ.get("MLFLOW_UI_WORKFLOW", "")
+        if self.ui_workflow not in ("", *UI_WORKFLOWS):
+            raise ValueError(f"MLFLOW_UI_WORKFLOW={self.ui_workflow!r}; expected one of {UI_WORKFLOWS} or empty")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._limited:
@@ -84,16 +95,18 @@ class ProxiedArtifactsOnly:
             anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
             self._limited = True
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path == "/" and self.ui_workflow and not scope.get("query_string") and scope.get("method") == "GET":
-            await _redirect(send, f"/?workflowType={self.ui_workflow}#/experiments?workflowType={self.ui_workflow}")
+        if path == "/" and self.ui_workflow:
+            await self._rewrite_body(scope, receive, send, lambda page: _with_default_workflow(page, self.ui_workflow))
         elif any(marker in path for marker in PRESIGNED_PATH_MARKERS):
             await _answer_not_implemented(send)
         elif path.endswith(SERVER_INFO_SUFFIX):
-            await self._rewrite_server_info(scope, receive, send)
+            await self._rewrite_body(scope, receive, send, _without_direct_transfers)
         else:
             await self.app(scope, receive, send)
 
-    async def _rewrite_server_info(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _rewrite_body(
+        self, scope: Scope, receive: Receive, send: Send, rewrite: Callable[[bytes], bytes]
+    ) -> None:
         start: Message = {}
         chunks: list[bytes] = []
 
@@ -103,7 +116,7 @@ class ProxiedArtifactsOnly:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    body = _without_direct_transfers(b"".join(chunks))
+                    body = rewrite(b"".join(chunks))
                     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                     headers.append((b"content-length", str(len(body)).encode()))
                     await send({**start, "headers": headers})
