@@ -26,11 +26,10 @@ SETTLED_CORES = 0.15
 SETTLE_TIMEOUT = 90
 # A configuration that stalls must not eat the benchmark's budget.
 TUNING_DEADLINE = float(os.environ.get("BENCH_TUNING_DEADLINE", "45"))
-# Plain `mlflow server`: the stack's entrypoint only builds the database URI from the environment.
+# Plain `mlflow server`: the stack's settings only resolve the secrets (files) and build the database URI.
 PLAIN_MLFLOW = (
-    "import os, runpy; "
-    "uri = runpy.run_path('/usr/local/bin/tracking-server-entrypoint')['backend_store_uri'](); "
-    "os.environ['MLFLOW_BACKEND_STORE_URI'] = uri; "
+    "import os; from mlflow_stack_server.settings import Settings; "
+    "Settings.from_environment().export_secrets(); "
     "os.execvp('mlflow', ['mlflow', 'server', '--host', '0.0.0.0', '--port', '5000', "
     "'--serve-artifacts', '--artifacts-destination', 's3://' + os.environ['MLFLOW_ARTIFACTS_BUCKET'] + '/'])"
 )
