@@ -18,7 +18,16 @@ ruff check .
 ruff format --check .
 mypy
 hadolint trainer/Dockerfile tracking-server/Dockerfile
-yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml .yamllint
+yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml .yamllint \
+  deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml deploy/helm/mlflow-stack/ci
+
+# Offline, before anything starts: helm lint --strict, every ci/*.yaml rendered and validated against
+# Kubernetes 1.30 and 1.35, and the chart's promises read from the rendered objects (needs helm and
+# kubernetes-validate: ../shared/ci/k8s-tools.sh).
+step "helm chart (offline)"
+start=$(date +%s)
+pytest tests/chart -q
+echo "chart checks took $(( $(date +%s) - start )) s"
 
 step "build images"
 start=$(date +%s)
