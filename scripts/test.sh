@@ -34,6 +34,13 @@ start=$(date +%s)
 docker compose --profile train build  # the trainer sits in a profile, so plain `build` skips it
 echo "images built in $(( $(date +%s) - start )) s"
 
+# The chart's pods as rendered, run with Docker: prepare hook, 3 replicas, a trainer Job while a replica is
+# killed, the model server (tests/chart_live; its own containers, network and volumes, named wt-helm-k8s-*).
+step "helm chart pods, live on Docker"
+start=$(date +%s)
+pytest tests/chart_live -q
+echo "chart pods checked in $(( $(date +%s) - start )) s"
+
 stop_stack() {
   if [ "${KEEP_STACK:-0}" = 1 ]; then return; fi
   if [ "${CLEAN_STACK:-0}" = 1 ]; then docker compose down -v --remove-orphans; else docker compose down --remove-orphans; fi

@@ -16,6 +16,7 @@ scheduling (nodeSelector, tolerations, GPUs), and Helm itself (the hook order is
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 Manifest = dict[str, Any]
-PREFIX = "wt-helm-k8s"
+# Every container, network, volume and folder the harness makes is named with this prefix, and only those are
+# ever removed (a shared Docker engine can run several checkouts side by side with different prefixes).
+PREFIX = os.environ.get("CHART_PODS_PREFIX", "chart-pods")
 
 
 def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
