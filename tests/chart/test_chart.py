@@ -414,3 +414,23 @@ def test_external_stores_egress_only_from_the_tracking_server() -> None:
     for component in ("trainer", "model-server"):
         ports = {port["port"] for rule in by_component[component]["spec"]["egress"] for port in rule.get("ports", [])}
         assert 5432 not in ports
+
+
+def test_bundled_postgres_must_fit_every_replicas_connections() -> None:
+    # 3 replicas + 1 surge pod x 2 workers x 3 x 8 threads + 5 = 197 fits the default 200; 4 replicas do not.
+    assert one(render(BUNDLED, set_values=["trackingServer.replicas=3"]), "Deployment", "tracking")
+    error = render_error(BUNDLED, set_values=["trackingServer.replicas=4"])
+    assert "postgresql.maxConnections=200 is too small" in error and "need 245" in error
+    assert one(
+        render(BUNDLED, set_values=["trackingServer.replicas=4", "postgresql.maxConnections=300"]),
+        "StatefulSet",
+        "postgres",
+    )
+    # The HPA's ceiling counts, not the initial replica count.
+    assert "is too small" in render_error(
+        BUNDLED, set_values=["trackingServer.hpa.enabled=true", "trackingServer.hpa.maxReplicas=6"]
+    )
+    postgres = containers(
+        one(render(BUNDLED, set_values=["postgresql.maxConnections=300"]), "StatefulSet", "postgres")
+    )[0]
+    assert postgres["args"] == ["postgres", "-c", "max_connections=300"]
