@@ -128,10 +128,15 @@ SUPERUSER_RESERVED = 3
 SIZING_ROWS = [(1, 2), (3, 2), (2, 4), (3, 4), (4, 4), (6, 4), (8, 4)]
 
 
+# p99 of the shipped server when it is not saturated (docs/performance.md, K = 8: 115 ms): no number of
+# replicas makes one request faster than that, so projections stop there.
+P99_FLOOR_MS = 115.0
+
+
 def sizing_table(server_ms: float, postgres_ms: float, p99_over_mean: float, k: int = 64) -> str:
     """Projected from the measured CPU per request: throughput at 80 % busy server cores; p99 of K closed-loop
-    trainers = p99/mean (measured) x K / throughput (Little's law); Postgres cores for that throughput;
-    connections = (replicas + 1 surge) x workers x 3 x threads (+ prepare, + reserved)."""
+    trainers = p99/mean (measured) x K / throughput (Little's law), not below P99_FLOOR_MS; Postgres cores for
+    that throughput; connections = (replicas + 1 surge) x workers x 3 x threads (+ prepare, + reserved)."""
     lines = [
         "| replicas x cores | server cores | req/s | p99 at K = 64, closed loop | Postgres cores | "
         "connections per pod (auth) | max_connections ≥ (auth) |",
@@ -139,12 +144,13 @@ def sizing_table(server_ms: float, postgres_ms: float, p99_over_mean: float, k: 
     ]
     for replicas, cores in SIZING_ROWS:
         throughput = replicas * cores * 1000 / server_ms * 0.8
-        p99 = p99_over_mean * k / throughput * 1000
+        p99 = max(P99_FLOOR_MS, p99_over_mean * k / throughput * 1000)
         per_pod, per_pod_auth = cores * 3 * REQUEST_THREADS, cores * 4 * REQUEST_THREADS
         need = (replicas + 1) * per_pod + 2 + SUPERUSER_RESERVED
         need_auth = (replicas + 1) * per_pod_auth + 2 + SUPERUSER_RESERVED
         lines.append(
-            f"| {replicas} x {cores} | {replicas * cores} | {throughput:.0f} | {p99:.0f} ms | "
+            f"| {replicas} x {cores} | {replicas * cores} | {throughput:.0f} | "
+            f"{'≈ ' if p99 == P99_FLOOR_MS else ''}{p99:.0f} ms | "
             f"{throughput * postgres_ms / 1000:.1f} | {per_pod} ({per_pod_auth}) | {need} ({need_auth}) |"
         )
     return "\n".join(lines)
