@@ -241,3 +241,13 @@ class Pods:
             docker("volume", "rm", "-f", *vols, check=False)
         docker("network", "rm", self.network, check=False)
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def split_image(image: str) -> tuple[str, str]:
+    repository, _, tag = image.rpartition(":")
+    return repository, tag
+
+
+def postgres_uid() -> int:
+    """The chart's postgresql.uid must exist in the image (initdb looks the user up); ask the image."""
+    return int(docker("run", "--rm", "--entrypoint", "id", "postgres:16-bookworm", "-u", "postgres").stdout)

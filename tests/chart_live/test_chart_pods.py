@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from tests.chart.chart import ci_values, render
-from tests.chart_live.pods import PREFIX, Pods, docker
+from tests.chart_live.pods import PREFIX, Pods, docker, postgres_uid, split_image
 
 TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "mlflow-stack/trainer:0.1.0")
@@ -36,16 +36,6 @@ REPLICAS = 3
 EPOCHS = 2
 EXPERIMENT = f"chart-live-{uuid.uuid4().hex[:8]}"
 MODEL = "mnist"  # the model server's default URI is models:/mnist@champion
-
-
-def split_image(image: str) -> tuple[str, str]:
-    repository, _, tag = image.rpartition(":")
-    return repository, tag
-
-
-def postgres_uid() -> int:
-    """The chart's postgresql.uid must exist in the image (initdb looks the user up); ask the image."""
-    return int(docker("run", "--rm", "--entrypoint", "id", "postgres:16-bookworm", "-u", "postgres").stdout)
 
 
 @pytest.fixture(scope="module")
