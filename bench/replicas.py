@@ -18,7 +18,6 @@ import argparse
 import os
 import secrets
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +71,8 @@ def start(replicas: int, counts: list[int]) -> tuple[Pods, dict[str, str | None]
     for name in names:
         pods.wait_ready(name, server, timeout=300)
     time.sleep(10)  # let the workers' start-up CPU settle before measuring
-    config = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-lb-")) / "haproxy.cfg"
+    config = pods.scratch / "lb" / "haproxy.cfg"  # removed with the pods
+    config.parent.mkdir(parents=True, exist_ok=True)
     sections = [
         "global\n  maxconn 4096\n"
         "defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n"

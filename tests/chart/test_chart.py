@@ -223,6 +223,7 @@ def test_clients_hold_no_store_credentials() -> None:
             name for name in env if name.startswith(("AWS_", "POSTGRES_", "MINIO_", "MLFLOW_S3", "MLFLOW_BACKEND"))
         ]
         assert not [v for v in env.values() if isinstance(v, dict)], "a client reads no Secret without auth"
+        assert env["MLFLOW_DISABLE_TELEMETRY"] == env["DO_NOT_TRACK"] == "true"
 
 
 def test_model_server_runs_the_compose_serving_command() -> None:

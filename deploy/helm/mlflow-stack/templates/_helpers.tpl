@@ -154,12 +154,21 @@ mlflow-stack/tracking-client: "true"
   value: {{ .Values.trackingServer.enableJobExecution | quote }}
 - name: MLFLOW_DISABLE_TELEMETRY
   value: "true"
+- name: DO_NOT_TRACK
+  value: "true"
 {{- end -}}
 
 {{/* The login of trainers and the model server (never a database or S3 secret). */}}
 {{- define "mlflow-stack.clientEnv" -}}
 - name: MLFLOW_TRACKING_URI
   value: {{ include "mlflow-stack.trackingUri" . }}
+# MLflow's usage telemetry (on by default since 3.2) stays off: no calls home from the cluster, and its
+# client toggles an environment variable from a thread, which can fail a concurrent request (KeyError
+# '_MLFLOW_TELEMETRY_SESSION_ID', seen here with no internet).
+- name: MLFLOW_DISABLE_TELEMETRY
+  value: "true"
+- name: DO_NOT_TRACK
+  value: "true"
 {{- if .Values.auth.enabled }}
 - name: MLFLOW_TRACKING_USERNAME
   valueFrom:
