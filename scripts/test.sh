@@ -45,12 +45,28 @@ ruff format --check .
 mypy
 hadolint trainer/Dockerfile tracking-server/Dockerfile
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
-yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml .yamllint
+yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml .yamllint \
+  deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml deploy/helm/mlflow-stack/ci
+
+# Offline, before anything starts: helm lint --strict, every ci/*.yaml rendered and validated against
+# Kubernetes 1.30 and 1.35, and the chart's promises read from the rendered objects (needs helm and
+# kubernetes-validate: ../shared/ci/k8s-tools.sh).
+step "helm chart (offline)"
+start=$(date +%s)
+pytest tests/chart -q
+echo "chart checks took $(( $(date +%s) - start )) s"
 
 step "build images"
 start=$(date +%s)
 docker compose --profile train build  # the trainer sits in a profile, so plain `build` skips it
 echo "images built in $(( $(date +%s) - start )) s"
+
+# The chart's pods as rendered, run with Docker: prepare hook, 3 replicas, a trainer Job while a replica is
+# killed, the model server (tests/chart_live; its own containers, network and volumes, named wt-helm-k8s-*).
+step "helm chart pods, live on Docker"
+start=$(date +%s)
+pytest tests/chart_live -q
+echo "chart pods checked in $(( $(date +%s) - start )) s"
 
 stop_stack() {
   if [ "${KEEP_STACK:-0}" = 1 ]; then return; fi

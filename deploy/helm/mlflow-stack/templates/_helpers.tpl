@@ -1,0 +1,244 @@
+{{/* Names: every object is "<release>-mlflow-stack-<component>" unless the release name already says it. */}}
+{{- define "mlflow-stack.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlflow-stack.name" -}}{{ include "mlflow-stack.fullname" .root }}-{{ .component }}{{- end -}}
+
+{{- define "mlflow-stack.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "mlflow-stack.labels" -}}
+{{ include "mlflow-stack.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end -}}
+
+{{/* Pods that may call the tracking server carry this label (the NetworkPolicy selects on it). */}}
+{{- define "mlflow-stack.clientLabel" -}}
+mlflow-stack/tracking-client: "true"
+{{- end -}}
+
+{{- define "mlflow-stack.image" -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+
+{{- define "mlflow-stack.trackingHost" -}}{{ include "mlflow-stack.name" (dict "root" . "component" "tracking") }}{{- end -}}
+{{- define "mlflow-stack.trackingUri" -}}http://{{ include "mlflow-stack.trackingHost" . }}:{{ .Values.trackingServer.service.port }}{{- end -}}
+
+{{/* Host headers MLflow accepts (its list REPLACES the defaults): the Service's names, localhost for
+     port-forwards and the in-pod healthcheck, and every Ingress host name. */}}
+{{- define "mlflow-stack.allowedHosts" -}}
+{{- $svc := include "mlflow-stack.trackingHost" . -}}
+{{- $port := .Values.trackingServer.service.port | toString -}}
+{{- $hosts := list (printf "%s:%s" $svc $port) (printf "%s.%s:%s" $svc .Release.Namespace $port) (printf "%s.%s.svc:%s" $svc .Release.Namespace $port) (printf "%s.%s.svc.%s:%s" $svc .Release.Namespace .Values.clusterDomain $port) "localhost:*" "127.0.0.1:*" -}}
+{{- if .Values.ingress.enabled -}}
+{{- range .Values.ingress.hosts -}}
+{{- $hosts = append $hosts . -}}
+{{- $hosts = append $hosts (printf "%s:*" .) -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.trackingServer.extraAllowedHosts -}}
+{{- $hosts = append $hosts . -}}
+{{- end -}}
+{{- join "," $hosts -}}
+{{- end -}}
+
+{{/* Required secrets: rendering fails naming the value to set, so no password is ever defaulted. */}}
+{{- define "mlflow-stack.postgresSecret" -}}
+{{- if .Values.postgresql.bundled -}}
+{{- required "postgresql.auth.existingSecret is required: a Secret with the key 'password' for the bundled Postgres (kubectl create secret generic mlflow-postgres --from-literal=password=$(openssl rand -hex 24))" .Values.postgresql.auth.existingSecret -}}
+{{- else -}}
+{{- required "postgresql.external.existingSecret is required: a Secret whose key 'uri' holds postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB" .Values.postgresql.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlflow-stack.s3Secret" -}}
+{{- required "s3.existingSecret is required: a Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the bundled MinIO they become its root user)" .Values.s3.existingSecret -}}
+{{- end -}}
+
+{{- define "mlflow-stack.authSecret" -}}
+{{- required "auth.existingSecret is required with auth.enabled: a Secret with the keys admin-username, admin-password and flask-secret-key" .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "mlflow-stack.clientAuthSecret" -}}
+{{- required "auth.clientSecret is required with auth.enabled: a Secret with the keys username and password, the MLflow login of trainers and the model server" .Values.auth.clientSecret -}}
+{{- end -}}
+
+{{/* The environment both `prepare` and `serve` read (INTERFACE.md): database, S3, auth, server sizing. */}}
+{{- define "mlflow-stack.serverEnv" -}}
+{{- if .Values.postgresql.bundled }}
+- name: POSTGRES_HOST
+  value: {{ include "mlflow-stack.name" (dict "root" . "component" "postgres") }}
+- name: POSTGRES_PORT
+  value: "5432"
+- name: POSTGRES_USER
+  value: {{ .Values.postgresql.auth.username | quote }}
+- name: POSTGRES_DB
+  value: {{ .Values.postgresql.auth.database | quote }}
+- name: POSTGRES_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.postgresSecret" . }}
+      key: {{ .Values.postgresql.auth.passwordKey }}
+{{- else }}
+- name: MLFLOW_BACKEND_STORE_URI
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.postgresSecret" . }}
+      key: {{ .Values.postgresql.external.uriKey }}
+{{- end }}
+{{- if .Values.s3.bundled }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: http://{{ include "mlflow-stack.name" (dict "root" . "component" "minio") }}:9000
+{{- else if .Values.s3.endpointUrl }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: {{ .Values.s3.endpointUrl | quote }}
+{{- end }}
+{{- if and (not .Values.s3.bundled) .Values.s3.region }}
+- name: AWS_DEFAULT_REGION
+  value: {{ .Values.s3.region | quote }}
+{{- end }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.s3Secret" . }}
+      key: {{ .Values.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.s3Secret" . }}
+      key: {{ .Values.s3.secretAccessKeyKey }}
+- name: MLFLOW_ARTIFACTS_BUCKET
+  value: {{ .Values.s3.bucket | quote }}
+{{- with .Values.s3.artifactsDestination }}
+- name: MLFLOW_ARTIFACTS_DESTINATION
+  value: {{ . | quote }}
+{{- end }}
+- name: MLFLOW_AUTH
+  value: {{ ternary "basic" "none" .Values.auth.enabled }}
+{{- if .Values.auth.enabled }}
+- name: MLFLOW_AUTH_ADMIN_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.authSecret" . }}
+      key: admin-username
+- name: MLFLOW_AUTH_ADMIN_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.authSecret" . }}
+      key: admin-password
+- name: MLFLOW_FLASK_SERVER_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.authSecret" . }}
+      key: flask-secret-key
+{{- end }}
+- name: MLFLOW_WORKERS
+  value: {{ .Values.trackingServer.workers | quote }}
+- name: MLFLOW_REQUEST_THREADS
+  value: {{ .Values.trackingServer.requestThreads | quote }}
+- name: MLFLOW_SERVER_ALLOWED_HOSTS
+  value: {{ include "mlflow-stack.allowedHosts" . | quote }}
+- name: MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+  value: {{ .Values.trackingServer.enableJobExecution | quote }}
+- name: MLFLOW_DISABLE_TELEMETRY
+  value: "true"
+- name: DO_NOT_TRACK
+  value: "true"
+{{- end -}}
+
+{{/* The login of trainers and the model server (never a database or S3 secret). */}}
+{{- define "mlflow-stack.clientEnv" -}}
+- name: MLFLOW_TRACKING_URI
+  value: {{ include "mlflow-stack.trackingUri" . }}
+# MLflow's usage telemetry (on by default since 3.2) stays off: no calls home from the cluster, and its
+# client toggles an environment variable from a thread, which can fail a concurrent request (KeyError
+# '_MLFLOW_TELEMETRY_SESSION_ID', seen here with no internet).
+- name: MLFLOW_DISABLE_TELEMETRY
+  value: "true"
+- name: DO_NOT_TRACK
+  value: "true"
+{{- if .Values.auth.enabled }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.clientAuthSecret" . }}
+      key: username
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.clientAuthSecret" . }}
+      key: password
+{{- end }}
+{{- end -}}
+
+{{- define "mlflow-stack.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+fsGroup: {{ .uid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "mlflow-stack.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ .readOnly }}
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* NetworkPolicy egress rules shared by several policies. */}}
+{{- define "mlflow-stack.dnsEgress" -}}
+- ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- end -}}
+{{- define "mlflow-stack.storeEgress" -}}
+{{- $root := . -}}
+{{- if .Values.postgresql.bundled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "mlflow-stack.selectorLabels" (dict "root" $root "component" "postgres") | nindent 10 }}
+  ports:
+    - {protocol: TCP, port: 5432}
+{{- else }}
+- to:
+    {{- toYaml .Values.postgresql.external.networkPolicyPeers | nindent 4 }}
+  ports:
+    - {protocol: TCP, port: {{ .Values.postgresql.external.port }}}
+{{- end }}
+{{- if .Values.s3.bundled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "mlflow-stack.selectorLabels" (dict "root" $root "component" "minio") | nindent 10 }}
+  ports:
+    - {protocol: TCP, port: 9000}
+{{- else }}
+- to:
+    {{- toYaml .Values.s3.external.networkPolicyPeers | nindent 4 }}
+  ports:
+    - {protocol: TCP, port: {{ .Values.s3.external.port }}}
+{{- end }}
+{{- end -}}
+{{- define "mlflow-stack.trackingEgress" -}}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "mlflow-stack.selectorLabels" (dict "root" . "component" "tracking") | nindent 10 }}
+  ports:
+    - {protocol: TCP, port: 5000}
+{{- end -}}

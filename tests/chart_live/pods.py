@@ -1,0 +1,253 @@
+"""Run the chart's rendered pods with Docker, container by container, exactly as the manifests give them.
+
+What a kubelet would take from a pod spec is translated one to one: image, command (entrypoint) and args,
+env (literal or from a Secret given here), container ports, the pod's and container's securityContext
+(user and group, fsGroup on volumes, read-only root filesystem, dropped capabilities, no new privileges),
+emptyDir volumes (empty 0777 host folders), claims (named volumes, or a host folder for an existing claim), CPU and memory
+limits, and restartPolicy. A Service becomes a network alias on every container its selector matches, so
+`http://<service>:<port>` resolves to all ready and unready replicas (Docker's DNS round-robin; there is no
+kube-proxy here). Probes are run by `Pods.probe`, from the host, the way the kubelet runs them: exec inside
+the container, httpGet against the container's IP.
+
+What this cannot show: NetworkPolicies (no enforcing CNI; their effect is computed in tests/chart),
+scheduling (nodeSelector, tolerations, GPUs), and Helm itself (the hook order is followed by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Manifest = dict[str, Any]
+# Every container, network, volume and folder the harness makes is named with this prefix, and only those are
+# ever removed (a shared Docker engine can run several checkouts side by side with different prefixes).
+PREFIX = os.environ.get("CHART_PODS_PREFIX", "chart-pods")
+
+
+def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} ... exited {result.returncode}: {result.stderr[-2000:]}")
+    return result
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def cpu_limit(value: str | int | float) -> str:
+    text = str(value)
+    return str(int(text[:-1]) / 1000) if text.endswith("m") else text
+
+
+def memory_limit(value: str) -> str:
+    units = {"Ki": "k", "Mi": "m", "Gi": "g"}
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", str(value))
+    assert match, value
+    return match.group(1) + units.get(match.group(2) or "", "")
+
+
+@dataclass
+class Pods:
+    """One Docker network standing in for a namespace; the rendered objects; the Secrets' contents."""
+
+    manifests: list[Manifest]
+    secrets: dict[str, dict[str, str]]
+    claims: dict[str, Path] = field(default_factory=dict)  # existing claim name -> host folder
+    network: str = PREFIX
+    started: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    scratch: Path = Path(tempfile.gettempdir()) / PREFIX  # emptyDir folders
+
+    # --- objects --------------------------------------------------------------------------------------------
+    def workload(self, kind: str, component: str) -> Manifest:
+        (found,) = [
+            m
+            for m in self.manifests
+            if m["kind"] == kind and m["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        ]
+        return found
+
+    def service_names(self, pod_labels: dict[str, str]) -> list[str]:
+        return [
+            m["metadata"]["name"]
+            for m in self.manifests
+            if m["kind"] == "Service" and selector_matches(m["spec"]["selector"], pod_labels)
+        ]
+
+    # --- translation ------------------------------------------------------------------------------------------
+    def _env(self, container: dict[str, Any]) -> list[str]:
+        args = []
+        for item in container.get("env", []):
+            if "value" in item:
+                value = str(item["value"])
+            else:
+                ref = item["valueFrom"]["secretKeyRef"]
+                value = self.secrets[ref["name"]][ref["key"]]
+            args += ["-e", f"{item['name']}={value}"]
+        return args
+
+    def _volume(self, pod_name: str, volume: dict[str, Any], fs_group: int | None, claim_prefix: str) -> str:
+        """A docker --mount source for a pod volume (emptyDir is handled as tmpfs by the caller)."""
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            return str(self.claims[claim])
+        name = f"{PREFIX}-{claim_prefix}-{volume['name']}-{pod_name}"
+        docker("volume", "create", name)
+        self.volumes.append(name)
+        if fs_group is not None:
+            # What the kubelet does for fsGroup: the volume's group becomes fsGroup, group-writable, setgid.
+            docker("run", "--rm", "-v", f"{name}:/v", "--entrypoint", "sh", "--user", "0",
+                   "python:3.11-slim-bookworm", "-c", f"chgrp -R {fs_group} /v && chmod -R g+rwXs /v")  # fmt: skip
+        return name
+
+    def run(self, workload: Manifest, index: int = 0, restart: bool | None = None, suffix: str = "") -> str:
+        """Start pod `index` of a workload (one container per pod here); its container name."""
+        template = workload["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        pod = template["spec"]
+        (container,) = pod["containers"]
+        component = labels["app.kubernetes.io/component"]
+        name = f"{PREFIX}-{component}-{index}{suffix}"
+        pod_security = pod.get("securityContext", {})
+        security = {**pod_security, **container.get("securityContext", {})}
+        args = ["run", "-d", "--name", name, "--hostname", name, "--network", self.network]
+        for alias in self.service_names(labels):
+            args += ["--network-alias", alias]
+        for key, value in labels.items():
+            args += ["--label", f"{key}={value}"]
+        if "runAsUser" in security:
+            args += ["--user", f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"]
+        fs_group = pod_security.get("fsGroup")
+        if fs_group is not None:
+            args += ["--group-add", str(fs_group)]
+        if security.get("readOnlyRootFilesystem"):
+            args.append("--read-only")
+        if security.get("allowPrivilegeEscalation") is False:
+            args += ["--security-opt", "no-new-privileges"]
+        for capability in security.get("capabilities", {}).get("drop", []):
+            args += ["--cap-drop", capability]
+        limits = container.get("resources", {}).get("limits", {})
+        if "cpu" in limits:
+            args += ["--cpus", cpu_limit(limits["cpu"])]
+        if "memory" in limits:
+            args += ["--memory", memory_limit(limits["memory"])]
+        restart_policy = pod.get("restartPolicy", "Always")
+        if restart if restart is not None else restart_policy == "Always":
+            args += ["--restart", "always"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for claim in workload["spec"].get("volumeClaimTemplates", []):
+            volumes[claim["metadata"]["name"]] = {"name": claim["metadata"]["name"], "claimTemplate": True}
+        for mount in container.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            read_only = ",readonly" if mount.get("readOnly") else ""
+            if "emptyDir" in volume:
+                # An emptyDir is a fresh, world-writable (0777) host folder of the pod. Not a Docker tmpfs or
+                # volume: those copy the image folder's owner and mode, which a kubelet does not.
+                folder = self.scratch / name / mount["name"]
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o777)
+                args += ["--mount", f"type=bind,source={folder},destination={mount['mountPath']}"]
+            elif "persistentVolumeClaim" in volume:
+                source = self._volume(name, volume, fs_group, component)
+                args += ["--mount", f"type=bind,source={source},destination={mount['mountPath']}{read_only}"]
+            else:
+                source = self._volume(name, volume, fs_group, component)
+                args += ["--mount", f"type=volume,source={source},destination={mount['mountPath']}{read_only}"]
+        args += self._env(container)
+        for port in container.get("ports", []):
+            args += ["--expose", str(port["containerPort"])]
+        command = container.get("command")
+        if command:
+            args += ["--entrypoint", command[0]]
+        args.append(container["image"])
+        args += [*(command[1:] if command else []), *[str(a) for a in container.get("args", [])]]
+        docker(*args)
+        self.started.append(name)
+        return name
+
+    # --- probes, as the kubelet runs them ------------------------------------------------------------------
+    def ip(self, name: str) -> str:
+        networks = json.loads(docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", name).stdout)
+        address: str = networks[self.network]["IPAddress"]
+        return address
+
+    def probe(self, name: str, container: dict[str, Any], kind: str) -> bool:
+        spec = container[kind]
+        timeout = float(spec.get("timeoutSeconds", 1))
+        if "exec" in spec:
+            try:
+                result = docker("exec", name, *spec["exec"]["command"], check=False, timeout=timeout + 5)
+            except subprocess.TimeoutExpired:
+                return False
+            return result.returncode == 0
+        get = spec["httpGet"]
+        port = get["port"]
+        if isinstance(port, str):
+            port = next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+        try:
+            address = self.ip(name)
+            if not address:
+                return False
+            with urllib.request.urlopen(f"http://{address}:{port}{get['path']}", timeout=timeout) as response:
+                return 200 <= response.status < 400
+        except Exception:
+            return False
+
+    def wait_ready(self, name: str, container: dict[str, Any], timeout: float) -> float:
+        """Seconds until the startup probe, then the readiness probe, pass; AssertionError on timeout."""
+        started = time.monotonic()
+        for kind in ("startupProbe", "readinessProbe"):
+            if kind not in container:
+                continue
+            while not self.probe(name, container, kind):
+                if time.monotonic() - started > timeout:
+                    raise AssertionError(f"{name}: {kind} not passing after {timeout:.0f} s:\n{self.logs(name)}")
+                time.sleep(float(container[kind].get("periodSeconds", 10)) / 5)
+        return time.monotonic() - started
+
+    def wait_exit(self, name: str, timeout: float) -> int:
+        result = docker("wait", name, timeout=timeout)
+        return int(result.stdout.strip())
+
+    def logs(self, name: str) -> str:
+        result = docker("logs", "--tail", "60", name, check=False)
+        return result.stdout + result.stderr
+
+    def restarts(self, name: str) -> int:
+        return int(docker("inspect", "--format", "{{.RestartCount}}", name).stdout.strip())
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def create_network(self) -> None:
+        self.remove_all()
+        docker("network", "create", "--label", f"{PREFIX}=1", self.network)
+
+    def remove_all(self) -> None:
+        """Everything this harness creates carries the wt-helm-k8s prefix; nothing else is touched."""
+        names = docker("ps", "-aq", "--filter", f"name=^{PREFIX}-").stdout.split()
+        if names:
+            docker("rm", "-f", *names, check=False)
+        vols = docker("volume", "ls", "-q", "--filter", f"name=^{PREFIX}-").stdout.split()
+        if vols:
+            docker("volume", "rm", "-f", *vols, check=False)
+        docker("network", "rm", self.network, check=False)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def split_image(image: str) -> tuple[str, str]:
+    repository, _, tag = image.rpartition(":")
+    return repository, tag
+
+
+def postgres_uid() -> int:
+    """The chart's postgresql.uid must exist in the image (initdb looks the user up); ask the image."""
+    return int(docker("run", "--rm", "--entrypoint", "id", "postgres:16-bookworm", "-u", "postgres").stdout)
