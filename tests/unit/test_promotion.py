@@ -32,7 +32,6 @@ def make_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[f
     import mlflow
     from mlflow import MlflowClient
 
-    monkeypatch.setattr(registry, "PROMOTION_SETTLE_SECONDS", 0.0)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     # The active experiment is process-wide in MLflow: name one that exists in this store.

@@ -6,6 +6,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -27,6 +28,23 @@ MODEL_ARTIFACT_NAME = "model"
 INPUT_EXAMPLE_SIZE = 5
 # Keras' metric names, as the UI shows them: explicit train_ prefix next to Keras' own val_ prefix.
 KERAS_TO_LOGGED_METRIC = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+
+# Run tag through which a sweep's parent (and `trainer reproduce`) finds the model a run logged.
+MODEL_URI_TAG = "model_uri"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+# Set on a run that retrains another one with the same config: `trainer reproduce`.
+REPRODUCES_TAG = "reproduces"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run hands on to the registry (and what a sweep child writes to its result file)."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    metrics: dict[str, float]
 
 
 class ConfigError(ValueError):
@@ -117,23 +135,18 @@ def visible_devices() -> list[str]:
 
 
 def environment_tags(devices: list[str]) -> dict[str, str]:
+    """Devices and library versions; lineage.current_environment() adds code digest, git commit, image, lock."""
     import mlflow
     import tensorflow as tf
 
-    tags = {
+    return {
         "devices": ", ".join(devices),
         "tensorflow_version": tf.__version__,
         "mlflow_version": mlflow.__version__,
     }
-    # Set by the image build; absent when the package runs from a checkout.
-    for env_name, tag in (("TRAINER_GIT_SHA", "git_sha"), ("TRAINER_IMAGE", "image")):
-        if os.environ.get(env_name):
-            tags[tag] = os.environ[env_name]
-    return tags
 
 
-def log_dataset(data: Mnist) -> str:
-    """Record the training data as a run input; returns the digest MLflow computed for it."""
+def _dataset(data: Mnist) -> Any:
     import mlflow
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
@@ -143,9 +156,21 @@ def log_dataset(data: Mnist) -> str:
     with warnings.catch_warnings():
         # MLflow registers two equivalent local-file source classes and warns that it picked one of them.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        dataset = mlflow.data.from_numpy(  # type: ignore[attr-defined]
+        return mlflow.data.from_numpy(  # type: ignore[attr-defined]
             data.x_train, targets=data.y_train, source=source, name="mnist"
         )
+
+
+def dataset_digest(data: Mnist) -> str:
+    """MLflow's digest of the training arrays, computed without logging anything (`trainer reproduce`)."""
+    return str(_dataset(data).digest)
+
+
+def log_dataset(data: Mnist) -> str:
+    """Record the training data as a run input; returns the digest MLflow computed for it."""
+    import mlflow
+
+    dataset = _dataset(data)
     mlflow.log_input(dataset, context="training")
     return str(dataset.digest)
 
