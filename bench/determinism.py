@@ -45,7 +45,8 @@ def one(deterministic: bool) -> dict[str, float]:
 def _measure(deterministic: bool) -> dict[str, float]:
     command = [sys.executable, "-m", "bench.determinism", "one", "on" if deterministic else "off"]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return result
 
 
 def main() -> None:

@@ -101,3 +101,12 @@ def test_a_sweep_varies_the_fields_marked_sweepable() -> None:
     args = cli.parse_args(["sweep", "--learning-rate", "0.001,0.003", "--batch-size", "64,auto"])
     assert config.sweep_grid(args) == {"learning_rate": [0.001, 0.003], "batch_size": [64, "auto"]}
     assert config.short_label({"learning_rate": 0.003, "batch_size": 64}) == "lr=0.003 bs=64"
+
+
+def test_the_readme_table_lists_every_training_flag() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("### Trainer options") : readme.index("### What a run records")]
+    for section in (TrainConfig, TrackingConfig, RegistryConfig):
+        for spec in fields(section):
+            if spec.name != "parent_run_id":
+                assert f"| `{config.flag(spec.name)}" in table, spec.name

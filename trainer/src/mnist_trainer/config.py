@@ -102,6 +102,14 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def rate(text: str) -> float:
+    """A share that may be 0 but not 1 (a dropout rate of 1 would drop every unit)."""
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
 def name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -173,6 +181,7 @@ class TrainConfig:
     max_train_samples: int | None = option(
         None, "train on a seeded subset of this many images (quick checks); default: all", parse=positive_int
     )
+    dropout: float = option(0.5, "dropout rate before the classifier layer", parse=rate)
     mixed_precision: accelerate.Toggle = option(
         accelerate.AUTO,
         "compute in float16, keep weights and output in float32; 'auto': on with a GPU of compute capability "

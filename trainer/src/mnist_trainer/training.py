@@ -108,7 +108,11 @@ def train_and_track(
         mlflow.set_tag("data_digest", data_digest)
 
         model = build_model(
-            options.learning_rate, options.seed, mixed_precision=settings.mixed_precision, xla=settings.xla
+            options.learning_rate,
+            options.seed,
+            mixed_precision=settings.mixed_precision,
+            xla=settings.xla,
+            dropout=options.dropout,
         )
         started = time.perf_counter()
         model.fit(
