@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 : "${MNIST_NPZ:?set MNIST_NPZ to a Keras-format mnist.npz (see README, Tests)}"
 [ -f .env ] || scripts/init-env.sh
+# The trainer image records the commit it was built from (runs' git_sha tag).
+GIT_SHA="${GIT_SHA:-$(scripts/git-sha.sh)}"
+export GIT_SHA
 
 step() { printf '\n== %s\n' "$*"; }
 
