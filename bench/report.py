@@ -280,9 +280,13 @@ def determinism_section(result: dict[str, Any]) -> list[str]:
         f"| on (seeded, `enable_op_determinism`) | {fit['on']:.2f} | {rate['on']:.0f} | "
         f"{'yes' if repeats['on'] else 'no'} |",
         "",
-        f"Cost: **{100 * (result['slowdown_with_determinism'] - 1):+.1f} %** fit time. `--deterministic auto` is on "
-        "without a GPU for that reason; with a GPU it stays off, because there it would also turn XLA off (Keras "
-        "compiles no XLA under op determinism) and pick slower deterministic cuDNN kernels (not measured: no GPU).",
+        f"Cost: **{100 * (result['slowdown_with_determinism'] - 1):+.1f} %** fit time (the two settings also train "
+        "slightly different weights: other kernels). Whether runs without it repeat is an observation about this "
+        "CPU, thread count and model, which TensorFlow does not promise; with it, TensorFlow guarantees it (and "
+        "raises on an op that has no deterministic kernel). That guarantee for about a tenth more time is why "
+        "`--deterministic auto` is on without a GPU. With a GPU it stays off: there it would also turn XLA off "
+        "(Keras compiles no XLA under op determinism) and choose slower deterministic cuDNN kernels (not measured: "
+        "no GPU here).",
         "",
     ]
 

@@ -154,4 +154,6 @@ def test_champion_ends_on_the_best_version_with_every_request_delayed(
             assert (champion, challenger) == (expected.champion, expected.challenger)
         # Every request of the races went through the delay: registration, reads and alias writes.
         assert proxy.delayed >= REPETITIONS * TRAINERS * 4, proxy.delayed
-    print(f"promotion race outcomes (repetition, champion on best, seconds): {outcomes}")
+    print(
+        f"promotion race outcomes (repetition, champion on best, seconds): {outcomes}; {proxy.delayed} requests delayed"
+    )

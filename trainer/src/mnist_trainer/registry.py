@@ -215,7 +215,7 @@ class _Scores:
     def of(self, versions: Sequence[ModelVersion]) -> dict[str, float | None]:
         from concurrent.futures import ThreadPoolExecutor
 
-        missing = [v for v in versions if v.version not in self.known]
+        missing = [v for v in versions if str(v.version) not in self.known]
         if missing:
             # In parallel: under load each call takes the server's latency, and a model may have many versions.
             with ThreadPoolExecutor(max_workers=8) as pool:
