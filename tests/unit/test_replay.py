@@ -119,3 +119,24 @@ def test_the_comparison_gates_on_test_metrics_only() -> None:
         {"test_accuracy": 0.9, "test_loss": 0.3}, {"test_accuracy": 0.8999, "test_loss": 0.3}, 5e-5
     )
     assert not within
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_other_code_is_refused_unless_allowed_and_then_recorded(trained: tuple[Path, Path, str]) -> None:
+    folder, _, run_id = trained
+    # What an image built from other code would report (lineage.CODE_DIGEST_FILE is the image build's record).
+    other_code = folder / "code-digest"
+    other_code.write_text("sha256:" + "0" * 64 + "\n")
+    env = {"TRAINER_CODE_DIGEST_FILE": str(other_code)}
+    before = len(_runs(folder))
+    refused = run_trainer(["reproduce", f"runs:/{run_id}"], folder, env)
+    assert refused.returncode == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("trainer:")]
+    assert len(errors) == 1 and "code_digest" in errors[0] and "pass --allow-code-change" in errors[0]
+    assert len(_runs(folder)) == before
+
+    allowed = run_trainer(["reproduce", f"runs:/{run_id}", "--allow-code-change"], folder, env)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "trainer: note: reproducing across a change: code_digest" in allowed.stderr
+    copies = [run for run in _runs(folder) if run.data.tags.get("reproduces") == run_id]
+    assert any(run.data.tags.get("reproduced_across") == "code_digest" for run in copies)
