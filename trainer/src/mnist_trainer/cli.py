@@ -187,6 +187,7 @@ def command_reproduce(args: argparse.Namespace, uri: str) -> None:
     """Everything that can refuse does so before the new run exists: URI, record, data digest, environment."""
     from dataclasses import replace
 
+    import mlflow
     from mlflow import MlflowClient
 
     from mnist_trainer import lineage, replay
@@ -194,9 +195,7 @@ def command_reproduce(args: argparse.Namespace, uri: str) -> None:
 
     tracking.wait_for_server(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)  # artifact downloads (config.json) go through the same server
     record = replay.read_record(client, replay.resolve(client, args.model_uri))
     original_id = record.origin.run_id
     train = replace(record.config.train, data=args.data or record.config.train.data)
@@ -233,10 +232,10 @@ def command_reproduce(args: argparse.Namespace, uri: str) -> None:
     result = train_and_track(config, dataset, uri, extra_tags)
     if args.register:
         registry.register_and_promote(result, uri, config.registry)
+    reproduced = client.get_run(result.run_id)
     table, within = replay.comparison(
-        replay.final_metrics(client, record.run), replay.final_metrics(client, client.get_run(result.run_id)),
-        args.tolerance,
-    )  # fmt: skip
+        replay.final_metrics(record.run), replay.final_metrics(reproduced), args.tolerance
+    )
     print(f"trainer: reproduction of run {original_id} in run {result.run_id}\n{table}", flush=True)
     if not within:
         print(f"trainer: a test metric differs by more than {args.tolerance:g}", file=sys.stderr, flush=True)
@@ -245,13 +244,12 @@ def command_reproduce(args: argparse.Namespace, uri: str) -> None:
 
 
 def command_lineage(args: argparse.Namespace, uri: str) -> None:
+    import mlflow
     from mlflow import MlflowClient
 
     from mnist_trainer import replay
 
     tracking.wait_for_server(uri)
-    import mlflow
-
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     record = replay.read_record(client, replay.resolve(client, args.model_uri))

@@ -131,7 +131,7 @@ def comparison(original: dict[str, float], reproduced: dict[str, float], toleran
     return format_table(rows), within
 
 
-def final_metrics(client: MlflowClient, run: Run) -> dict[str, float]:
+def final_metrics(run: Run) -> dict[str, float]:
     """Test metrics and the last epoch's training/validation metrics (the run's latest values)."""
     return {key: float(value) for key, value in run.data.metrics.items() if key in SHOWN_METRICS}
 
