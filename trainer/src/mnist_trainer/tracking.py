@@ -166,12 +166,30 @@ def dataset_digest(data: Mnist) -> str:
     return str(_dataset(data).digest)
 
 
+# Attempts at logging the data set when concurrent runs of one experiment insert the same one (see below).
+DATASET_LOG_ATTEMPTS = 3
+
+
 def log_dataset(data: Mnist) -> str:
-    """Record the training data as a run input; returns the digest MLflow computed for it."""
+    """Record the training data as a run input; returns the digest MLflow computed for it.
+
+    MLflow's SQL store looks the data set up and inserts it if absent, without a lock: two runs of one experiment
+    logging the same data at the same instant (a sweep's children, a crowd of trainers) make the second insert
+    fail on the unique key. The data set then exists, so logging again only links it to this run.
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     dataset = _dataset(data)
-    mlflow.log_input(dataset, context="training")
+    for attempt in range(1, DATASET_LOG_ATTEMPTS + 1):
+        try:
+            mlflow.log_input(dataset, context="training")
+            break
+        except MlflowException as error:
+            duplicate = "duplicate key" in str(error) or "UniqueViolation" in str(error)
+            if not duplicate or attempt == DATASET_LOG_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
     return str(dataset.digest)
 
 
