@@ -1,6 +1,8 @@
 # Shortcuts; each target is one documented command.
 PYTHON ?= python3
 TF_CPU := tensorflow-cpu==2.21.0
+# The commit the trainer image records (runs' git_sha tag); docker compose reads it for the build arg.
+export GIT_SHA ?= $(shell scripts/git-sha.sh)
 
 .PHONY: env up down train test lint venv logs clean backup restore bench secrets
 

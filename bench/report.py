@@ -265,6 +265,32 @@ def pipeline_section(pipeline: dict[str, Any]) -> list[str]:
     return lines
 
 
+def determinism_section(result: dict[str, Any]) -> list[str]:
+    fit, rate = result["median_fit_seconds"], result["images_per_second"]
+    repeats = result["identical_results_across_runs"]
+    return [
+        "## 5. What op determinism costs",
+        "",
+        f"{result['epochs']} epochs on {result['train_samples']} images, batch {result['batch_size']}, CPU, a fresh "
+        f"process per fit, on and off alternated, median of {result['rounds']}:",
+        "",
+        "| TF op determinism | fit seconds | images/s | same test metrics in every run |",
+        "| --- | --- | --- | --- |",
+        f"| off | {fit['off']:.2f} | {rate['off']:.0f} | {'yes' if repeats['off'] else 'no'} |",
+        f"| on (seeded, `enable_op_determinism`) | {fit['on']:.2f} | {rate['on']:.0f} | "
+        f"{'yes' if repeats['on'] else 'no'} |",
+        "",
+        f"Cost: **{100 * (result['slowdown_with_determinism'] - 1):+.1f} %** fit time (the two settings also train "
+        "slightly different weights: other kernels). Whether runs without it repeat is an observation about this "
+        "CPU, thread count and model, which TensorFlow does not promise; with it, TensorFlow guarantees it (and "
+        "raises on an op that has no deterministic kernel). That guarantee for about a tenth more time is why "
+        "`--deterministic auto` is on without a GPU. With a GPU it stays off: there it would also turn XLA off "
+        "(Keras compiles no XLA under op determinism) and choose slower deterministic cuDNN kernels (not measured: "
+        "no GPU here).",
+        "",
+    ]
+
+
 def start_section(start: dict[str, Any]) -> list[str]:
     steps = start["tracking_server_steps_seconds_median"]
     lines = [
@@ -302,6 +328,7 @@ def main() -> None:
         "overhead": load("tracking_overhead"),
         "pipeline": load("input_pipeline"),
         "start": load("stack_start"),
+        "determinism": load("determinism"),
         "search": load("search_runs"),
         "shipped": load("server_load_shipped"),
         "paced": load("server_load_shipped-paced"),
@@ -328,6 +355,8 @@ def main() -> None:
         lines += pipeline_section(results["pipeline"])
     if results["start"]:
         lines += start_section(results["start"])
+    if results["determinism"]:
+        lines += determinism_section(results["determinism"])
     DOC.write_text("\n".join(lines))
     print(f"bench: wrote {DOC}")
 

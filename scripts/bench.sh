@@ -12,6 +12,7 @@ docker compose up -d --wait
 python -m bench.stack_start
 python -m bench.tracking_overhead
 python -m bench.input_pipeline
+python -m bench.determinism
 python -m bench.search_runs
 # The shipped configuration, then `mlflow server` with MLflow's defaults on the same database, then
 # each tuned knob on its own at K = 64.

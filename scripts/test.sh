@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The trainer image records the commit it was built from (runs' git_sha tag).
+GIT_SHA="${GIT_SHA:-$(scripts/git-sha.sh)}"
+export GIT_SHA
+
 step() { printf '\n== %s\n' "$*"; }
 
 if [ ! -x .venv/bin/python ]; then

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,13 +53,46 @@ def mnist_npz() -> Path:
     return Path(path)
 
 
-def run_trainer(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`docker compose run --rm trainer ...` with the real MNIST mounted read-only."""
-    return compose(
-        "run", "--rm", "-T", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro",
-        "trainer", "--data", NPZ_IN_CONTAINER, *args,
-        check=check,
-    )  # fmt: skip
+# Trainers write their outcome here (`--result-file`): the tests read that, not the trainer's printed lines.
+RESULTS_IN_CONTAINER = "/results"
+COMMANDS_WITHOUT_RESULT = ("sweep", "reproduce", "lineage", "models", "promote", "predict", "upload")
+
+
+class TrainerProcess(subprocess.CompletedProcess[str]):
+    """A finished `trainer train` container, with the result file it was asked to write."""
+
+    result_file: Path | None = None
+
+
+def results_dir() -> Path:
+    folder = Path(tempfile.gettempdir()) / f"stack-test-results-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o777)  # the trainer runs as uid 10001
+    return folder
+
+
+def trainer_argv(*args: str, options: Sequence[str] = ()) -> tuple[list[str], Path | None]:
+    """`docker compose run [options]` of the trainer with the real MNIST mounted read-only and, for `train`, a
+    result file."""
+    mounts = ["-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro", "-v", f"{results_dir()}:{RESULTS_IN_CONTAINER}"]
+    command = list(args)
+    result_file = None
+    if not command or command[0] not in COMMANDS_WITHOUT_RESULT:
+        name = f"{uuid.uuid4().hex}.json"
+        result_file = results_dir() / name
+        command = ["--data", NPZ_IN_CONTAINER, *command, "--result-file", f"{RESULTS_IN_CONTAINER}/{name}"]
+    return ["docker", "compose", "run", "--rm", "-T", *options, *mounts, "trainer", *command], result_file
+
+
+def run_trainer(
+    *args: str, check: bool = True, options: Sequence[str] = (), env: dict[str, str] | None = None
+) -> TrainerProcess:
+    """`docker compose run --rm trainer ...`; training gets `--data` (the real MNIST) and a result file."""
+    argv, result_file = trainer_argv(*args, options=options)
+    done = compose(*argv[2:], check=check, env=env)
+    process = TrainerProcess(done.args, done.returncode, done.stdout, done.stderr)
+    process.result_file = result_file
+    return process
 
 
 # Modules that restart services or replace the stack's data: after every other module, in this order.
@@ -81,11 +114,13 @@ class Training:
     stdout: str
 
 
-def parse_training(result: subprocess.CompletedProcess[str]) -> Training:
-    run = re.search(r"trainer: run (\w+):", result.stdout)
-    version = re.search(r"trainer: registered \S+ version (\d+)", result.stdout)
-    assert run and version, result.stdout[-2000:] + result.stderr[-2000:]
-    return Training(run_id=run.group(1), version=int(version.group(1)), stdout=result.stdout)
+def parse_training(result: TrainerProcess) -> Training:
+    """The run and version from the trainer's result file."""
+    assert result.result_file is not None, "not a training"
+    assert result.result_file.is_file(), result.stdout[-2000:] + result.stderr[-2000:]
+    outcome = json.loads(result.result_file.read_text())
+    assert "error" not in outcome and outcome["version"] is not None, outcome
+    return Training(run_id=outcome["run_id"], version=int(outcome["version"]), stdout=result.stdout)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.stack.conftest import NPZ_IN_CONTAINER, STACK_URL, compose, mnist_npz, parse_training
+from tests.stack.conftest import STACK_URL, compose, parse_training, run_trainer
 
 # Fixed rather than random: the admin is created once per auth database, and a rerun on the same volumes
 # must log in with the password it was created with.
@@ -54,11 +54,16 @@ def test_anonymous_and_wrong_password_requests_get_401(auth_on: tuple[str, str])
 def test_a_trainer_with_a_login_trains_and_registers(auth_on: tuple[str, str]) -> None:
     model = f"mnist-auth-{uuid.uuid4().hex[:8]}"
     # --no-deps and the auth environment: otherwise `run` would recreate the server in its default, open mode.
-    result = compose(
-        "run", "--rm", "-T", "--no-deps", "-e", f"MLFLOW_TRACKING_USERNAME={auth_on[0]}",
-        "-e", f"MLFLOW_TRACKING_PASSWORD={auth_on[1]}", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro",
-        "trainer", "--data", NPZ_IN_CONTAINER, "--epochs", "1", "--max-train-samples", "3000",
-        "--min-accuracy", "0.5", "--registered-model-name", model, env=AUTH_ENV,
+    login = [
+        "--no-deps",
+        "-e",
+        f"MLFLOW_TRACKING_USERNAME={auth_on[0]}",
+        "-e",
+        f"MLFLOW_TRACKING_PASSWORD={auth_on[1]}",
+    ]
+    result = run_trainer(
+        "--epochs", "1", "--max-train-samples", "3000", "--min-accuracy", "0.5", "--registered-model-name", model,
+        options=login, env=AUTH_ENV,
     )  # fmt: skip
     training = parse_training(result)
     version = requests.get(

@@ -10,28 +10,39 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.stack.conftest import NPZ_IN_CONTAINER, REPO, compose, mnist_npz, parse_training, registry_snapshot
+from tests.stack.conftest import (
+    NPZ_IN_CONTAINER,
+    REPO,
+    TrainerProcess,
+    compose,
+    mnist_npz,
+    parse_training,
+    registry_snapshot,
+    trainer_argv,
+)
 
 EPOCHS = 4
 # Small enough for seconds per epoch, large enough that a restart lands mid-training.
 TRAIN_SAMPLES = "12000"
 
 
-def _trainer_argv(*args: str) -> list[str]:
-    mount = f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro"
-    return ["docker", "compose", "run", "--rm", "-T", "-v", mount, "trainer", "--data", NPZ_IN_CONTAINER, *args]
+def _finished(trainer: subprocess.Popen[str], output: str, result_file: Path | None) -> TrainerProcess:
+    process = TrainerProcess(trainer.args, trainer.returncode, output, "")
+    process.result_file = result_file
+    return process
 
 
-def _start_trainer(experiment: str, model: str) -> subprocess.Popen[str]:
-    argv = _trainer_argv(
+def _start_trainer(experiment: str, model: str) -> tuple[subprocess.Popen[str], Path | None]:
+    argv, result_file = trainer_argv(
         "--epochs", str(EPOCHS), "--max-train-samples", TRAIN_SAMPLES, "--min-accuracy", "0.5",
         "--experiment-name", experiment, "--registered-model-name", model, "--run-name", "under-fire",
     )  # fmt: skip
-    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), result_file
 
 
 def _wait_for_first_epoch(client: MlflowClient, experiment: str, trainer: subprocess.Popen[str]) -> str:
@@ -50,12 +61,12 @@ def _wait_for_first_epoch(client: MlflowClient, experiment: str, trainer: subpro
 def _survives(client: MlflowClient, restart: Callable[[], object]) -> None:
     suffix = uuid.uuid4().hex[:8]
     experiment, model = f"fault-{suffix}", f"mnist-fault-{suffix}"
-    trainer = _start_trainer(experiment, model)
+    trainer, result_file = _start_trainer(experiment, model)
     run_id = _wait_for_first_epoch(client, experiment, trainer)
     restart()
     output, _ = trainer.communicate(timeout=900)
     assert trainer.returncode == 0, output[-3000:]
-    training = parse_training(subprocess.CompletedProcess([], 0, output, ""))
+    training = parse_training(_finished(trainer, output, result_file))
     assert training.run_id == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -78,18 +89,22 @@ def test_eight_trainers_at_once_lose_nothing(client: MlflowClient) -> None:
     suffix = uuid.uuid4().hex[:8]
     experiment, model = f"crowd-{suffix}", f"mnist-crowd-{suffix}"
 
-    def crowd_member(seed: int) -> subprocess.Popen[str]:
-        argv = _trainer_argv(
+    def crowd_member(seed: int) -> tuple[subprocess.Popen[str], Path | None]:
+        argv, result_file = trainer_argv(
             "--epochs", "1", "--max-train-samples", "2000", "--seed", str(seed), "--min-accuracy", "0.5",
             "--experiment-name", experiment, "--registered-model-name", model, "--run-name", f"crowd-{seed}",
         )  # fmt: skip
-        return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        popen = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return popen, result_file
 
     trainers = [crowd_member(seed) for seed in range(8)]
-    outputs = [trainer.communicate(timeout=900)[0] for trainer in trainers]
-    failures = [out[-2500:] for trainer, out in zip(trainers, outputs, strict=True) if trainer.returncode != 0]
+    outputs = [trainer.communicate(timeout=900)[0] for trainer, _ in trainers]
+    failures = [out[-2500:] for (trainer, _), out in zip(trainers, outputs, strict=True) if trainer.returncode != 0]
     assert not failures, failures
-    trainings = [parse_training(subprocess.CompletedProcess([], 0, out, "")) for out in outputs]
+    trainings = [
+        parse_training(_finished(trainer, out, result_file))
+        for (trainer, result_file), out in zip(trainers, outputs, strict=True)
+    ]
     assert sorted(t.version for t in trainings) == list(range(1, 9))
     found = client.get_experiment_by_name(experiment)
     assert found is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +33,14 @@ def write_npz(path: Path, train: int, test: int, seed: int = 0) -> Path:
 @pytest.fixture
 def small_npz(tmp_path: Path) -> Path:
     return write_npz(tmp_path / "mnist.npz", train=600, test=200)
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_stays_in_its_test() -> Iterator[None]:
+    """A run enables TF op determinism for its whole process (lineage.enable_determinism), and Keras then
+    compiles no XLA: switch it off again so that tests running later in this process see TF's defaults."""
+    yield
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()

@@ -10,6 +10,7 @@ import pytest
 
 from mnist_trainer import accelerate, cli, data, sweep, tracking, training
 from mnist_trainer.accelerate import Acceleration, resolve
+from mnist_trainer.config import RunConfig, TrackingConfig, TrainConfig
 from tests.unit.conftest import write_npz
 from tests.unit.test_cli import run_trainer
 
@@ -67,20 +68,20 @@ def test_the_flags_default_to_auto_and_parse_in_train_and_sweep() -> None:
 
 
 def test_a_sweep_hands_the_flags_to_its_children(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[list[sweep.Combination], list[str]]] = []
+    seen: list[tuple[RunConfig, list[sweep.Combination]]] = []
 
-    def fake_run_sweep(combinations: list[sweep.Combination], shared: list[str], *rest: object) -> int:
-        seen.append((combinations, shared))
+    def fake_run_sweep(base: RunConfig, combinations: list[sweep.Combination], *rest: object) -> int:
+        seen.append((base, combinations))
         return 0
 
-    monkeypatch.setattr(cli, "_load_training_data", lambda args: None)
+    monkeypatch.setattr(cli, "_load_training_data", lambda options: None)
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
     args = cli.parse_args(["sweep", "--batch-size", "auto,64", "--mixed-precision", "on", "--xla", "off"])
     cli.command_sweep(args, "sqlite:///unused.db")
-    ((combinations, shared),) = seen
-    assert shared[shared.index("--mixed-precision") + 1] == "on" and shared[shared.index("--xla") + 1] == "off"
+    ((base, combinations),) = seen
+    assert (base.train.mixed_precision, base.train.xla) == ("on", "off")
     assert [c.label for c in combinations] == ["lr=0.001 bs=auto", "lr=0.001 bs=64"]
-    assert sweep._batch_sizes_param(sweep.grid([1e-3], [128, "auto", 64])) == "auto,64,128"
+    assert sweep._grid_param([128, "auto", 64]) == "auto,64,128"
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -119,8 +120,11 @@ def test_forced_on_a_cpu_the_run_trains_in_mixed_precision_with_xla_and_warns(
     # Every batch shape is a separate XLA compilation (seconds each on this CPU): 90 training, 10 validation and
     # 60 test images in batches of 30 keep them to one per step function and split.
     dataset = data.load_npz(write_npz(tmp_path / "m.npz", train=200, test=60))
-    options = training.TrainOptions(1, 30, 3e-3, 0, 0.1, 100, mixed_precision="on", xla="on")
-    result = training.train_and_track(options, dataset, uri, "forced", "forced")
+    config = RunConfig(
+        TrainConfig(1, 3e-3, 30, 0, 0.1, 100, mixed_precision="on", xla="on", deterministic="off"),
+        TrackingConfig(experiment_name="forced", run_name="forced"),
+    )
+    result = training.train_and_track(config, dataset, uri)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trainer: warning")]
     assert warnings == [
         "trainer: warning: --mixed-precision on and --xla on without a GPU: expect slower training on the CPU"

@@ -32,7 +32,6 @@ def make_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[f
     import mlflow
     from mlflow import MlflowClient
 
-    monkeypatch.setattr(registry, "PROMOTION_SETTLE_SECONDS", 0.0)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     # The active experiment is process-wide in MLflow: name one that exists in this store.
@@ -108,3 +107,53 @@ def test_format_table_aligns_columns_and_marks_missing_values() -> None:
     text = registry.format_table([{"a": 1, "b": None}, {"a": 100, "b": 0.5}])
     assert text.splitlines() == ["a    b", "1    -", "100  0.5000"]
     assert registry.format_table([]) == "(none)"
+
+
+def test_the_decision_depends_on_the_set_of_versions_not_on_the_order_they_are_seen() -> None:
+    import itertools
+
+    from mnist_trainer.registry import Candidate, decide
+
+    versions = [
+        Candidate(1, 0.980),
+        Candidate(2, 0.975),
+        Candidate(3, 0.9805),
+        Candidate(4, 0.990),
+        Candidate(5, 0.985),
+    ]
+    rule = PromotionRule(margin=0.001)
+    decisions = [decide(list(order), rule) for order in itertools.permutations(versions)]
+    decision = decisions[0]
+    assert all(other == decision for other in decisions)
+    # The sequential rule, version by version: 1 first; 2 worse; 3 within the margin; 4 better; 5 worse than 4.
+    assert (decision.champion, decision.challenger) == (4, 5)
+    assert decision.reasons[1] == (CHAMPION, "first version with a champion")
+    assert decision.reasons[3][0] == CHALLENGER and "does not beat champion v1" in decision.reasons[3][1]
+    assert decision.reasons[4] == (CHAMPION, "test_accuracy 0.9900 beats v1 (0.9800)")
+
+
+def test_a_champion_set_by_hand_is_where_automatic_promotion_starts(make_version: Callable[[float], int]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    best, rollback = make_version(0.99), make_version(0.95)
+    registry.promote(client, "digits", best, PromotionRule())
+    registry.promote_by_hand(client, "digits", rollback, CHAMPION, "alice", "v1 misbehaves in production")
+    # A later version better than the rollback but worse than v1 takes over; v1 is not brought back.
+    later = make_version(0.97)
+    assert registry.promote(client, "digits", later, PromotionRule()).alias == CHAMPION
+    assert _alias("digits", CHAMPION) == later
+    assert "beats v2" in client.get_model_version("digits", str(later)).tags["promotion"]
+
+
+def test_a_failed_version_is_never_a_candidate(make_version: Callable[[float], int]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    first = make_version(0.95)
+    registry.promote(client, "digits", first, PromotionRule())
+    failed = make_version(0.99)
+    client.set_model_version_tag("digits", str(failed), "validation_status", "failed")
+    nxt = make_version(0.96)
+    assert registry.promote(client, "digits", nxt, PromotionRule()).alias == CHAMPION
+    assert _alias("digits", CHAMPION) == nxt

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mnist_trainer import tracking
@@ -110,3 +111,32 @@ def test_a_failed_asynchronous_metric_write_fails_the_training(tmp_path: Path) -
     _, fit_error = _fit_two_epochs_with_epoch_logger(tmp_path, delete_run_first=True)
     assert fit_error is not None
     assert "must be in the 'active' state" in str(fit_error)
+
+
+def test_a_data_set_inserted_by_a_concurrent_run_is_logged_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweep children logging the same data at once: the loser of MLflow's unlocked insert tries again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mnist_trainer.data import Mnist
+
+    calls: list[str] = []
+
+    def log_input(dataset: object, context: str) -> None:
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException('(psycopg2.errors.UniqueViolation) duplicate key value violates "dataset_pk"')
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    images, labels = np.zeros((4, 28, 28), np.uint8), np.arange(4, dtype=np.uint8)
+    digest = tracking.log_dataset(Mnist(images, labels, images, labels, "/data/mnist.npz"))
+    assert calls == ["training", "training"] and digest == tracking.dataset_digest(
+        Mnist(images, labels, images, labels, "/data/mnist.npz")
+    )
+
+    def always_refused(dataset: object, context: str) -> None:
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run gone")
+
+    monkeypatch.setattr(mlflow, "log_input", always_refused)
+    with pytest.raises(MlflowException, match="run gone"):
+        tracking.log_dataset(Mnist(images, labels, images, labels, "/data/mnist.npz"))

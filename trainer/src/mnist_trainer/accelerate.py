@@ -29,6 +29,7 @@ class Acceleration:
     xla: bool
     batch_size: int
     warning: str | None = field(default=None, compare=False)
+    deterministic: bool = False
 
     def params(self) -> dict[str, str | int]:
         """The run params: what the run actually used, not what was asked for."""
@@ -45,8 +46,13 @@ def resolve(
     xla: Toggle = AUTO,
     batch_size: int | Literal["auto"] = AUTO,
     capability: tuple[int, int] | None = None,
+    deterministic: Toggle = "off",
 ) -> Acceleration:
-    """Explicit values win; `auto` turns each on only with a GPU.
+    """Explicit values win; `auto` turns each on only with a GPU, except determinism: `auto` is on without one.
+
+    Op determinism costs little on a CPU (bench/determinism.py) and buys runs that repeat bit for bit. With a
+    GPU it would cost XLA too (Keras turns jit_compile off under op determinism, since XLA does not honour it)
+    plus the deterministic cuDNN kernels, so `auto` leaves it off there and `on` asks for it explicitly.
 
     `capability` is the compute capability of the GPU the model runs on (Keras without a distribution
     strategy uses the first one), None when TensorFlow cannot tell: then a GPU is assumed to be recent enough.
@@ -56,15 +62,20 @@ def resolve(
     use_mixed = modern_gpu if mixed_precision == AUTO else mixed_precision == "on"
     # Keras' own jit_compile="auto" decides the same for the TF backend; explicit here so that runs record it.
     use_xla = gpu if xla == AUTO else xla == "on"
+    use_determinism = not gpu if deterministic == AUTO else deterministic == "on"
     size = (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE) if batch_size == AUTO else batch_size
     warning = None
-    if not gpu and (use_mixed or use_xla):
+    if use_determinism and use_xla:
+        use_xla = False
+        if xla == "on":
+            warning = "--xla on is ignored under op determinism (Keras compiles no XLA then); pass --deterministic off"
+    if warning is None and not gpu and (use_mixed or use_xla):
         forced = " and ".join(f"--{name} on" for name, on in (("mixed-precision", use_mixed), ("xla", use_xla)) if on)
         warning = f"{forced} without a GPU: expect slower training on the CPU"
-    elif use_mixed and not modern_gpu and capability is not None:
+    elif warning is None and use_mixed and not modern_gpu and capability is not None:
         major, minor = capability
         warning = f"--mixed-precision on with a GPU of compute capability {major}.{minor} (below 7.0): expect it slower"
-    return Acceleration(use_mixed, use_xla, size, warning)
+    return Acceleration(use_mixed, use_xla, size, warning, use_determinism)
 
 
 def probe_gpus() -> tuple[int, tuple[int, int] | None]:

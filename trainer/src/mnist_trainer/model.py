@@ -15,7 +15,9 @@ POOL_SIZE = (2, 2)
 DROPOUT_RATE = 0.5
 
 
-def build_model(learning_rate: float, seed: int, *, mixed_precision: bool = False, xla: bool = False) -> keras.Model:
+def build_model(
+    learning_rate: float, seed: int, *, mixed_precision: bool = False, xla: bool = False, dropout: float = DROPOUT_RATE
+) -> keras.Model:
     """The compiled convnet; `mixed_precision` computes in float16 (weights stay float32), `xla` JIT-compiles steps."""
     import keras
 
@@ -34,7 +36,7 @@ def build_model(learning_rate: float, seed: int, *, mixed_precision: bool = Fals
             ]
         layers += [
             keras.layers.Flatten(),
-            keras.layers.Dropout(DROPOUT_RATE),
+            keras.layers.Dropout(dropout),
             # float32 whatever the policy: a float16 softmax loses the small probabilities the loss takes the
             # log of, and the served model keeps returning float32 probabilities.
             keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities"),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,15 +11,15 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+    from mnist_trainer.config import RegistryConfig
+    from mnist_trainer.tracking import TrainResult
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# How often a trainer re-compares after finding the alias moved under it by a concurrent trainer; each
-# lost race means some other version won, so this bounds the wait, not correctness.
-PROMOTION_ATTEMPTS = 25
-# Pause between setting the alias and reading it back: long against one HTTP round trip, so a concurrent
-# writer that read the old champion has written by then and the loser of the race sees it and re-compares.
-# Jittered so that trainers finishing together do not keep colliding in lockstep.
-PROMOTION_SETTLE_SECONDS = 0.3
+# Bound on read-write rounds of one promotion. Each round that writes moves the aliases to what some complete
+# read called for; rounds repeat only while other trainers keep registering, so this bounds the wait, not
+# correctness.
+PROMOTION_ATTEMPTS = 50
 
 REGISTERED_MODEL_DESCRIPTION = """\
 Handwritten-digit classifier (MNIST, 10 classes), a Keras convnet trained by the stack's trainer.
@@ -47,6 +45,8 @@ class VersionFacts:
     data_digest: str
     run_url: str
     devices: str
+    # The run's lineage tags (lineage.LINEAGE_TAGS): code digest, git commit, image, package lock, determinism.
+    lineage: Mapping[str, str] = field(default_factory=dict)
 
 
 def _table(header: tuple[str, str], rows: Mapping[str, str]) -> str:
@@ -68,8 +68,29 @@ def version_description(facts: VersionFacts) -> str:
             "**Metrics**\n\n" + _table(("metric", "value"), metrics),
             "**Parameters**\n\n" + _table(("parameter", "value"), params),
             f"**Data**: `{facts.data_source}` (digest `{facts.data_digest}`)",
+            *([lineage_block(facts.lineage)] if facts.lineage else []),
         ]
     )
+
+
+def _short(digest: str) -> str:
+    """'sha256:0123456789ab': enough to tell versions apart at a glance; the tags hold the whole digest."""
+    algorithm, _, value = digest.partition(":")
+    return f"{algorithm}:{value[:12]}" if value else digest[:19]
+
+
+def lineage_block(tags: Mapping[str, str]) -> str:
+    """Where the version came from, in a few lines: `trainer lineage models:/NAME/N` prints the whole chain."""
+    code = f"`{_short(tags['code_digest'])}`" if tags.get("code_digest") else "unknown"
+    if tags.get("git_sha"):
+        code += f" (git `{tags['git_sha'][:12]}`)"
+    lines = [
+        f"- code: {code}",
+        f"- image: `{tags['image']}`" if tags.get("image") else "- image: none (ran outside Docker)",
+        f"- packages: `{_short(tags.get('package_lock_digest', ''))}` (artifact `packages.lock.txt`)",
+        f"- config: artifact `config.json`; TF op determinism {tags.get('tf_op_determinism', 'unknown')}",
+    ]
+    return "**Lineage**\n\n" + "\n".join(lines)
 
 
 def register(model_uri: str, name: str, facts: VersionFacts, tags: Mapping[str, str]) -> int:
@@ -104,26 +125,15 @@ class PromotionRule:
 @dataclass(frozen=True)
 class Promotion:
     version: int
-    alias: str  # CHAMPION or CHALLENGER
+    alias: str | None  # CHAMPION, CHALLENGER, or None when later versions took both
     reason: str
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
 
 
 def _set_alias(client: MlflowClient, name: str, alias: str, version: int) -> bool:
     """False when a concurrent trainer created the same alias at the same instant.
 
     MLflow inserts a new alias row without locking; on Postgres the loser of two simultaneous first sets
-    gets a unique-key violation (HTTP 400), which only means: someone else just wrote, compare again.
+    gets a unique-key violation (HTTP 400), which only means: someone else just wrote, read again.
     """
     from mlflow.exceptions import MlflowException
 
@@ -136,10 +146,6 @@ def _set_alias(client: MlflowClient, name: str, alias: str, version: int) -> boo
     return True
 
 
-def _number(version: ModelVersion | None) -> int | None:
-    return None if version is None else int(version.version)
-
-
 def version_metric(client: MlflowClient, version: ModelVersion, metric: str) -> float | None:
     """The metric as its run logged it (the tag is a rounded copy for people)."""
     if not version.run_id:
@@ -148,52 +154,145 @@ def version_metric(client: MlflowClient, version: ModelVersion, metric: str) -> 
     return None if value is None else float(value)
 
 
-def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) -> Promotion:
-    """Give `version` the champion alias if it beats the champion, else the challenger alias.
+@dataclass(frozen=True)
+class Candidate:
+    version: int
+    score: float
 
-    Several trainers may finish at once. Each re-reads the champion right before setting it and reads it
-    back after a pause; one that finds a racing trainer's version there compares again, so the alias ends
-    on the better version instead of the last writer's.
+
+@dataclass(frozen=True)
+class Decision:
+    """The aliases a set of versions calls for, and each version's reason."""
+
+    champion: int | None
+    challenger: int | None
+    reasons: Mapping[int, tuple[str, str]]  # version -> (alias it earned, why)
+
+
+def decide(candidates: Sequence[Candidate], rule: PromotionRule, base: Candidate | None = None) -> Decision:
+    """Replay the rule over the versions in version-number order, starting from `base` (a champion a person set).
+
+    A function of the set of versions only, never of who read or wrote first: every trainer that has seen the
+    same versions wants the same aliases. Version by version it is exactly the sequential rule (the new one
+    takes @champion if it beats the champion by the margin, else @challenger), so one trainer at a time gets
+    the behaviour it always had.
     """
+    champion, challenger = base, None
+    reasons: dict[int, tuple[str, str]] = {}
+    for candidate in sorted(candidates, key=lambda c: c.version):
+        if champion is None:
+            champion = candidate
+            reasons[candidate.version] = (CHAMPION, "first version with a champion")
+        elif rule.beats(candidate.score, champion.score):
+            reasons[candidate.version] = (
+                CHAMPION,
+                f"{rule.metric} {candidate.score:.4f} beats v{champion.version} ({champion.score:.4f})",
+            )
+            champion = candidate
+        else:
+            challenger = candidate
+            reasons[candidate.version] = (
+                CHALLENGER,
+                f"{rule.metric} {candidate.score:.4f} does not beat champion v{champion.version} "
+                f"({champion.score:.4f}) by the margin {rule.margin:g}",
+            )
+    return Decision(champion.version if champion else None, challenger.version if challenger else None, reasons)
+
+
+# A person's `trainer promote --alias champion` pins the champion: automatic promotion then starts from that
+# version and considers only versions registered after it (registered-model tags).
+PINNED_VERSION_TAG = "champion_pinned_version"
+PINNED_AFTER_TAG = "champion_pinned_after"
+
+
+class _Scores:
+    """Each version's metric, fetched once per promotion (a finished run's metrics do not change)."""
+
+    def __init__(self, client: MlflowClient, metric: str) -> None:
+        self.client, self.metric = client, metric
+        self.known: dict[str, float | None] = {}
+
+    def of(self, versions: Sequence[ModelVersion]) -> dict[str, float | None]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        missing = [v for v in versions if str(v.version) not in self.known]
+        if missing:
+            # In parallel: under load each call takes the server's latency, and a model may have many versions.
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                scores = pool.map(lambda v: version_metric(self.client, v, self.metric), missing)
+                self.known.update({str(v.version): score for v, score in zip(missing, scores, strict=True)})
+        return {str(v.version): self.known[str(v.version)] for v in versions}
+
+
+def _state(
+    client: MlflowClient, name: str, rule: PromotionRule, scores: _Scores
+) -> tuple[dict[str, int], Decision, list[int]]:
+    """One read: the aliases now, then every version and what they call for."""
+    model = client.get_registered_model(name)
+    aliases = {alias: int(number) for alias, number in model.aliases.items()}
+    pinned = model.tags.get(PINNED_VERSION_TAG)
+    pinned_after = int(model.tags.get(PINNED_AFTER_TAG, "0"))
+    versions = list(client.search_model_versions(f"name = '{name}'"))
+    known = scores.of(versions)
+    candidates, base = [], None
+    for version in versions:
+        number, score = int(version.version), known[str(version.version)]
+        if score is None or version.tags.get("validation_status") == "failed":
+            continue
+        if pinned is not None and number == int(pinned):
+            base = Candidate(number, score)
+        elif pinned is None or number > pinned_after:
+            candidates.append(Candidate(number, score))
+    return aliases, decide(candidates, rule, base), [int(v.version) for v in versions]
+
+
+def promote(client: MlflowClient, name: str, version: int, rule: PromotionRule) -> Promotion:
+    """Make the aliases what the set of registered versions calls for; returns what `version` earned.
+
+    Correct whatever the latency, with no pause to tune: read everything, write the aliases that differ from
+    what `decide` wants, and read again, until a read made after this trainer's last write shows the aliases
+    already right for every version that read returned. Every trainer does this after its version exists.
+    Why the end state is right: take the last alias write the server applied. Its writer read again after it
+    (each write is answered before the next read is sent) and stopped only when the aliases were right for all
+    versions it saw; a version registered after that read has a trainer that reads later still and would have
+    written, contradicting "last". So the final aliases are `decide(all versions)`, in any interleaving.
+    """
+    scores = _Scores(client, rule.metric)
     candidate = client.get_model_version(name, str(version))
-    score = version_metric(client, candidate, rule.metric)
-    if score is None:
+    if scores.of([candidate])[str(version)] is None:
         raise ValueError(f"version {version} has no metric {rule.metric!r} to compare on")
     for _ in range(PROMOTION_ATTEMPTS):
-        incumbent = _alias_version(client, name, CHAMPION)
-        if _number(incumbent) == version:
-            return Promotion(version, CHAMPION, "already champion")
-        incumbent_score = None if incumbent is None else version_metric(client, incumbent, rule.metric)
-        if incumbent is not None and incumbent_score is not None and not rule.beats(score, incumbent_score):
-            reason = (
-                f"{rule.metric} {score:.4f} does not beat champion v{incumbent.version} "
-                f"({incumbent_score:.4f}) by the margin {rule.margin:g}"
-            )
-            if not _set_alias(client, name, CHALLENGER, version):
-                continue
-            client.set_model_version_tag(name, str(version), "promotion", reason)
-            return Promotion(version, CHALLENGER, reason)
-        if _number(_alias_version(client, name, CHAMPION)) != _number(incumbent):
-            continue  # moved between our read and now: compare with the new champion
-        if not _set_alias(client, name, CHAMPION, version):
+        aliases, decision, seen = _state(client, name, rule, scores)
+        wanted = {CHAMPION: decision.champion, CHALLENGER: decision.challenger}
+        stale = {
+            alias: number for alias, number in wanted.items() if number is not None and aliases.get(alias) != number
+        }
+        if stale:
+            for alias, number in stale.items():
+                _set_alias(client, name, alias, number)
             continue
-        time.sleep(PROMOTION_SETTLE_SECONDS * random.uniform(1.0, 2.0))
-        settled = _alias_version(client, name, CHAMPION)
-        if _number(settled) == version:
-            reason = (
-                "first version with a champion"
-                if incumbent is None
-                else f"{rule.metric} {score:.4f} beats v{incumbent.version} "
-                + ("(which has no such metric)" if incumbent_score is None else f"({incumbent_score:.4f})")
-            )
-            client.set_model_version_tag(name, str(version), "promotion", reason)
-            return Promotion(version, CHAMPION, reason)
-    raise RuntimeError(f"the {CHAMPION} alias of {name} kept moving; version {version} left without an alias")
+        if version not in seen:
+            continue  # not yet visible to this read (cannot happen on one database; cheap to be sure)
+        _, reason = decision.reasons.get(version, ("", "registered before the champion was set by hand"))
+        held = [alias for alias, number in wanted.items() if number == version]
+        if not held and version in decision.reasons:
+            reason += "; a later version has since taken its place"
+        client.set_model_version_tag(name, str(version), "promotion", reason)
+        return Promotion(version, held[0] if held else None, reason)
+    raise RuntimeError(f"the aliases of {name} kept changing; version {version} left as it is")
 
 
 def promote_by_hand(client: MlflowClient, name: str, version: int, alias: str, who: str, reason: str) -> None:
-    """A person's choice: set the alias and record who and why on the version."""
+    """A person's choice: set the alias and record who and why on the version.
+
+    For @champion the choice is also pinned (registered-model tags): automatic promotion starts from it and
+    weighs only versions registered later, so a rollback is not undone by the next trainer's replay.
+    """
     client.get_model_version(name, str(version))  # raises for a version that does not exist
+    if alias == CHAMPION:
+        newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        client.set_registered_model_tag(name, PINNED_VERSION_TAG, str(version))
+        client.set_registered_model_tag(name, PINNED_AFTER_TAG, str(newest))
     client.set_registered_model_alias(name, alias, str(version))
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     client.set_model_version_tag(name, str(version), f"{alias}_set_by", f"{who} at {stamp}: {reason}")
@@ -235,3 +334,47 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["  ".join(column.ljust(widths[i]) for i, column in enumerate(columns))]
     lines += ["  ".join(value.ljust(widths[i]) for i, value in enumerate(line)) for line in cells]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def promotion_rule(options: RegistryConfig) -> PromotionRule:
+    lower_is_better = options.promotion_metric.endswith("loss")
+    return PromotionRule(options.promotion_metric, not lower_is_better, options.promotion_margin)
+
+
+def register_and_promote(result: TrainResult, uri: str, options: RegistryConfig) -> int:
+    """Register the run's model as a new version, describe it, gate it on accuracy and promote it."""
+    from mlflow import MlflowClient
+
+    from mnist_trainer.lineage import LINEAGE_TAGS
+    from mnist_trainer.tracking import run_link
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = options.registered_model_name
+    run = client.get_run(result.run_id)
+    accuracy = result.metrics["test_accuracy"]
+    validation = "passed" if accuracy >= options.min_accuracy else "failed"
+    lineage = {key: run.data.tags[key] for key in LINEAGE_TAGS if key in run.data.tags}
+    facts = VersionFacts(
+        params=run.data.params,
+        metrics=result.metrics,
+        data_source=run.data.tags.get("data_source", ""),
+        data_digest=run.data.tags.get("data_digest", ""),
+        run_url=run_link(uri, result.experiment_id, result.run_id),
+        devices=run.data.tags.get("devices", ""),
+        lineage=lineage,
+    )
+    # Created with the version in one request, so a concurrent trainer's promotion never sees it untagged.
+    tags: dict[str, str] = {**lineage, "test_accuracy": f"{accuracy:.4f}", "validation_status": validation}
+    version = register(result.model_uri, name, facts, tags)
+    print(f"trainer: registered {name} version {version} (models:/{name}/{version})", flush=True)
+    if validation == "failed":
+        print(
+            f"trainer: version {version} failed validation (test_accuracy {accuracy:.4f} < {options.min_accuracy});"
+            " aliases unchanged",
+            flush=True,
+        )
+        return version
+    promotion = promote(client, name, version, promotion_rule(options))
+    where = f"is @{promotion.alias}" if promotion.alias else "holds no alias"
+    print(f"trainer: version {version} {where}: {promotion.reason}", flush=True)
+    return version

@@ -1,33 +1,35 @@
 """A grid sweep: one parent run, one nested child run per combination, the best child registered.
 
 Each child is a separate `trainer train` process: a child that crashes (even hard, out of memory) cannot take
-the sweep down, and `--parallel N` is plain process parallelism.
+the sweep down, and `--parallel N` is plain process parallelism. A child gets its whole configuration as a
+config file and writes a result file; the sweep reads nothing from its printed output.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mnist_trainer import registry, tracking
-from mnist_trainer.training import MODEL_URI_TAG, PARENT_RUN_TAG, RegistryOptions, TrainResult, register_and_promote
+from mnist_trainer.config import CONFIG_ARTIFACT, RunConfig, short_label
+from mnist_trainer.tracking import MODEL_URI_TAG, PARENT_RUN_TAG, TrainResult
 
 
 @dataclass(frozen=True)
 class Combination:
-    learning_rate: float
-    batch_size: int | Literal["auto"]  # `auto` is resolved by the child, on the devices it trains on
+    values: Mapping[str, Any]  # training field -> value; `auto` is resolved by the child on its own devices
 
     @property
     def label(self) -> str:
-        return f"lr={self.learning_rate:g} bs={self.batch_size}"
+        return short_label(self.values)
 
 
 @dataclass(frozen=True)
@@ -35,87 +37,91 @@ class ChildOutcome:
     combination: Combination
     exit_code: int
     seconds: float
-    last_line: str
+    summary: str
 
 
-def grid(learning_rates: Sequence[float], batch_sizes: Sequence[int | Literal["auto"]]) -> list[Combination]:
-    return [Combination(lr, bs) for lr, bs in itertools.product(learning_rates, batch_sizes)]
+def grid(values: Mapping[str, Sequence[Any]]) -> list[Combination]:
+    keys = list(values)
+    return [Combination(dict(zip(keys, combo, strict=True))) for combo in itertools.product(*values.values())]
 
 
-def _batch_sizes_param(combinations: Sequence[Combination]) -> str:
-    """'auto,64,128': `auto` first, then the numbers in order."""
-    sizes = {c.batch_size for c in combinations}
-    return ",".join(["auto"] * ("auto" in sizes) + [str(size) for size in sorted(s for s in sizes if s != "auto")])
+def _grid_param(values: Sequence[Any]) -> str:
+    """'auto,64,128': words first, then the numbers in order."""
+    words = sorted({v for v in values if isinstance(v, str)})
+    numbers = sorted({v for v in values if not isinstance(v, str)})
+    return ",".join([*words, *(f"{n:g}" for n in numbers)])
 
 
-def _run_child(command: list[str], combination: Combination, log_dir: Path) -> ChildOutcome:
+def _run_child(config: RunConfig, combination: Combination, work_dir: Path) -> ChildOutcome:
+    stem = combination.label.replace(" ", "_")
+    config_path, result_path = work_dir / f"{stem}.config.json", work_dir / f"{stem}.result.json"
+    config_path.write_text(config.to_json())
+    command = [
+        sys.executable, "-m", "mnist_trainer", "train", "--config", str(config_path), "--result-file", str(result_path),
+    ]  # fmt: skip
     started = time.perf_counter()
-    log_path = log_dir / f"{combination.label.replace(' ', '_')}.log"
-    with log_path.open("w") as log:
+    with (work_dir / f"{stem}.log").open("w") as log:
         exit_code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    # The line worth a glance: the error if there was one, else the test result.
-    errors = [line for line in lines if line.startswith("trainer: error")]
-    results = [line for line in lines if line.startswith("trainer: test accuracy")]
-    last = (errors or results or lines or [""])[-1]
-    return ChildOutcome(combination, exit_code, time.perf_counter() - started, last)
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        result = {"error": f"no result file (the process ended with exit code {exit_code})"}
+    if "error" in result:
+        summary = f"error: {result['error']}"
+    else:
+        summary = f"test accuracy {result['metrics']['test_accuracy']:.4f}, run {result['run_id']}"
+    return ChildOutcome(combination, exit_code, time.perf_counter() - started, summary)
 
 
-def run_sweep(
-    combinations: Sequence[Combination],
-    shared_args: Sequence[str],
-    uri: str,
-    experiment_name: str,
-    run_name: str | None,
-    parallel: int,
-    registry_options: RegistryOptions | None,
-) -> int:
+def run_sweep(base: RunConfig, combinations: Sequence[Combination], uri: str, parallel: int) -> int:
     """Returns the registered version, or 0 when registration is off. Raises when every child failed."""
     import tempfile
 
     import mlflow
     from mlflow import MlflowClient
 
-    rule = registry_options.rule if registry_options else registry.PromotionRule()
+    options = base.registry
+    rule = registry.promotion_rule(options)
     metric = rule.metric
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(experiment_name)
+    experiment = mlflow.set_experiment(base.tracking.experiment_name)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     # experiment_id named explicitly for the reason given in training.train_and_track.
     with (
-        mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name) as parent,
-        tempfile.TemporaryDirectory() as log_dir,
+        mlflow.start_run(experiment_id=experiment.experiment_id, run_name=base.tracking.run_name) as parent,
+        tempfile.TemporaryDirectory() as work_dir,
     ):
+        keys = list(combinations[0].values) if combinations else []
         mlflow.log_params(
             {
-                "grid.learning_rate": ",".join(f"{c:g}" for c in sorted({c.learning_rate for c in combinations})),
-                "grid.batch_size": _batch_sizes_param(combinations),
+                **{f"grid.{key}": _grid_param([c.values[key] for c in combinations]) for key in keys},
                 "grid.size": len(combinations),
                 "parallel": parallel,
                 "promotion_metric": metric,
             }
         )
+        mlflow.log_text(base.to_json(), CONFIG_ARTIFACT)
         mlflow.set_tag("sweep", "parent")
         print(f"sweep: {len(combinations)} runs, {parallel} at a time, parent run {parent.info.run_id}", flush=True)
 
-        def command(combination: Combination) -> list[str]:
-            return [
-                sys.executable, "-m", "mnist_trainer", "train", *shared_args,
-                "--learning-rate", repr(combination.learning_rate), "--batch-size", str(combination.batch_size),
-                "--experiment-name", experiment_name, "--run-name", combination.label,
-                "--parent-run-id", parent.info.run_id, "--no-register",
-            ]  # fmt: skip
+        def child_config(combination: Combination) -> RunConfig:
+            return replace(
+                base,
+                train=replace(base.train, **combination.values),
+                tracking=replace(base.tracking, run_name=combination.label, parent_run_id=parent.info.run_id),
+                registry=replace(base.registry, no_register=True),
+            )
 
         outcomes: list[ChildOutcome] = []
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(_run_child, command(c), c, Path(log_dir)) for c in combinations]
+            futures = [pool.submit(_run_child, child_config(c), c, Path(work_dir)) for c in combinations]
             for future in futures:
                 outcome = future.result()
                 outcomes.append(outcome)
                 status = "ok" if outcome.exit_code == 0 else f"FAILED (exit {outcome.exit_code})"
                 print(
                     f"sweep: [{len(outcomes)}/{len(combinations)}] {outcome.combination.label}: {status} "
-                    f"in {outcome.seconds:.0f} s; {outcome.last_line}",
+                    f"in {outcome.seconds:.0f} s; {outcome.summary}",
                     flush=True,
                 )
 
@@ -148,7 +154,7 @@ def run_sweep(
         print(f"sweep: best {best['run']} ({metric} {best[metric]:.4f}), run {best['run_id']}", flush=True)
         print(f"sweep: parent run: {tracking.run_link(uri, experiment.experiment_id, parent.info.run_id)}")
 
-    if registry_options is None:
+    if options.no_register:
         return 0
     best_run = client.get_run(best["run_id"])
     result = TrainResult(
@@ -161,7 +167,7 @@ def run_sweep(
             if key in ("test_loss", "test_accuracy", "train_seconds")
         },
     )
-    return register_and_promote(result, uri, registry_options)
+    return registry.register_and_promote(result, uri, options)
 
 
 def _rows(children: Sequence[Any], metric: str) -> list[dict[str, Any]]:

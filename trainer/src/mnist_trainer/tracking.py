@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -28,6 +29,23 @@ MODEL_ARTIFACT_NAME = "model"
 INPUT_EXAMPLE_SIZE = 5
 # Keras' metric names, as the UI shows them: explicit train_ prefix next to Keras' own val_ prefix.
 KERAS_TO_LOGGED_METRIC = {"loss": "train_loss", "accuracy": "train_accuracy"}
+
+
+# Run tag through which a sweep's parent (and `trainer reproduce`) finds the model a run logged.
+MODEL_URI_TAG = "model_uri"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+# Set on a run that retrains another one with the same config: `trainer reproduce`.
+REPRODUCES_TAG = "reproduces"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run hands on to the registry (and what a sweep child writes to its result file)."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    metrics: dict[str, float]
 
 
 class ConfigError(ValueError):
@@ -124,23 +142,18 @@ def visible_devices() -> list[str]:
 
 
 def environment_tags(devices: list[str]) -> dict[str, str]:
+    """Devices and library versions; lineage.current_environment() adds code digest, git commit, image, lock."""
     import mlflow
     import tensorflow as tf
 
-    tags = {
+    return {
         "devices": ", ".join(devices),
         "tensorflow_version": tf.__version__,
         "mlflow_version": mlflow.__version__,
     }
-    # Set by the image build; absent when the package runs from a checkout.
-    for env_name, tag in (("TRAINER_GIT_SHA", "git_sha"), ("TRAINER_IMAGE", "image")):
-        if os.environ.get(env_name):
-            tags[tag] = os.environ[env_name]
-    return tags
 
 
-def log_dataset(data: Mnist) -> str:
-    """Record the training data as a run input; returns the digest MLflow computed for it."""
+def _dataset(data: Mnist) -> Any:
     import mlflow
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
@@ -150,10 +163,40 @@ def log_dataset(data: Mnist) -> str:
     with warnings.catch_warnings():
         # MLflow registers two equivalent local-file source classes and warns that it picked one of them.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        dataset = mlflow.data.from_numpy(  # type: ignore[attr-defined]
+        return mlflow.data.from_numpy(  # type: ignore[attr-defined]
             data.x_train, targets=data.y_train, source=source, name="mnist"
         )
-    mlflow.log_input(dataset, context="training")
+
+
+def dataset_digest(data: Mnist) -> str:
+    """MLflow's digest of the training arrays, computed without logging anything (`trainer reproduce`)."""
+    return str(_dataset(data).digest)
+
+
+# Attempts at logging the data set when concurrent runs of one experiment insert the same one (see below).
+DATASET_LOG_ATTEMPTS = 3
+
+
+def log_dataset(data: Mnist) -> str:
+    """Record the training data as a run input; returns the digest MLflow computed for it.
+
+    MLflow's SQL store looks the data set up and inserts it if absent, without a lock: two runs of one experiment
+    logging the same data at the same instant (a sweep's children, a crowd of trainers) make the second insert
+    fail on the unique key. The data set then exists, so logging again only links it to this run.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    dataset = _dataset(data)
+    for attempt in range(1, DATASET_LOG_ATTEMPTS + 1):
+        try:
+            mlflow.log_input(dataset, context="training")
+            break
+        except MlflowException as error:
+            duplicate = "duplicate key" in str(error) or "UniqueViolation" in str(error)
+            if not duplicate or attempt == DATASET_LOG_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
     return str(dataset.digest)
 
 

@@ -1,4 +1,4 @@
-"""One training run, end to end: fit, evaluate, log everything, register, promote."""
+"""One training run, end to end: fit, evaluate, log everything and its lineage. The registry is registry.py's."""
 
 from __future__ import annotations
 
@@ -7,49 +7,20 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from mnist_trainer import accelerate, plots, registry, tracking
+from mnist_trainer import accelerate, lineage, plots, tracking
 from mnist_trainer import data as mnist_data
+from mnist_trainer.config import CONFIG_ARTIFACT, RunConfig
+from mnist_trainer.tracking import MODEL_URI_TAG, PARENT_RUN_TAG, TrainResult
 
-# Run tag through which a sweep's parent finds the model each child logged.
-MODEL_URI_TAG = "model_uri"
-PARENT_RUN_TAG = "mlflow.parentRunId"
 # Where a trained model waits when the artifact store cannot take it: the trainer-data volume in Docker.
 PENDING_DIR = Path(os.environ.get("TRAINER_PENDING_DIR") or ("/data/pending" if Path("/data").is_dir() else "pending"))
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """As asked for; `auto` values are resolved for the devices at hand when training starts."""
-
-    epochs: int
-    batch_size: int | Literal["auto"]
-    learning_rate: float
-    seed: int
-    validation_fraction: float
-    max_train_samples: int | None
-    mixed_precision: accelerate.Toggle = accelerate.AUTO
-    xla: accelerate.Toggle = accelerate.AUTO
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    name: str
-    rule: registry.PromotionRule
-    min_accuracy: float
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_id: str
-    experiment_id: str
-    model_uri: str
-    metrics: dict[str, float]
 
 
 def log_evaluation_pictures(model: object, splits: mnist_data.Splits, dataset: mnist_data.Mnist) -> None:
@@ -67,24 +38,35 @@ def log_evaluation_pictures(model: object, splits: mnist_data.Splits, dataset: m
 
 
 def train_and_track(
-    options: TrainOptions,
-    dataset: mnist_data.Mnist,
-    uri: str,
-    experiment_name: str,
-    run_name: str | None,
-    parent_run_id: str | None = None,
+    config: RunConfig, dataset: mnist_data.Mnist, uri: str, extra_tags: Mapping[str, str] | None = None
 ) -> TrainResult:
     """Train once inside an MLflow run; the run ends FAILED if anything here raises."""
     import mlflow
 
     from mnist_trainer.model import build_model
 
+    options = config.train
     devices = tracking.visible_devices()
     gpu_count, capability = accelerate.probe_gpus()
-    settings = accelerate.resolve(gpu_count, options.mixed_precision, options.xla, options.batch_size, capability)
+    settings = accelerate.resolve(
+        gpu_count, options.mixed_precision, options.xla, options.batch_size, capability, options.deterministic
+    )
+    if settings.deterministic:
+        lineage.enable_determinism(options.seed)
     print(f"trainer: training on {', '.join(devices)}; tracking at {uri}", flush=True)
     if settings.warning:
         print(f"trainer: warning: {settings.warning}", file=sys.stderr, flush=True)
+    # What ran, `auto` resolved: the record a reproduction trains from, on whatever devices it has.
+    resolved = replace(
+        config,
+        train=replace(
+            options,
+            batch_size=settings.batch_size,
+            mixed_precision="on" if settings.mixed_precision else "off",
+            xla="on" if settings.xla else "off",
+            deterministic="on" if settings.deterministic else "off",
+        ),
+    )
     splits = mnist_data.make_splits(
         dataset,
         batch_size=settings.batch_size,
@@ -93,26 +75,44 @@ def train_and_track(
         max_train_samples=options.max_train_samples,
     )
     params = {
-        **{key: value for key, value in asdict(options).items() if key != "max_train_samples"},
-        **settings.params(),  # the resolved values replace any `auto`
+        **resolved.params(),
         "train_samples": splits.train_size,
         "validation_samples": splits.validation_size,
         "test_samples": splits.test_size,
         "optimizer": "adam",
     }
+    environment = lineage.current_environment()
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(experiment_name)
+    experiment = mlflow.set_experiment(config.tracking.experiment_name)
+    parent_run_id = config.tracking.parent_run_id
     parent_tags = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else None
     # experiment_id named explicitly: when trainers create the experiment at the same instant, the one that
     # loses the race gets it back from set_experiment without it being made active, and its run would land
     # in "Default" (MLflow 3.17 fluent.set_experiment; seen with eight trainers starting together).
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name, tags=parent_tags) as run:
+    with mlflow.start_run(
+        experiment_id=experiment.experiment_id, run_name=config.tracking.run_name, tags=parent_tags
+    ) as run:
         mlflow.log_params(params)
-        mlflow.set_tags({**tracking.environment_tags(devices), "data_source": dataset.source})
+        mlflow.log_text(resolved.to_json(), CONFIG_ARTIFACT)
+        mlflow.log_text(environment.lock, lineage.PACKAGE_LOCK_ARTIFACT)
+        mlflow.set_tags(
+            {
+                **tracking.environment_tags(devices),
+                **environment.tags(),
+                **lineage.tensorflow_tags(),
+                "data_source": dataset.source,
+                **(extra_tags or {}),
+            }
+        )
         data_digest = tracking.log_dataset(dataset)
+        mlflow.set_tag("data_digest", data_digest)
 
         model = build_model(
-            options.learning_rate, options.seed, mixed_precision=settings.mixed_precision, xla=settings.xla
+            options.learning_rate,
+            options.seed,
+            mixed_precision=settings.mixed_precision,
+            xla=settings.xla,
+            dropout=options.dropout,
         )
         tracking.quiet_progress_bars_off_a_terminal()
         started = time.perf_counter()
@@ -133,7 +133,6 @@ def train_and_track(
         }
         mlflow.log_metrics(metrics)
         print(f"trainer: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}", flush=True)
-        mlflow.set_tag("data_digest", data_digest)
 
         example = mnist_data.to_model_input(dataset.x_test[: tracking.INPUT_EXAMPLE_SIZE])
         try:
@@ -180,39 +179,3 @@ def upload_pending(path: Path, uri: str) -> TrainResult:
     result = TrainResult(meta["run_id"], meta["experiment_id"], model_info.model_uri, meta["metrics"])
     shutil.rmtree(path)  # only once the server holds the model
     return result
-
-
-def register_and_promote(result: TrainResult, uri: str, options: RegistryOptions) -> int:
-    """Register the run's model as a new version, describe it, gate it on accuracy and promote it."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    run = client.get_run(result.run_id)
-    accuracy = result.metrics["test_accuracy"]
-    validation = "passed" if accuracy >= options.min_accuracy else "failed"
-    facts = registry.VersionFacts(
-        params=run.data.params,
-        metrics=result.metrics,
-        data_source=run.data.tags.get("data_source", ""),
-        data_digest=run.data.tags.get("data_digest", ""),
-        run_url=tracking.run_link(uri, result.experiment_id, result.run_id),
-        devices=run.data.tags.get("devices", ""),
-    )
-    tags: dict[str, str] = {
-        "test_accuracy": f"{accuracy:.4f}",
-        "data_digest": facts.data_digest,
-        "validation_status": validation,
-        **{key: run.data.tags[key] for key in ("git_sha", "image") if key in run.data.tags},
-    }
-    version = registry.register(result.model_uri, options.name, facts, tags)
-    print(f"trainer: registered {options.name} version {version} (models:/{options.name}/{version})", flush=True)
-    if validation == "failed":
-        print(
-            f"trainer: version {version} failed validation (test_accuracy {accuracy:.4f} < {options.min_accuracy});"
-            " aliases unchanged",
-            flush=True,
-        )
-        return version
-    promotion = registry.promote(client, options.name, version, options.rule)
-    print(f"trainer: version {version} is @{promotion.alias}: {promotion.reason}", flush=True)
-    return version

@@ -1,0 +1,112 @@
+"""The run configuration: flags -> object -> config.json -> object, and the same checks for files as for flags."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+
+from mnist_trainer import cli, config
+from mnist_trainer.config import ConfigError, RegistryConfig, RunConfig, TrackingConfig, TrainConfig
+from tests.unit.test_cli import run_trainer
+
+FLAGS = [
+    "--epochs", "3", "--learning-rate", "0.0003", "--batch-size", "64", "--seed", "7",
+    "--validation-fraction", "0.2", "--max-train-samples", "1000", "--mixed-precision", "off", "--xla", "on",
+    "--deterministic", "off", "--data", "/data/mnist.npz", "--experiment-name", "exp", "--run-name", "r1",
+    "--no-create-experiment", "--registered-model-name", "digits", "--no-register",
+    "--promotion-metric", "test_loss", "--promotion-margin", "0.01", "--min-accuracy", "0.5",
+]  # fmt: skip
+
+
+def test_flags_to_object_to_config_json_to_object_round_trip(tmp_path: Path) -> None:
+    parsed = config.from_namespace(cli.parse_args(FLAGS))
+    assert parsed.train == TrainConfig(
+        epochs=3, learning_rate=3e-4, batch_size=64, seed=7, validation_fraction=0.2, max_train_samples=1000,
+        mixed_precision="off", xla="on", deterministic="off", data="/data/mnist.npz",
+    )  # fmt: skip
+    assert parsed.tracking == TrackingConfig("exp", "r1", no_create_experiment=True)
+    assert parsed.registry == RegistryConfig("digits", True, "test_loss", 0.01, 0.5)
+    path = tmp_path / "config.json"
+    path.write_text(parsed.to_json())
+    assert json.loads(path.read_text())["train"]["learning_rate"] == 3e-4
+    assert RunConfig.from_file(path) == parsed
+    # And back to flags: a file given to `train --config` parses to the same object.
+    assert config.from_namespace(cli.parse_args(["train", "--config", str(path)])) == parsed
+
+
+def test_defaults_round_trip_and_every_field_has_a_flag_with_help(capsys: pytest.CaptureFixture[str]) -> None:
+    default = RunConfig()
+    assert RunConfig.from_json(default.to_json()) == default
+    assert config.from_namespace(cli.parse_args([])) == default
+    with pytest.raises(SystemExit):
+        cli.parse_args(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for section in (TrainConfig, TrackingConfig, RegistryConfig):
+        for spec in fields(section):
+            if spec.name != "parent_run_id":  # set by sweeps for their children only
+                assert config.flag(spec.name) in help_text, spec.name
+
+
+def test_flags_next_to_a_config_file_win(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(replace(RunConfig(), train=TrainConfig(epochs=9, seed=3)).to_json())
+    parsed = config.from_namespace(cli.parse_args(["train", "--config", str(path), "--epochs", "2"]))
+    assert (parsed.train.epochs, parsed.train.seed) == (2, 3)
+
+
+def test_an_older_config_without_a_newer_option_takes_its_default() -> None:
+    data = RunConfig().to_dict()
+    del data["train"]["deterministic"]
+    assert RunConfig.from_dict(data).train.deterministic == TrainConfig().deterministic
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": {"epochs": 0}}, "config: train.epochs: must be at least 1, got 0"),
+        ({"train": {"learning_rate": -1.0}}, "config: train.learning_rate: must be a finite number above 0"),
+        ({"train": {"xla": "yes"}}, "config: train.xla: invalid choice: 'yes'"),
+        ({"train": {"epoch": 3}}, "config: train.epoch: unknown option"),
+        ({"registry": {"no_register": "yes"}}, "config: registry.no_register: must be true or false"),
+        ({"tracking": {"experiment_name": None}}, "config: tracking.experiment_name: must not be null"),
+        ({"extra": {}}, "config: unknown section 'extra'"),
+    ],
+)
+def test_a_file_gets_the_checks_its_flags_get(change: dict[str, dict[str, object]], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        RunConfig.from_dict(change)
+    assert message in str(raised.value)
+
+
+def test_a_bad_config_file_is_one_line_and_exit_2_before_any_run(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"train": {"epochs": 0}}))
+    result = run_trainer(["train", "--config", str(path)], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"trainer: error: {path}: train.epochs: must be at least 1, got 0"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_params_are_the_whole_config_with_training_fields_by_name() -> None:
+    params = RunConfig().params()
+    assert params["epochs"] == "5" and params["max_train_samples"] == "none"
+    assert params["registry.min_accuracy"] == "0.9" and params["tracking.experiment_name"] == "mnist"
+    assert len(params) == sum(len(fields(section)) for section in (TrainConfig, TrackingConfig, RegistryConfig))
+
+
+def test_a_sweep_varies_the_fields_marked_sweepable() -> None:
+    args = cli.parse_args(["sweep", "--learning-rate", "0.001,0.003", "--batch-size", "64,auto"])
+    assert config.sweep_grid(args) == {"learning_rate": [0.001, 0.003], "batch_size": [64, "auto"]}
+    assert config.short_label({"learning_rate": 0.003, "batch_size": 64}) == "lr=0.003 bs=64"
+
+
+def test_the_readme_table_lists_every_training_flag() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("### Trainer options") : readme.index("### What a run records")]
+    for section in (TrainConfig, TrackingConfig, RegistryConfig):
+        for spec in fields(section):
+            if spec.name != "parent_run_id":
+                assert f"| `{config.flag(spec.name)}" in table, spec.name
