@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -17,16 +19,26 @@ def test_entry_point_replaces_mlflows_postgresql_builder() -> None:
     # MLflow resolves `postgresql+psycopg2://` to the scheme `postgresql` (mlflow.utils.uri.get_uri_scheme).
     target = project["project"]["entry-points"]["mlflow.tracking_store"]["postgresql"]
     module, function = target.split(":")
-    from mlflow_stack_server import fast_store
+    from mlflow_stack_server import store_plugin
 
-    assert module == fast_store.__name__ and callable(getattr(fast_store, function))
+    assert module == store_plugin.__name__ and callable(getattr(store_plugin, function))
+
+
+def test_plugin_module_loads_before_mlflow() -> None:
+    # MLflow loads entry points halfway through importing mlflow.tracking: the plugin must not import MLflow.
+    code = "import sys; import mlflow_stack_server.store_plugin; print(sorted(m for m in sys.modules if m.startswith('mlflow.')))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO / "tracking-server", capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(("value", "fast"), [(None, True), ("on", True), ("off", False), ("OFF", False)])
 def test_switch(
     migrated_server: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, fast: bool
 ) -> None:
-    from mlflow_stack_server.fast_store import FastSqlAlchemyStore, tracking_store
+    from mlflow_stack_server.fast_store import FastSqlAlchemyStore
+    from mlflow_stack_server.store_plugin import tracking_store
 
     if value is None:
         monkeypatch.delenv("MLFLOW_FAST_STORE", raising=False)
@@ -40,7 +52,7 @@ def test_switch(
 def test_switch_refuses_unknown_value(
     migrated_server: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlflow_stack_server.fast_store import tracking_store
+    from mlflow_stack_server.store_plugin import tracking_store
 
     monkeypatch.setenv("MLFLOW_FAST_STORE", "fast")
     with pytest.raises(MlflowException, match="MLFLOW_FAST_STORE='fast'; expected 'on' or 'off'"):
