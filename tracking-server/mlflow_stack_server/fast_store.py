@@ -33,10 +33,11 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
+import sqlalchemy
 from mlflow.entities import LifecycleStage, Metric, Param, Run, RunData, RunInfo, RunInputs, RunStatus, RunTag
 from mlflow.entities.source_type import SourceType
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils import validation
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, _get_run_name_from_tags
@@ -108,7 +109,12 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
         Any database error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on
         a fresh session and answers as MLflow does (a conflict it resolves, an error in its words).
         """
-        connection: Any = self.engine.raw_connection()
+        try:
+            connection: Any = self.engine.raw_connection()
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            # No pooled connection in time ("QueuePool limit ... reached"): MLflow's session answers this with
+            # BAD_REQUEST; waiting again on MLflow's path would only double the wait.
+            raise MlflowException(message=str(error), error_code=BAD_REQUEST) from error
         try:
             with connection.cursor() as cursor:
                 yield cursor
