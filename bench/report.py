@@ -82,6 +82,8 @@ def side_by_side_section(side: dict[str, Any], profile: dict[str, Any] | None) -
         "*MLFLOW_FAST_STORE=off* is the same server with MLflow's own SqlAlchemyStore; *MLflow defaults* as above; "
         "*FastTrackML 0.6.0* is the Go server (`fml server`, its defaults).",
         "",
+        f"Measured {side['machine']['date']}." if "machine" in side else "",
+        "",
         "| server | K | req/s | p50 ms | p99 ms | errors | server CPU ms/req | Postgres CPU ms/req | repeats | "
         "load average |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -256,6 +258,10 @@ def server_section(results: dict[str, Any]) -> list[str]:
         if result:
             lines += [_load_row(result["label"], row) for row in result["rows"]]
     lines.append("")
+    dated = [f"{r['label']} {r['machine']['date']}" for r in (shipped, paced, default) if r and "machine" in r]
+    if dated:
+        # Results of different days sit side by side when only some benchmarks were re-run.
+        lines += ["Measured: " + "; ".join(dated) + ".", ""]
     errors = sorted({kind for r in (shipped, paced, default) if r for row in r["rows"] for kind in row["error_kinds"]})
     if errors:
         lines += ["Errors seen: " + "; ".join(f"`{kind[:110]}`" for kind in errors[:4]) + ".", ""]
