@@ -1,29 +1,36 @@
 """Tracking-server configurations side by side, on the stack's Postgres and bucket: each one runs in a
 container of the tracking-server image published on 127.0.0.1:5002 while the load benchmark drives it.
 
-    python -m bench.server_variants baseline   # `mlflow server` with MLflow's defaults, K = 1, 8, 32, 64
-    python -m bench.server_variants tuning     # the knobs we tuned, one at a time, at K = 64
+    python -m bench.server_variants baseline      # `mlflow server` with MLflow's defaults, K = 1, 8, 32, 64
+    python -m bench.server_variants tuning        # the knobs we tuned, one at a time, at K = 64
+    python -m bench.server_variants side-by-side  # stack (fast store on / off), MLflow defaults, FastTrackML
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import requests
 
 from bench.common import REPO, compose, save
 from bench.server_load import container_id, cpu_seconds, load_and_print, stack_containers
 
-NAME = "mlflow-stack-bench-server"
-PORT = 5002
+# Per compose project, so that two stacks on one machine can each run their benchmark.
+NAME = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'mlflow-stack')}-bench-server"
+PORT = int(os.environ.get("BENCH_VARIANT_PORT", "5002"))
 API = f"http://localhost:{PORT}/api/2.0/mlflow"
 TUNING_K = 64
 # Healthy is not settled: MLflow's job runner starts eight processes after the server answers.
 SETTLED_CORES = 0.15
 SETTLE_TIMEOUT = 90
+# A busy machine can take minutes to boot MLflow's server.
+START_TIMEOUT = int(os.environ.get("BENCH_START_TIMEOUT", "240"))
 # A configuration that stalls must not eat the benchmark's budget.
 TUNING_DEADLINE = float(os.environ.get("BENCH_TUNING_DEADLINE", "45"))
 # Plain `mlflow server`: the stack's settings only resolve the secrets (files) and build the database URI.
@@ -33,7 +40,8 @@ PLAIN_MLFLOW = (
     "os.execvp('mlflow', ['mlflow', 'server', '--host', '0.0.0.0', '--port', '5000', "
     "'--serve-artifacts', '--artifacts-destination', 's3://' + os.environ['MLFLOW_ARTIFACTS_BUCKET'] + '/'])"
 )
-MLFLOW_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}
+# The plugin is in the image: MLflow's defaults include its plain store.
+MLFLOW_DEFAULTS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true", "MLFLOW_FAST_STORE": "off"}
 # label -> environment of the stack's own entrypoint; the shipped values are 2 workers, 8 threads.
 TUNING: dict[str, dict[str, str]] = {
     "before: 2 workers, MLflow's 40 threads and pool 5+10": {
@@ -51,11 +59,41 @@ TUNING: dict[str, dict[str, str]] = {
 }
 
 
+FASTTRACKML_DATABASE = "fasttrackml"
+FASTTRACKML = (
+    "exec fml server --listen-address 0.0.0.0:5000 --default-artifact-root /tmp/fml-artifacts "
+    f'--database-uri "postgres://$POSTGRES_USER:$POSTGRES_PASSWORD@$POSTGRES_HOST:5432/{FASTTRACKML_DATABASE}'
+    '?sslmode=disable"'
+)
+SIDE_BY_SIDE_KS = (8, 64)
+REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
+
+
+def fml_binary() -> str:
+    found = shutil.which("fml")
+    if not found:
+        raise SystemExit("bench: no `fml` on PATH: .venv/bin/pip install --no-deps -r bench/requirements.txt")
+    return str(Path(found).resolve())
+
+
+def create_fasttrackml_database() -> None:
+    """FastTrackML keeps its own schema: a database of its own on the stack's Postgres server."""
+    script = (
+        f'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "SELECT 1 FROM pg_database WHERE datname = \'{FASTTRACKML_DATABASE}\'"'
+        f' | grep -q 1 || createdb -U "$POSTGRES_USER" {FASTTRACKML_DATABASE}'
+    )
+    compose("exec", "-T", "postgres", "sh", "-c", script)
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
 def stop() -> None:
     subprocess.run(["docker", "rm", "-f", NAME], cwd=REPO, capture_output=True)
 
 
-def start(environment: dict[str, str], plain_mlflow: bool = False) -> None:
+def start(environment: dict[str, str], plain_mlflow: bool = False, fasttrackml: bool = False) -> None:
     stop()
     command = [
         "run",
@@ -70,13 +108,17 @@ def start(environment: dict[str, str], plain_mlflow: bool = False) -> None:
         command += ["--env", f"{key}={value}"]
     if plain_mlflow:
         command += ["--entrypoint", "python", "tracking-server", "-c", PLAIN_MLFLOW]
+    elif fasttrackml:
+        # FastTrackML's static binary in the tracking-server container: same networks, same database server.
+        command += ["--volume", f"{fml_binary()}:/usr/local/bin/fml:ro", "--entrypoint", "sh", "tracking-server"]
+        command += ["-c", FASTTRACKML]
     else:
         command += ["tracking-server"]
     compose(*command)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + START_TIMEOUT
     while not _healthy():
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {NAME} not healthy after 120 s (docker logs {NAME})")
+            raise SystemExit(f"bench: {NAME} not healthy after {START_TIMEOUT} s (docker logs {NAME})")
         time.sleep(1)
     _wait_until_idle()
 
@@ -123,5 +165,43 @@ def tuning() -> None:
     save("server_tuning", {"k": TUNING_K, "deadline_seconds": TUNING_DEADLINE, "rows": rows})
 
 
+# label -> how to start it; every one on the stack's Postgres server, published on 127.0.0.1:PORT.
+SIDE_BY_SIDE: dict[str, dict[str, Any]] = {
+    "stack, fast store": {"environment": {"MLFLOW_FAST_STORE": "on"}},
+    "stack, MLFLOW_FAST_STORE=off": {"environment": {"MLFLOW_FAST_STORE": "off"}},
+    "MLflow defaults": {"environment": MLFLOW_DEFAULTS, "plain_mlflow": True},
+    "FastTrackML 0.6.0": {"environment": {}, "fasttrackml": True},
+}
+
+
+def side_by_side() -> None:
+    """Each server in turn, the same closed-loop load at each K, REPEATS times; load average recorded with each
+    measurement because the machine may be shared (CPU per request is the steadier number). Results are saved
+    after every measurement, and a server that does not start is recorded and skipped."""
+    create_fasttrackml_database()
+    labels = sys.argv[2:] or list(SIDE_BY_SIDE)
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+    try:
+        for repeat in range(REPEATS):
+            for label in labels:
+                try:
+                    start(**SIDE_BY_SIDE[label])
+                except SystemExit as error:
+                    failures.append(f"{label} (run {repeat + 1}): {error}")
+                    print(f"bench: {label} did not start, skipped: {error}")
+                    continue
+                for k in SIDE_BY_SIDE_KS:
+                    before = load_average()
+                    row = load_and_print(f"{label} (run {repeat + 1})", k, stack_containers(NAME), API)
+                    rows.append({"server": label, "repeat": repeat + 1, "load_average_1m_before": before,
+                                 "load_average_1m_after": load_average(), **row})  # fmt: skip
+                    print(f"bench:   load average {before:.2f} -> {load_average():.2f}")
+                    save("server_side_by_side", {"ks": SIDE_BY_SIDE_KS, "repeats": REPEATS, "rows": rows,
+                                                 "failures": failures})  # fmt: skip
+    finally:
+        stop()
+
+
 if __name__ == "__main__":
-    {"baseline": baseline, "tuning": tuning, "stop": stop}[sys.argv[1]]()
+    {"baseline": baseline, "tuning": tuning, "side-by-side": side_by_side, "stop": stop}[sys.argv[1]]()

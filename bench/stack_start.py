@@ -4,6 +4,7 @@ each start step of the tracking server, and the size of our two images."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -59,7 +60,11 @@ def main() -> None:
         log = compose("logs", "--no-log-prefix", "tracking-server")
         for name, pattern in STEP_PATTERNS.items():
             steps[name].append(float(re.findall(pattern, log)[-1]))
-    images = ("mlflow-stack/tracking-server:3.17.2", "mlflow-stack/trainer:0.1.0")
+    # The tags compose builds under (a second stack on the same machine uses its own).
+    images = (
+        os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2"),
+        os.environ.get("TRAINER_IMAGE", "mlflow-stack/trainer:0.1.0"),
+    )
     services = json.loads("[" + ",".join(compose("ps", "--format", "json").split("\n")[:-1]) + "]")
     result = {
         "rounds": ROUNDS,

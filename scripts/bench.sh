@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark, against the running stack; prints numbers and writes docs/bench-results/*.json and
-# docs/performance.md. Needs the test environment (make venv) and MNIST_NPZ. About 12 minutes on 2 cores.
+# docs/performance.md. Needs the test environment (make venv), FastTrackML's binary
+# (.venv/bin/pip install --no-deps -r bench/requirements.txt) and MNIST_NPZ. About 20 minutes on 2 cores.
 # It leaves experiments named bench-* in the stack (bench-search-10k holds 10k synthetic runs, reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +22,8 @@ python -m bench.server_load shipped 1 8 32 64
 python -m bench.server_load shipped-paced 64 --epoch-seconds 1
 python -m bench.server_variants baseline
 python -m bench.server_variants tuning
+# Fast store on / off, MLflow defaults and FastTrackML side by side at K = 8 and 64 (BENCH_REPEATS, default 2),
+# and where one log_batch request's CPU goes with each store.
+python -m bench.server_variants side-by-side
+python -m bench.profile_log_batch
 BENCH_SECONDS=$SECONDS python -m bench.report

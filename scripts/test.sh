@@ -84,4 +84,5 @@ docker compose up -d --wait --wait-timeout 180
 echo "stack healthy $(( $(date +%s) - start )) s after 'up'"
 
 step "tests"
-pytest tests/unit tests/stack "$@"
+# tests/store starts a throwaway Postgres of its own (the stack image) on a random loopback port.
+pytest tests/unit tests/store tests/stack "$@"

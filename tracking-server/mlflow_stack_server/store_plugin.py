@@ -1,0 +1,54 @@
+"""The `mlflow.tracking_store` entry point for postgresql URIs: the fast store, or MLflow's own when switched off.
+
+MLflow imports entry points while `mlflow.tracking` itself is still being imported, so this module imports
+nothing from MLflow at load time (a top-level import here would be circular and MLflow would skip the plugin
+with a warning); the store classes are imported when a store is built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+SWITCH = "MLFLOW_FAST_STORE"
+
+
+@dataclass(frozen=True)
+class FastStoreSettings:
+    enabled: bool
+
+    @classmethod
+    def from_env(cls) -> FastStoreSettings:
+        value = os.environ.get(SWITCH, "on").strip().lower() or "on"
+        if value not in ("on", "off", "true", "false", "1", "0"):
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(f"{SWITCH}={value!r}; expected 'on' or 'off'", INVALID_PARAMETER_VALUE)
+        return cls(enabled=value in ("on", "true", "1"))
+
+
+def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
+    """Entry point for the `postgresql` scheme: MLflow's own builder, with the fast store unless switched off.
+
+    Registered after MLflow's built-in builders, so it replaces theirs for postgresql URIs only; the model
+    registry, the auth database and `mlflow db upgrade` do not use this registry.
+    """
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+    from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.tracking.sqlalchemy_workspace_store import WorkspaceAwareSqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _SERVER_ARTIFACT_ROOT_ENV_VAR
+
+    from mlflow_stack_server.fast_store import FastSqlAlchemyStore
+
+    if artifact_uri is None:  # as MLflow's builder: inside the server, the server's artifact root
+        artifact_uri = os.environ.get(_SERVER_ARTIFACT_ROOT_ENV_VAR, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+    read_db_uri = os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR) or None
+    if MLFLOW_ENABLE_WORKSPACES.get():
+        return WorkspaceAwareSqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)
+    if FastStoreSettings.from_env().enabled:
+        return FastSqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)
+    return SqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)
