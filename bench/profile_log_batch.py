@@ -77,6 +77,7 @@ def family(location: str) -> str:
 
 def profile(database_uri: str, fast: bool, requests: int) -> dict[str, Any]:
     from mlflow.server import app, handlers
+
     from mlflow_stack_server.store_plugin import tracking_store
 
     os.environ["MLFLOW_FAST_STORE"] = "on" if fast else "off"

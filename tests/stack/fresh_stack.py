@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.stack.conftest import MINIO_CONSOLE_PORT, MLFLOW_PORT, NPZ_IN_CONTAINER, REPO, mnist_npz
+from tests.stack.conftest import MINIO_CONSOLE_PORT, MLFLOW_PORT, REPO, TrainerProcess, trainer_argv
 
 SECRET_VARIABLES = (
     "POSTGRES_PASSWORD",
@@ -89,11 +89,13 @@ class FreshStack:
             )
         return result
 
-    def train(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.compose(
-            "run", "--rm", "-T", "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro", "trainer", "--data", NPZ_IN_CONTAINER,
-            "--epochs", "1", "--max-train-samples", "3000", "--min-accuracy", "0.5", *args,
-        )  # fmt: skip
+    def train(self, *args: str) -> TrainerProcess:
+        """1 epoch on a subset; the run and version come back through the trainer's result file."""
+        argv, result_file = trainer_argv("--epochs", "1", "--max-train-samples", "3000", "--min-accuracy", "0.5", *args)
+        done = self.compose(*argv[2:])
+        process = TrainerProcess(done.args, done.returncode, done.stdout, done.stderr)
+        process.result_file = result_file
+        return process
 
     def secrets(self) -> dict[str, str]:
         shown = self.compose("run", "--rm", "--no-deps", "-T", "secrets", "show").stdout
