@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 from urllib.parse import quote
 
-from mlflow_stack_server.settings import Settings, SettingsError
+from mlflow_stack_server.settings import Settings, SettingsError, allowed_hosts
 
 T = TypeVar("T")
 # Any fixed 64-bit number shared by every prepare: concurrent ones queue on it instead of migrating at once.
@@ -268,6 +268,9 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         # The admin exists (prepare made it): the workers must not each try to create it again.
         os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
         os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
+    if os.environ.get("MLFLOW_PUBLIC_NAMES", "").strip():
+        os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ)
+        log(f"allowed hosts: {os.environ['MLFLOW_SERVER_ALLOWED_HOSTS']}")
     log(f"starting mlflow server (auth: {settings.auth})")
     command = [
         "mlflow",

@@ -108,6 +108,19 @@ class Settings:
         os.environ["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
 
 
+def allowed_hosts(environ: Mapping[str, str]) -> str:
+    """MLFLOW_SERVER_ALLOWED_HOSTS plus every MLFLOW_PUBLIC_NAMES entry with any port.
+
+    Team mode's one knob: the names in the server certificate are the Host headers MLflow accepts, so a
+    client that passes TLS verification is never refused by the DNS-rebinding guard, and no other name is.
+    """
+    hosts = [h.strip() for h in environ.get("MLFLOW_SERVER_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    for name in (n.strip() for n in environ.get("MLFLOW_PUBLIC_NAMES", "").split(",")):
+        if name:
+            hosts += [name, f"{name}:*"]
+    return ",".join(dict.fromkeys(hosts))
+
+
 def _postgres_uri(environ: Mapping[str, str], secrets: Mapping[str, str]) -> str:
     def required(name: str, value: str) -> str:
         if not value:
