@@ -86,11 +86,22 @@ class Recorder:
                 self.metric_points += metric_points
 
 
+def client_session() -> requests.Session:
+    """Keep-alive session; against team mode (STACK_URL=https://...) with MLflow's own client variables:
+    MLFLOW_TRACKING_SERVER_CERT_PATH (certs/ca.crt) and MLFLOW_TRACKING_USERNAME / _PASSWORD."""
+    session = requests.Session()
+    session.verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        session.auth = (user, password)
+    return session
+
+
 def simulated_trainer(
     api: str, experiment_id: str, recorder: Recorder, deadline: float, epoch_seconds: float = 0.0
 ) -> int:
     """Returns the number of calls it never made because the deadline passed."""
-    session = requests.Session()
+    session = client_session()
     calls_made = 0
     if epoch_seconds:
         # Independent trainers do not start in step; without this all 64 would log in the same instant.
@@ -143,7 +154,7 @@ def load(
     k: int, containers: dict[str, str | None], api: str = API, deadline: float = DEADLINE, epoch_seconds: float = 0.0
 ) -> dict[str, Any]:
     name = f"bench-load-{uuid.uuid4().hex[:8]}"
-    response = requests.post(api + "/experiments/create", json={"name": name}, timeout=CALL_TIMEOUT)
+    response = client_session().post(api + "/experiments/create", json={"name": name}, timeout=CALL_TIMEOUT)
     experiment_id = response.json()["experiment_id"]
     recorder = Recorder()
     cpu_before = {role: cpu_seconds(cid) if cid else None for role, cid in containers.items()}

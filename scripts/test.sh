@@ -45,7 +45,7 @@ ruff format --check .
 mypy
 hadolint trainer/Dockerfile tracking-server/Dockerfile
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
-yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml .yamllint
+yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml docker-compose.trainer.yml .yamllint
 
 step "build images"
 start=$(date +%s)
