@@ -83,7 +83,9 @@ def wait_for_server(uri: str, timeout_seconds: float = PREFLIGHT_TIMEOUT_SECONDS
     delay, last_error = 0.5, "no attempt made"
     while True:
         try:
-            response = requests.get(url, params={"max_results": 1}, auth=_auth(), timeout=5, verify=_verify())
+            # A slow answer (a busy server checking a login) still counts while the deadline allows.
+            wait = max(5.0, deadline - time.monotonic())
+            response = requests.get(url, params={"max_results": 1}, auth=_auth(), timeout=wait, verify=_verify())
         except requests.exceptions.SSLError as error:
             # Waiting cannot fix an untrusted certificate; MLflow would retry it for minutes.
             ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
