@@ -305,3 +305,15 @@ def test_replacing_the_certificate_restarts_only_the_gateway_and_trainers_keep_w
     assert inspected["RestartCount"] == 0 and inspected["State"]["Running"]
     # The old CA still verifies the new certificate: clients change nothing.
     assert requests.get(team.api("experiments/search?max_results=1"), auth=team.trainer, verify=team.ca, timeout=30).ok
+
+
+def test_the_gpu_overlay_applies_to_the_training_host_file() -> None:
+    # The GPU itself cannot be tried here (no NVIDIA runtime in CI): the merged file asks for every GPU.
+    result = subprocess.run(
+        ["docker", "compose", "-f", "docker-compose.trainer.yml", "-f", "docker-compose.gpu.yml", "config", "--format", "json"],
+        cwd=REPO, capture_output=True, text=True, check=True, env={**os.environ, "MLFLOW_TRACKING_URI": "https://mlflow.team.test:5000"},
+    )  # fmt: skip
+    trainer = json.loads(result.stdout)["services"]["trainer"]
+    assert list(json.loads(result.stdout)["services"]) == ["trainer"]
+    assert trainer["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert trainer["environment"]["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/run/certs/ca.crt"
