@@ -90,7 +90,11 @@ def client_session() -> requests.Session:
     """Keep-alive session; against team mode (STACK_URL=https://...) with MLflow's own client variables:
     MLFLOW_TRACKING_SERVER_CERT_PATH (certs/ca.crt) and MLFLOW_TRACKING_USERNAME / _PASSWORD."""
     session = requests.Session()
-    session.verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    ca_file = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if ca_file:
+        session.verify = ca_file
+        # Else requests prefers REQUESTS_CA_BUNDLE from the environment over the session's own CA file.
+        session.trust_env = False
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     if user and password:
         session.auth = (user, password)
@@ -217,7 +221,11 @@ def load_and_print(
 
 
 def stack_containers(server: str = "tracking-server") -> dict[str, str | None]:
-    return {"tracking_server": container_id(server), "postgres": container_id("postgres")}
+    containers = {"tracking_server": container_id(server), "postgres": container_id("postgres")}
+    if server == "tracking-server":
+        # The stack's gateway is in front of the published port: its CPU is the cost of TLS in team mode.
+        containers["gateway"] = container_id("gateway")
+    return containers
 
 
 def main() -> None:
