@@ -123,12 +123,21 @@ def served_fingerprint(address: str) -> str:
     return hashlib.sha256(certificate).hexdigest()
 
 
+def remove_everything(stack: TeamStack) -> None:
+    """Both projects (the training host's one-off containers too), then the network they shared."""
+    stack.compose("--profile", "train", "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
+    trainer_project = {"COMPOSE_PROJECT_NAME": f"{PROJECT}-trainer", "MLFLOW_TRACKING_URI": "https://unused"}
+    for container in _docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}-trainer").split():
+        _docker("rm", "-f", container, check=False)
+    stack.compose("-f", "docker-compose.trainer.yml", "down", "-v", check=False, extra=trainer_project)
+    _docker("network", "rm", NETWORK, check=False)
+
+
 @pytest.fixture(scope="module")
 def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
     directory = copy_repository(tmp_path_factory.mktemp("team-clone"))
     stack = TeamStack(directory, PROJECT)
-    _docker("network", "rm", NETWORK, check=False)  # leftovers of an interrupted earlier run
-    stack.compose("--profile", "train", "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
+    remove_everything(stack)  # leftovers of an interrupted earlier run
     _docker("network", "create", NETWORK)
     address = json.loads(_docker("network", "inspect", NETWORK))[0]["IPAM"]["Config"][0]["Gateway"]
     (directory / ".env").write_text(
@@ -157,10 +166,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         assert created.ok, created.text
         yield Team(stack, address, str(ca), admin, trainer, uuid.uuid4().hex[:8])
     finally:
-        stack.compose("--profile", "train", "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
-        stack.compose("-f", "docker-compose.trainer.yml", "down", "-v", check=False, extra={
-            "COMPOSE_PROJECT_NAME": f"{PROJECT}-trainer", "MLFLOW_TRACKING_URI": "https://unused"})  # fmt: skip
-        _docker("network", "rm", NETWORK, check=False)
+        remove_everything(stack)
 
 
 def test_a_remote_trainer_trains_and_registers_over_https_with_the_stacks_ca(team: Team) -> None:
