@@ -133,3 +133,31 @@ def test_public_names_join_the_allowed_hosts_with_any_port() -> None:
     assert allowed_hosts(environ).split(",") == [
         "tracking-server:5000", "localhost:*", "a.lan", "a.lan:*", "10.0.0.5", "10.0.0.5:*",
     ]  # fmt: skip
+
+
+def test_the_auth_config_turns_on_mlflows_login_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without it every request pays a scrypt password check (README, Performance: 25x an API call's cost)."""
+    import configparser
+    import os
+
+    import entrypoint
+
+    from mlflow_stack_server.settings import Settings
+
+    def read_auth_config() -> int:
+        # The key MLflow 3.17 reads (mlflow/server/auth/config.py: auth_cache_ttl_seconds, default 0 = off);
+        # MLflow's own reader needs mlflow[auth], which only the server image has.
+        parser = configparser.ConfigParser()
+        parser.read(os.environ["MLFLOW_AUTH_CONFIG_PATH"])
+        return parser.getint("mlflow", "auth_cache_ttl_seconds")
+
+    environ = {
+        "POSTGRES_USER": "mlflow", "POSTGRES_DB": "mlflow", "POSTGRES_PASSWORD": "p", "MLFLOW_ARTIFACTS_BUCKET": "b",
+        "MLFLOW_AUTH": "basic", "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "a",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "k",
+    }  # fmt: skip
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", "unset")  # monkeypatch restores it; write_auth_config sets it
+    entrypoint.write_auth_config(Settings.from_environment(environ))
+    assert read_auth_config() == 60
+    entrypoint.write_auth_config(Settings.from_environment({**environ, "MLFLOW_AUTH_CACHE_SECONDS": "0"}))
+    assert read_auth_config() == 0

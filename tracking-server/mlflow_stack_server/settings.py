@@ -58,6 +58,8 @@ class Settings:
     port: str
     wait_seconds: float
     auth_database: str
+    # Seconds a verified login is remembered per worker (MLflow's auth_cache_ttl_seconds; 0 = check every time).
+    auth_cache_seconds: int = 60
 
     @property
     def bucket(self) -> str:
@@ -97,6 +99,7 @@ class Settings:
             port=environ.get("MLFLOW_SERVER_PORT", "5000"),
             wait_seconds=float(environ.get("MLFLOW_BOOTSTRAP_TIMEOUT", "120")),
             auth_database=environ.get("MLFLOW_AUTH_DB", "mlflow_auth"),
+            auth_cache_seconds=int(environ.get("MLFLOW_AUTH_CACHE_SECONDS", "60") or "0"),
         )
 
     def export_secrets(self) -> None:
