@@ -134,7 +134,8 @@ def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(clie
     try:
         result = compose(
             # One retry instead of seven: the outage is certain here, the test need not wait out the backoff.
-            "run", "--rm", "-T", "-e", "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1",
+            # --no-deps: `run` would otherwise run tracking-server-prepare again, and start MinIO for it.
+            "run", "--rm", "-T", "--no-deps", "-e", "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1",
             "-v", f"{mnist_npz()}:{NPZ_IN_CONTAINER}:ro", "trainer", "--data", NPZ_IN_CONTAINER,
             "--epochs", "1", "--max-train-samples", "3000", "--min-accuracy", "0.5",
             "--experiment-name", experiment, "--registered-model-name", model,
