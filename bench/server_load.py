@@ -86,11 +86,26 @@ class Recorder:
                 self.metric_points += metric_points
 
 
+def client_session() -> requests.Session:
+    """Keep-alive session; against team mode (STACK_URL=https://...) with MLflow's own client variables:
+    MLFLOW_TRACKING_SERVER_CERT_PATH (certs/ca.crt) and MLFLOW_TRACKING_USERNAME / _PASSWORD."""
+    session = requests.Session()
+    ca_file = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if ca_file:
+        session.verify = ca_file
+        # Else requests prefers REQUESTS_CA_BUNDLE from the environment over the session's own CA file.
+        session.trust_env = False
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        session.auth = (user, password)
+    return session
+
+
 def simulated_trainer(
     api: str, experiment_id: str, recorder: Recorder, deadline: float, epoch_seconds: float = 0.0
 ) -> int:
     """Returns the number of calls it never made because the deadline passed."""
-    session = requests.Session()
+    session = client_session()
     calls_made = 0
     if epoch_seconds:
         # Independent trainers do not start in step; without this all 64 would log in the same instant.
@@ -143,7 +158,7 @@ def load(
     k: int, containers: dict[str, str | None], api: str = API, deadline: float = DEADLINE, epoch_seconds: float = 0.0
 ) -> dict[str, Any]:
     name = f"bench-load-{uuid.uuid4().hex[:8]}"
-    response = requests.post(api + "/experiments/create", json={"name": name}, timeout=CALL_TIMEOUT)
+    response = client_session().post(api + "/experiments/create", json={"name": name}, timeout=CALL_TIMEOUT)
     experiment_id = response.json()["experiment_id"]
     recorder = Recorder()
     cpu_before = {role: cpu_seconds(cid) if cid else None for role, cid in containers.items()}
@@ -206,7 +221,11 @@ def load_and_print(
 
 
 def stack_containers(server: str = "tracking-server") -> dict[str, str | None]:
-    return {"tracking_server": container_id(server), "postgres": container_id("postgres")}
+    containers = {"tracking_server": container_id(server), "postgres": container_id("postgres")}
+    if server == "tracking-server":
+        # The stack's gateway is in front of the published port: its CPU is the cost of TLS in team mode.
+        containers["gateway"] = container_id("gateway")
+    return containers
 
 
 def main() -> None:

@@ -11,5 +11,10 @@ started=$(date +%s)
 # Custom format: compressed, and pg_restore can clean and recreate objects from it.
 docker compose exec -T postgres sh -c 'pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" --format=custom' \
   > "$target/postgres.dump"
+# With logins on (MLFLOW_AUTH=basic; always in team mode) users and permissions live in their own database.
+has_auth_db='psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "SELECT 1 FROM pg_database WHERE datname = '"'mlflow_auth'"'"'
+if [ "$(docker compose exec -T postgres sh -c "$has_auth_db")" = 1 ]; then
+  docker compose exec -T postgres sh -c 'pg_dump -U "$POSTGRES_USER" -d mlflow_auth --format=custom' > "$target/auth.dump"
+fi
 docker compose exec -T tracking-server python /usr/local/bin/bucket-archive export > "$target/artifacts.tar"
 echo "backup written to $target ($(du -sh "$target" | cut -f1), $(( $(date +%s) - started )) s)"

@@ -16,6 +16,13 @@ docker compose stop tracking-server
 docker compose exec -T postgres sh -c \
   'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --clean --if-exists --no-owner --exit-on-error' \
   < "$source/postgres.dump"
+if [ -s "$source/auth.dump" ]; then
+  # Users and permissions (a backup taken with logins on). The admin's password becomes the backup's.
+  docker compose exec -T postgres sh -c \
+    'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "SELECT 1 FROM pg_database WHERE datname = '"'mlflow_auth'"'" | grep -q 1 || createdb -U "$POSTGRES_USER" mlflow_auth'
+  docker compose exec -T postgres sh -c \
+    'pg_restore -U "$POSTGRES_USER" -d mlflow_auth --clean --if-exists --no-owner --exit-on-error' < "$source/auth.dump"
+fi
 docker compose run --rm -T --no-deps --entrypoint python tracking-server /usr/local/bin/bucket-archive import \
   < "$source/artifacts.tar"
 docker compose up -d --wait tracking-server

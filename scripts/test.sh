@@ -49,7 +49,7 @@ ruff format --check .
 mypy
 hadolint trainer/Dockerfile tracking-server/Dockerfile
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
-yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml .yamllint \
+yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml docker-compose.trainer.yml .yamllint \
   deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml deploy/helm/mlflow-stack/ci
 
 # Offline, before anything starts: helm lint --strict, every ci/*.yaml rendered and validated against

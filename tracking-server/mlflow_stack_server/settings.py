@@ -58,6 +58,8 @@ class Settings:
     port: str
     wait_seconds: float
     auth_database: str
+    # Seconds a verified login is remembered per worker (MLflow's auth_cache_ttl_seconds; 0 = check every time).
+    auth_cache_seconds: int = 60
 
     @property
     def bucket(self) -> str:
@@ -97,6 +99,7 @@ class Settings:
             port=environ.get("MLFLOW_SERVER_PORT", "5000"),
             wait_seconds=float(environ.get("MLFLOW_BOOTSTRAP_TIMEOUT", "120")),
             auth_database=environ.get("MLFLOW_AUTH_DB", "mlflow_auth"),
+            auth_cache_seconds=int(environ.get("MLFLOW_AUTH_CACHE_SECONDS", "60") or "0"),
         )
 
     def export_secrets(self) -> None:
@@ -106,6 +109,19 @@ class Settings:
                 os.environ[name] = value
         # Through the environment, not argv: the URI holds the database password and argv is visible in `ps`.
         os.environ["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
+
+
+def allowed_hosts(environ: Mapping[str, str]) -> str:
+    """MLFLOW_SERVER_ALLOWED_HOSTS plus every MLFLOW_PUBLIC_NAMES entry with any port.
+
+    Team mode's one knob: the names in the server certificate are the Host headers MLflow accepts, so a
+    client that passes TLS verification is never refused by the DNS-rebinding guard, and no other name is.
+    """
+    hosts = [h.strip() for h in environ.get("MLFLOW_SERVER_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    for name in (n.strip() for n in environ.get("MLFLOW_PUBLIC_NAMES", "").split(",")):
+        if name:
+            hosts += [name, f"{name}:*"]
+    return ",".join(dict.fromkeys(hosts))
 
 
 def _postgres_uri(environ: Mapping[str, str], secrets: Mapping[str, str]) -> str:

@@ -77,6 +77,14 @@ def _auth() -> tuple[str, str] | None:
     return (user, password) if user and password else None
 
 
+def _verify() -> bool | str:
+    """What requests checks the server's certificate against: what MLflow's client uses too, so the preflight
+    and the run agree (MLFLOW_TRACKING_SERVER_CERT_PATH, e.g. team mode's certs/ca.crt; else the system CAs)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return False
+    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+
+
 def wait_for_server(uri: str, timeout_seconds: float = PREFLIGHT_TIMEOUT_SECONDS) -> None:
     """Fail fast and clearly when an HTTP tracking server is absent, instead of after MLflow's ~4 min of retries.
 
@@ -86,11 +94,24 @@ def wait_for_server(uri: str, timeout_seconds: float = PREFLIGHT_TIMEOUT_SECONDS
     if urlparse(uri).scheme not in ("http", "https"):
         return
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    ca_file = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if ca_file and not os.path.isfile(ca_file):
+        raise TrackingError(f"MLFLOW_TRACKING_SERVER_CERT_PATH={ca_file} is not a file (the stack's certs/ca.crt)")
     deadline = time.monotonic() + timeout_seconds
     delay, last_error = 0.5, "no attempt made"
     while True:
         try:
-            response = requests.get(url, params={"max_results": 1}, auth=_auth(), timeout=5)
+            # A slow answer (a busy server checking a login) still counts while the deadline allows.
+            wait = max(5.0, deadline - time.monotonic())
+            response = requests.get(url, params={"max_results": 1}, auth=_auth(), timeout=wait, verify=_verify())
+        except requests.exceptions.SSLError as error:
+            # Waiting cannot fix an untrusted certificate; MLflow would retry it for minutes.
+            ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+            hint = f"checked against {ca}" if ca else "set MLFLOW_TRACKING_SERVER_CERT_PATH to the stack's certs/ca.crt"
+            reason = (
+                "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(error) else "TLS handshake failed"
+            )
+            raise TrackingError(f"tracking server at {uri}: {reason} ({hint})") from error
         except requests.RequestException as error:
             last_error = f"{type(error).__name__}"
         else:
