@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TF_CPU := tensorflow-cpu==2.21.0
 
-.PHONY: env up down train test lint venv logs clean backup restore bench secrets
+.PHONY: env up down train test lint venv logs clean backup restore bench secrets gc
 
 env:  ## optional: write your own .env (random secrets) instead of the generated ones
 	scripts/init-env.sh
@@ -44,3 +44,6 @@ restore:  ## make restore BACKUP=backups/<timestamp>: replace the stack's data w
 
 clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
 	docker compose down -v --remove-orphans
+
+gc:  ## permanently remove deleted runs, experiments, logged models and their files; OLDER_THAN=30d keeps recent deletions
+	docker compose exec -T tracking-server python /usr/local/bin/stack-gc $(if $(OLDER_THAN),--older-than "$(OLDER_THAN)")
