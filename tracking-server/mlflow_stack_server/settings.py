@@ -58,6 +58,10 @@ class Settings:
     port: str
     wait_seconds: float
     auth_database: str
+    # Prometheus /metrics on the server's port (MLFLOW_METRICS=false turns it off); every worker writes its
+    # values into metrics_dir, emptied at each start.
+    metrics: bool = True
+    metrics_dir: str = "/tmp/mlflow-metrics"
 
     @property
     def bucket(self) -> str:
@@ -97,6 +101,8 @@ class Settings:
             port=environ.get("MLFLOW_SERVER_PORT", "5000"),
             wait_seconds=float(environ.get("MLFLOW_BOOTSTRAP_TIMEOUT", "120")),
             auth_database=environ.get("MLFLOW_AUTH_DB", "mlflow_auth"),
+            metrics=environ.get("MLFLOW_METRICS", "true").lower() not in ("false", "0", "no", "off"),
+            metrics_dir=environ.get("MLFLOW_METRICS_DIR", "/tmp/mlflow-metrics"),
         )
 
     def export_secrets(self) -> None:
