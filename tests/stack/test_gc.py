@@ -135,7 +135,7 @@ def test_gc_while_a_trainer_runs(client: MlflowClient, names: Names) -> None:
 
     def train() -> None:
         outcome["result"] = run_trainer(
-            "--epochs", "1", "--max-train-samples", "2000", "--run-name", "during-gc",
+            "--epochs", "1", "--max-train-samples", "2000", "--min-accuracy", "0", "--run-name", "during-gc",
             "--experiment-name", names.experiment, "--registered-model-name", names.model,
         )  # fmt: skip
 
