@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TF_CPU := tensorflow-cpu==2.21.0
 
-.PHONY: env up down train test lint venv logs clean backup restore bench secrets gc
+.PHONY: env up down train test lint venv logs clean backup restore bench secrets gc status
 
 env:  ## optional: write your own .env (random secrets) instead of the generated ones
 	scripts/init-env.sh
@@ -47,3 +47,6 @@ clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
 
 gc:  ## permanently remove deleted runs, experiments, logged models and their files; OLDER_THAN=30d keeps recent deletions
 	docker compose exec -T tracking-server python /usr/local/bin/stack-gc $(if $(OLDER_THAN),--older-than "$(OLDER_THAN)")
+
+status:  ## services' health and versions, volumes' disk use, what the server holds, the champion, newest backup
+	$(PYTHON) scripts/status.py
