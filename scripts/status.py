@@ -100,7 +100,8 @@ def main() -> int:
     running = {entry["Service"] for entry in entries if entry.get("State") == "running"}
     versions = {
         "postgres": exec_in("postgres", "postgres", "--version") if "postgres" in running else "",
-        "minio": exec_in("minio", "minio", "--version").splitlines()[0] if "minio" in running else "",
+        # Its first line ("minio version RELEASE..."); empty (then the image's tag) if it cannot say.
+        "minio": (exec_in("minio", "minio", "--version").splitlines() or [""])[0] if "minio" in running else "",
     }
     held: dict[str, Any] = {}
     if "tracking-server" in running:
@@ -128,7 +129,9 @@ def main() -> int:
         print("Tracking server")
         for name in ("experiments", "runs", "model_versions", "logged_models"):
             counts = held[name]
-            print(f"  {name:<24} {counts['live']} (+{counts['deleted']} deleted, `make gc` removes them)")
+            print(f"  {name:<24} {counts['live']} (+{counts['deleted']} deleted)")
+        # A deleted version's row stays in MLflow's registry (stage Deleted_Internal); its files go with gc.
+        print("  (deleted runs, experiments and logged models stay until `make gc`)")
         champions = held["champions"]
         print("  champion                 " + (", ".join(f"{m} v{v}" for m, v in champions.items()) or "none"))
     backup = newest_backup()
