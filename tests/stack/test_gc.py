@@ -146,7 +146,6 @@ def test_gc_while_a_trainer_runs(client: MlflowClient, names: Names) -> None:
     while time.monotonic() < deadline and not client.search_runs([experiment_id], "attributes.run_name = 'during-gc'"):
         time.sleep(2)
     make_gc()
-    make_gc()
     trainer.join(timeout=600)
     training = parse_training(outcome["result"])
     run = client.get_run(training.run_id)
