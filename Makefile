@@ -4,7 +4,7 @@ TF_CPU := tensorflow-cpu==2.21.0
 # The commit the trainer image records (runs' git_sha tag); docker compose reads it for the build arg.
 export GIT_SHA ?= $(shell scripts/git-sha.sh)
 
-.PHONY: env up down train test lint venv logs clean backup restore bench secrets
+.PHONY: env up down train test lint venv logs clean backup restore bench secrets gc status
 
 env:  ## optional: write your own .env (random secrets) instead of the generated ones
 	scripts/init-env.sh
@@ -46,3 +46,9 @@ restore:  ## make restore BACKUP=backups/<timestamp>: replace the stack's data w
 
 clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
 	docker compose down -v --remove-orphans
+
+gc:  ## permanently remove deleted runs, experiments, logged models and their files; OLDER_THAN=30d keeps recent deletions
+	docker compose exec -T tracking-server python /usr/local/bin/stack-gc $(if $(OLDER_THAN),--older-than "$(OLDER_THAN)")
+
+status:  ## services' health and versions, volumes' disk use, what the server holds, the champion, newest backup
+	$(PYTHON) scripts/status.py

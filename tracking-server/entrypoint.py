@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -273,10 +274,11 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         # The admin exists (prepare made it): the workers must not each try to create it again.
         os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
         os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
+    metrics_args = prepare_metrics_dir(settings)
     if os.environ.get("MLFLOW_PUBLIC_NAMES", "").strip():
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ)
         log(f"allowed hosts: {os.environ['MLFLOW_SERVER_ALLOWED_HOSTS']}")
-    log(f"starting mlflow server (auth: {settings.auth})")
+    log(f"starting mlflow server (auth: {settings.auth}, metrics: {settings.metrics})")
     command = [
         "mlflow",
         "server",
@@ -293,9 +295,26 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         # MLflow's app, wrapped so that clients are never sent to the internal S3 endpoint (see the module).
         "--app-name",
         "proxied-artifacts-basic-auth" if settings.auth == "basic" else "proxied-artifacts",
+        *metrics_args,
         *server_args,
     ]
     os.execvp(command[0], command)
+
+
+def prepare_metrics_dir(settings: Settings) -> list[str]:
+    """Prometheus multiprocess mode: each uvicorn worker writes its values into one shared, empty folder.
+
+    Files left by a previous start would be summed in forever (their pids are gone), so the folder is
+    emptied here, before any worker exists. PROMETHEUS_MULTIPROC_DIR must be in the environment before the
+    workers import prometheus_client (it picks its value class at import): MLflow sets only the deprecated
+    lower-case name, so set the upper-case one here as well.
+    """
+    if not settings.metrics:
+        return []
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+    os.makedirs(settings.metrics_dir, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
+    return ["--expose-prometheus", settings.metrics_dir]
 
 
 def main(argv: list[str]) -> None:

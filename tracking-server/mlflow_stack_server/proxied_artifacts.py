@@ -32,6 +32,8 @@ from typing import Any
 import anyio.to_thread
 from mlflow.server.fastapi_app import app as mlflow_app
 
+from mlflow_stack_server.request_metrics import RequestMetrics
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -125,11 +127,12 @@ class ProxiedArtifactsOnly:
         await self.app(scope, receive, capture)
 
 
-app = ProxiedArtifactsOnly(mlflow_app)
+# Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
+app = RequestMetrics(ProxiedArtifactsOnly(mlflow_app))
 
 
-def create_app_with_basic_auth() -> ProxiedArtifactsOnly:
+def create_app_with_basic_auth() -> RequestMetrics:
     """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way."""
     from mlflow.server.auth import create_app
 
-    return ProxiedArtifactsOnly(create_app())
+    return RequestMetrics(ProxiedArtifactsOnly(create_app()))

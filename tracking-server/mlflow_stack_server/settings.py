@@ -60,6 +60,10 @@ class Settings:
     auth_database: str
     # Seconds a verified login is remembered per worker (MLflow's auth_cache_ttl_seconds; 0 = check every time).
     auth_cache_seconds: int = 60
+    # Prometheus /metrics on the server's port (MLFLOW_METRICS=false turns it off); every worker writes its
+    # values into metrics_dir, emptied at each start.
+    metrics: bool = True
+    metrics_dir: str = "/tmp/mlflow-metrics"
 
     @property
     def bucket(self) -> str:
@@ -100,6 +104,8 @@ class Settings:
             wait_seconds=float(environ.get("MLFLOW_BOOTSTRAP_TIMEOUT", "120")),
             auth_database=environ.get("MLFLOW_AUTH_DB", "mlflow_auth"),
             auth_cache_seconds=int(environ.get("MLFLOW_AUTH_CACHE_SECONDS", "60") or "0"),
+            metrics=environ.get("MLFLOW_METRICS", "true").lower() not in ("false", "0", "no", "off"),
+            metrics_dir=environ.get("MLFLOW_METRICS_DIR", "/tmp/mlflow-metrics"),
         )
 
     def export_secrets(self) -> None:

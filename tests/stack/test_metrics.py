@@ -1,0 +1,101 @@
+"""Prometheus: /metrics on the tracking server's port sums every worker; the `monitoring` profile scrapes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.stack.conftest import STACK_URL, compose
+
+PROMETHEUS_PORT = int(os.environ.get("PROMETHEUS_PORT", "9090"))
+METRICS_DIR = "/tmp/mlflow-metrics"  # Settings.metrics_dir's default
+PROBE = "/api/2.0/mlflow/experiments/get-by-name"
+
+
+def scrape() -> str:
+    with urllib.request.urlopen(f"{STACK_URL}/metrics", timeout=30) as response:
+        assert response.status == 200
+        return str(response.read().decode())
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of every series of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def probe(_: int) -> int:
+    query = urllib.parse.urlencode({"experiment_name": f"metrics-probe-{uuid.uuid4().hex}"})
+    try:
+        with urllib.request.urlopen(f"{STACK_URL}{PROBE}?{query}", timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_metrics_count_requests_of_every_worker() -> None:
+    before = scrape()
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(probe, range(60)))
+    assert statuses == [404] * 60  # the probe names experiments that do not exist: errors, per endpoint
+    after = scrape()
+    labels = {"method": "GET", "endpoint": PROBE, "status": "404"}
+    assert (
+        sample(after, "mlflow_stack_http_requests_total", **labels)
+        - sample(before, "mlflow_stack_http_requests_total", **labels)
+        == 60
+    ), "the 60 requests are not all counted (a worker's values missing from /metrics?)"
+    count = "mlflow_stack_http_request_duration_seconds_count"
+    assert sample(after, count, endpoint=PROBE) - sample(before, count, endpoint=PROBE) == 60
+    assert sample(after, "mlflow_http_request_total") > 0, "MLflow's own exporter metrics are missing"
+    # Each worker process writes its own files (prometheus_client multiprocess mode): more than one pid
+    # wrote counters, and /metrics, answered by one of them, still summed all 60.
+    files = compose("exec", "-T", "tracking-server", "ls", METRICS_DIR).stdout.split()
+    pids = {re.sub(r"\D", "", name) for name in files if name.startswith("counter_")}
+    workers = int(os.environ.get("MLFLOW_WORKERS", "2"))
+    assert len(pids) >= min(workers, 2), f"only {pids} wrote metrics: {files}"
+
+
+@pytest.fixture
+def prometheus() -> Iterator[str]:
+    env = {"PROMETHEUS_PORT": str(PROMETHEUS_PORT)}
+    compose("--profile", "monitoring", "up", "-d", "prometheus", env=env)
+    yield f"http://localhost:{PROMETHEUS_PORT}"
+    # A profile service outlives a plain `docker compose down`: leave the stack as it was.
+    compose("--profile", "monitoring", "rm", "-s", "-f", "prometheus", env=env)
+
+
+def prometheus_api(base: str, path: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"{base}{path}", timeout=10) as response:
+        body: dict[str, object] = json.loads(response.read())
+        return body
+
+
+def test_prometheus_scrapes_the_tracking_server(prometheus: str) -> None:
+    deadline, health, last_error = time.monotonic() + 120, "", ""
+    while time.monotonic() < deadline and health != "up":
+        try:
+            targets = prometheus_api(prometheus, "/api/v1/targets")["data"]
+            active = [t for t in targets["activeTargets"] if t["labels"]["job"] == "tracking-server"]  # type: ignore[index]
+            health, last_error = (active[0]["health"], active[0].get("lastError", "")) if active else ("", "")
+        except (urllib.error.URLError, ConnectionError):
+            pass  # Prometheus still starting
+        time.sleep(2)
+    assert health == "up", f"tracking-server target: {health or 'absent'} {last_error}"
+    query = urllib.parse.urlencode({"query": "sum(mlflow_stack_http_requests_total)"})
+    result = prometheus_api(prometheus, f"/api/v1/query?{query}")["data"]["result"]  # type: ignore[index]
+    assert result and float(result[0]["value"][1]) > 0

@@ -1,0 +1,86 @@
+"""Request rate, latency and errors per endpoint, for Prometheus, counted across every uvicorn worker.
+
+MLflow's own exporter (`mlflow server --expose-prometheus DIR`, prometheus-flask-exporter) serves /metrics
+and aggregates every worker's values from DIR (prometheus_client's multiprocess mode: each worker process
+writes its own files there, /metrics sums them). But it groups its `mlflow_http_request_*` metrics by
+MLflow version, not by endpoint (mlflow/server/prometheus_exporter.py, group_by=mlflow_version), and it
+sees only the Flask part of the server. This middleware sits in front of the whole ASGI app and writes
+per-endpoint metrics into the same DIR, so MLflow's /metrics exports them too:
+
+    mlflow_stack_http_requests_total{method, endpoint, status}            counter
+    mlflow_stack_http_request_duration_seconds{method, endpoint}          histogram (until the last byte)
+
+`endpoint` is the path with its free parts folded (artifact paths, static files), so the number of series
+stays bounded. Nothing is recorded unless PROMETHEUS_MULTIPROC_DIR is set (the entrypoint sets it when
+metrics are on): values kept in one worker's memory alone would be wrong with several workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Prefixes after which the rest of the path is data (a run's artifact path, a file name), not an endpoint.
+FOLDED_PREFIXES = (
+    "/api/2.0/mlflow-artifacts/artifacts/",
+    "/ajax-api/2.0/mlflow-artifacts/artifacts/",
+    "/static-files/",
+    "/get-artifact",
+    "/model-versions/get-artifact",
+)
+# Buckets from a fast search (ms) to a large artifact (minutes).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+
+
+def endpoint_of(path: str) -> str:
+    for prefix in FOLDED_PREFIXES:
+        if path.startswith(prefix):
+            return prefix.rstrip("/") + "/{path}" if prefix.endswith("/") else prefix
+    if path.startswith(("/api/", "/ajax-api/", "/graphql", "/v1/")) or path in ("/", "/health", "/version", "/metrics"):
+        return path
+    return "other"  # unknown paths (scanners, typos) must not create a series each
+
+
+class RequestMetrics:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.enabled = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if self.enabled:
+            from prometheus_client import Counter, Histogram
+
+            self.requests = Counter(
+                "mlflow_stack_http_requests_total", "HTTP requests answered, by endpoint and status",
+                ["method", "endpoint", "status"],
+            )  # fmt: skip
+            self.duration = Histogram(
+                "mlflow_stack_http_request_duration_seconds", "Time from request to the response's last byte",
+                ["method", "endpoint"], buckets=BUCKETS,
+            )  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.enabled or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            method, endpoint = scope.get("method", "?"), endpoint_of(scope.get("path", ""))
+            self.requests.labels(method, endpoint, str(status)).inc()
+            self.duration.labels(method, endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,50 @@
+"""What the tracking server holds, as one JSON object on stdout (for `make status`, scripts/status.py).
+
+Counted in the database (exact and fast at any size, including what is deleted but not yet collected by
+`make gc`), read in this container because it is the one that holds the database URI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import mlflow
+import sqlalchemy
+
+from mlflow_stack_server.settings import Settings, SettingsError
+
+CHAMPION = "champion"
+# `Deleted_Internal` is the stage a deleted registered version keeps (MLflow's SQL registry).
+COUNTS = {
+    "experiments": "SELECT lifecycle_stage = 'active', count(*) FROM experiments GROUP BY 1",
+    "runs": "SELECT lifecycle_stage = 'active', count(*) FROM runs GROUP BY 1",
+    "model_versions": "SELECT current_stage <> 'Deleted_Internal', count(*) FROM model_versions GROUP BY 1",
+    "logged_models": "SELECT lifecycle_stage = 'active', count(*) FROM logged_models GROUP BY 1",
+}
+CHAMPIONS = sqlalchemy.text("SELECT name, version FROM registered_model_aliases WHERE alias = :alias ORDER BY name")
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_environment()
+    except SettingsError as error:
+        print(f"stack-status: {error}", file=sys.stderr)
+        return 2
+    engine = sqlalchemy.create_engine(settings.backend_store_uri, poolclass=sqlalchemy.pool.NullPool)
+    report: dict[str, object] = {"mlflow_version": mlflow.__version__}
+    with engine.connect() as connection:
+        report["postgres_version"] = connection.execute(sqlalchemy.text("SHOW server_version")).scalar()
+        for name, query in COUNTS.items():
+            rows: dict[bool, int] = dict(connection.execute(sqlalchemy.text(query)).tuples().all())
+            report[name] = {"live": rows.get(True, 0), "deleted": rows.get(False, 0)}
+        report["champions"] = {
+            model: version for model, version in connection.execute(CHAMPIONS, {"alias": CHAMPION}).tuples()
+        }
+    engine.dispose()
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
