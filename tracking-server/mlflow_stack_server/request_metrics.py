@@ -17,6 +17,7 @@ metrics are on): values kept in one worker's memory alone would be wrong with se
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -49,21 +50,29 @@ def endpoint_of(path: str) -> str:
     return "other"  # unknown paths (scanners, typos) must not create a series each
 
 
+@functools.cache
+def _instruments() -> tuple[Any, Any]:
+    """One counter and one histogram per process: prometheus_client refuses a second registration of a name,
+    and a worker imports both app factories (the plain one at import, the basic-auth one when chosen)."""
+    from prometheus_client import Counter, Histogram
+
+    requests = Counter(
+        "mlflow_stack_http_requests_total", "HTTP requests answered, by endpoint and status",
+        ["method", "endpoint", "status"],
+    )  # fmt: skip
+    duration = Histogram(
+        "mlflow_stack_http_request_duration_seconds", "Time from request to the response's last byte",
+        ["method", "endpoint"], buckets=BUCKETS,
+    )  # fmt: skip
+    return requests, duration
+
+
 class RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.enabled = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         if self.enabled:
-            from prometheus_client import Counter, Histogram
-
-            self.requests = Counter(
-                "mlflow_stack_http_requests_total", "HTTP requests answered, by endpoint and status",
-                ["method", "endpoint", "status"],
-            )  # fmt: skip
-            self.duration = Histogram(
-                "mlflow_stack_http_request_duration_seconds", "Time from request to the response's last byte",
-                ["method", "endpoint"], buckets=BUCKETS,
-            )  # fmt: skip
+            self.requests, self.duration = _instruments()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.enabled or scope["type"] != "http":
