@@ -178,6 +178,9 @@ def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(clie
     assert f"registered {model} version 1" in upload.stdout
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     assert client.get_model_version(model, "1").run_id == run.info.run_id
+    # The run's lineage files waited with the model and went up with it.
+    stored = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "lineage"} <= stored, stored
     # The kept copy is gone once the server holds the model: nothing is uploaded twice.
     again = compose("run", "--rm", "-T", "trainer", "upload", kept, check=False)
     assert again.returncode == 2

@@ -93,8 +93,6 @@ def train_and_track(
         experiment_id=experiment.experiment_id, run_name=config.tracking.run_name, tags=parent_tags
     ) as run:
         mlflow.log_params(params)
-        mlflow.log_text(resolved.to_json(), CONFIG_ARTIFACT)
-        mlflow.log_text(environment.lock, lineage.PACKAGE_LOCK_ARTIFACT)
         mlflow.set_tags(
             {
                 **tracking.environment_tags(devices),
@@ -135,12 +133,17 @@ def train_and_track(
         print(f"trainer: test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}", flush=True)
 
         example = mnist_data.to_model_input(dataset.x_test[: tracking.INPUT_EXAMPLE_SIZE])
+        # Every file goes to the artifact store here, after training: an outage of the store then costs no
+        # training, and what could not be stored is kept together (config and lock with the model).
+        lineage_files = {CONFIG_ARTIFACT: resolved.to_json(), lineage.PACKAGE_LOCK_ARTIFACT: environment.lock}
         try:
+            for name, text in lineage_files.items():
+                mlflow.log_text(text, name)
             log_evaluation_pictures(model, splits, dataset)
             model_info = tracking.log_model(model, example)
         except Exception as error:
             # Minutes of training must not be lost to a storage outage: keep the model and say how to finish.
-            kept = keep_pending(model, example, run.info.run_id, experiment.experiment_id, metrics)
+            kept = keep_pending(model, example, run.info.run_id, experiment.experiment_id, metrics, lineage_files)
             reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
             raise tracking.ModelNotStoredError(
                 f"the model could not be stored ({reason}); it is kept in {kept}, upload it when the store is "
@@ -151,12 +154,20 @@ def train_and_track(
         return TrainResult(run.info.run_id, experiment.experiment_id, model_info.model_uri, metrics)
 
 
-def keep_pending(model: Any, example: np.ndarray, run_id: str, experiment_id: str, metrics: dict[str, float]) -> Path:
+def keep_pending(
+    model: Any,
+    example: np.ndarray,
+    run_id: str,
+    experiment_id: str,
+    metrics: dict[str, float],
+    files: dict[str, str],
+) -> Path:
     target = PENDING_DIR / run_id
     target.mkdir(parents=True, exist_ok=True)
     model.save(target / "model.keras")
     np.save(target / "input_example.npy", example)
-    (target / "run.json").write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "metrics": metrics}))
+    meta = {"run_id": run_id, "experiment_id": experiment_id, "metrics": metrics, "files": files}
+    (target / "run.json").write_text(json.dumps(meta))
     return target
 
 
@@ -173,6 +184,8 @@ def upload_pending(path: Path, uri: str) -> TrainResult:
     model = keras.models.load_model(path / "model.keras")
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=meta["run_id"]):
+        for name, text in meta.get("files", {}).items():  # config.json and the package lock
+            mlflow.log_text(text, name)
         model_info = tracking.log_model(model, example)
         mlflow.set_tags({MODEL_URI_TAG: model_info.model_uri, "model_uploaded_later": "true"})
     print(f"trainer: uploaded {path} to run {meta['run_id']}", flush=True)
