@@ -52,8 +52,16 @@ def test_metrics_count_requests_of_every_worker() -> None:
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(probe, range(60)))
     assert statuses == [404] * 60  # the probe names experiments that do not exist: errors, per endpoint
-    after = scrape()
     labels = {"method": "GET", "endpoint": PROBE, "status": "404"}
+    # A worker counts a request after its last byte has left, so a scrape right after the answers can miss the
+    # last few increments: scrape until all 60 are there (or 10 s have passed), then compare exactly.
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape()
+        counted = sample(after, "mlflow_stack_http_requests_total", **labels)
+        if counted - sample(before, "mlflow_stack_http_requests_total", **labels) >= 60 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert (
         sample(after, "mlflow_stack_http_requests_total", **labels)
         - sample(before, "mlflow_stack_http_requests_total", **labels)
