@@ -85,4 +85,5 @@ echo "stack healthy $(( $(date +%s) - start )) s after 'up'"
 
 step "tests"
 # tests/store starts a throwaway Postgres of its own (the stack image) on a random loopback port.
-pytest tests/unit tests/store tests/stack "$@"
+# --durations: the slowest tests' times, so CI's time budget can be watched from its log.
+pytest tests/unit tests/store tests/stack --durations=30 "$@"
