@@ -28,7 +28,9 @@ if [ "$INSTALLED" != "$VERSION" ]; then
 fi
 
 checkout="${UPSTREAM_TESTS_DIR:-}"
+source_name="$checkout (UPSTREAM_TESTS_DIR)"
 if [ -z "$checkout" ]; then
+  source_name="MLflow $TAG"
   checkout="${UPSTREAM_TESTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlflow-stack}/mlflow-tests-$TAG"
   if [ ! -f "$checkout/.complete" ]; then
     url=https://github.com/mlflow/mlflow
@@ -61,7 +63,7 @@ reports="${UPSTREAM_REPORT_DIR:-$checkout/.upstream-reports}"
 mkdir -p "$reports"
 failed=0
 for store in ${UPSTREAM_STORES:-mlflow fast}; do
-  printf '\n== MLflow %s store tests against the %s store\n' "$TAG" "$store"
+  printf '\n== store tests of %s against the %s store\n' "$source_name" "$store"
   start=$(date +%s)
   # Its own tests/ package must be the one imported: run from the checkout, the plugin from our tests/upstream.
   (

@@ -66,11 +66,16 @@ def pytest_configure(config: pytest.Config) -> None:
     _store_name()
     fixtures = _our_store_fixtures()
     server = _containers.enter_context(fixtures.postgres_container())
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    database = fixtures.create_database(server)
-    SqlAlchemyStore(database, (Path(str(config.rootpath)) / ".upstream-artifacts").as_uri()).engine.dispose()
-    SqlAlchemyStore._engine_map.pop(database, None)
+        database = fixtures.create_database(server)
+        artifacts = (Path(str(config.rootpath)) / ".upstream-artifacts").as_uri()
+        SqlAlchemyStore(database, artifacts).engine.dispose()  # migrates the schema once
+        SqlAlchemyStore._engine_map.pop(database, None)
+    except BaseException:
+        _containers.close()  # pytest does not unconfigure a plugin whose configure failed
+        raise
     # MLflow's store fixture reads this at each test and empties the tables afterwards. MLflow's CI sets
     # DISABLE_RESET_MLFLOW_URI_FIXTURE for its database runs too: otherwise its root conftest drops the URI
     # after the first test and the rest run on SQLite.
