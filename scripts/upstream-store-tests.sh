@@ -34,6 +34,7 @@ if [ -z "$checkout" ]; then
   checkout="${UPSTREAM_TESTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlflow-stack}/mlflow-tests-$TAG"
   if [ ! -f "$checkout/.complete" ]; then
     url=https://github.com/mlflow/mlflow
+    command -v git >/dev/null || { echo "upstream-store-tests: git is not installed (needed to download $TAG's tests)" >&2; exit 1; }
     # A blocked network can hang in DNS or TCP rather than fail: bound the probe.
     status=0
     GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote --exit-code --tags "$url" "refs/tags/$TAG" >/dev/null 2>&1 || status=$?
