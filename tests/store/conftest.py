@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,10 @@ def _docker(*args: str) -> str:
     return subprocess.run(["docker", *args], check=True, capture_output=True, text=True, timeout=120).stdout.strip()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """postgresql+psycopg2://user:password@127.0.0.1:PORT (no database name): the server of a fresh container."""
+@contextmanager
+def postgres_container() -> Iterator[str]:
+    """postgresql+psycopg2://user:password@127.0.0.1:PORT (no database name): the server of a fresh container,
+    removed on exit. Also used outside pytest's fixtures by tests/upstream/upstream_store_plugin.py."""
     password = secrets.token_hex(16)
     name = f"mlflow-stack-store-test-{uuid.uuid4().hex[:8]}"
     _docker(
@@ -58,6 +60,13 @@ def postgres_server() -> Iterator[str]:
         yield server
     finally:
         subprocess.run(["docker", "rm", "--force", name], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """postgresql+psycopg2://user:password@127.0.0.1:PORT (no database name): the server of a fresh container."""
+    with postgres_container() as server:
+        yield server
 
 
 def create_database(server: str, template: str = "template1") -> str:
