@@ -5,6 +5,7 @@ Restarts the tracking server in auth mode and back; runs after the modules that 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -99,3 +100,40 @@ def test_a_read_only_user_can_read_but_not_register(auth_on: tuple[str, str]) ->
         timeout=10,
     )
     assert register.status_code == 403, register.text
+
+
+def test_a_user_without_read_permission_cannot_stream_an_artifact(auth_on: tuple[str, str]) -> None:
+    # The streamed artifact routes (mlflow_stack_server/streamed_artifacts.py) sit behind MLflow's permission
+    # middleware: READ is checked for a download and UPDATE for an upload, as for MLflow's own routes.
+    outsider = (f"outsider-{uuid.uuid4().hex[:6]}", "outsider-password-123")
+    created = requests.post(
+        API + "/users/create", json={"username": outsider[0], "password": outsider[1]}, auth=auth_on, timeout=10
+    )
+    assert created.status_code == 200, created.text
+    experiment = requests.post(
+        API + "/experiments/create", json={"name": f"private-{uuid.uuid4().hex[:8]}"}, auth=auth_on, timeout=10
+    )
+    experiment_id = experiment.json()["experiment_id"]
+    denied = requests.post(
+        API + "/experiments/permissions/create",
+        json={"experiment_id": experiment_id, "username": outsider[0], "permission": "NO_PERMISSIONS"},
+        auth=auth_on,
+        timeout=10,
+    )
+    assert denied.status_code == 200, denied.text
+    # More than one upload part (16 MiB), so the admin's upload takes the streamed multipart path.
+    content = os.urandom(20 * 2**20)
+    url = f"{STACK_URL}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/some-run/artifacts/private.bin"
+    assert requests.put(url, data=content, auth=auth_on, timeout=300).status_code == 200
+
+    refused = requests.get(url, auth=outsider, stream=True, timeout=60)
+    assert refused.status_code == 403, refused.status_code
+    assert len(refused.content) < 1000  # an error message, not the artifact
+    assert requests.put(url, data=b"overwritten", auth=outsider, timeout=60).status_code == 403
+    assert requests.get(url, timeout=60).status_code == 401
+    # A user with the default READ may download it; the admin's bytes are intact.
+    reader = (f"reader-{uuid.uuid4().hex[:6]}", "reader-password-123")
+    requests.post(API + "/users/create", json={"username": reader[0], "password": reader[1]}, auth=auth_on, timeout=10)
+    readable = requests.get(url, auth=reader, timeout=300)
+    assert readable.status_code == 200 and readable.content == content
+    assert requests.delete(url, auth=auth_on, timeout=60).status_code == 200
