@@ -84,3 +84,21 @@ def test_what_is_not_a_stored_file_is_answered_as_mlflow_does(run_artifacts: tup
     unsafe = requests.get(STACK_URL + "/api/2.0/mlflow-artifacts/artifacts/..%2F..%2Fetc%2Fpasswd", timeout=60)
     assert unsafe.status_code == 400, unsafe.text
     assert hashlib.sha256(note.content).hexdigest() == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_a_client_with_proxy_multipart_upload_on_falls_back_to_the_streamed_put(
+    run_artifacts: tuple[MlflowClient, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MLflow's proxied multipart upload would send the parts to presigned S3 URLs, which clients cannot reach:
+    # the server answers its create call with 501 and the sentence on which MLflow's client falls back to one
+    # PUT (http_artifact_repo._try_multipart_upload); any other answer would fail the upload.
+    client, run_id, artifact_uri = run_artifacts
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", "1")
+    source = tmp_path / "weights.bin"
+    content = os.urandom(6 * MIB)
+    source.write_bytes(content)
+    client.log_artifact(run_id, str(source), "multipart")
+    url = artifact_url(artifact_uri, "multipart/weights.bin")
+    assert requests.get(url, timeout=120).content == content
+    requests.delete(url, timeout=60)
