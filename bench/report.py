@@ -474,7 +474,8 @@ def large_artifact_section(now: dict[str, Any], before: dict[str, Any] | None) -
         _transfer_row("streamed (this stack)", now),
         "",
         "**Bottleneck:** the S3 store. Uploads wait after their last byte for S3 to assemble the parts (the CI's "
-        "S3 stand-in takes ~0.5 min per GiB; MinIO/S3 seconds); downloads run at the store's read speed.",
+        "S3 stand-in takes ~0.5 min per GiB; MinIO and S3 should take seconds, not measured here); downloads run "
+        "at the store's read speed.",
         "",
     ]
     return lines
