@@ -26,4 +26,6 @@ python -m bench.server_variants tuning
 # and where one log_batch request's CPU goes with each store.
 python -m bench.server_variants side-by-side
 python -m bench.profile_log_batch
+# 1 GiB up and down through the gateway (LARGE_ARTIFACT_MIB to change), with the server's peak memory.
+python -m bench.large_artifact --size-mib "${LARGE_ARTIFACT_MIB:-1024}"
 BENCH_SECONDS=$SECONDS python -m bench.report

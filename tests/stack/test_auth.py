@@ -5,6 +5,8 @@ Restarts the tracking server in auth mode and back; runs after the modules that 
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -99,3 +101,60 @@ def test_a_read_only_user_can_read_but_not_register(auth_on: tuple[str, str]) ->
         timeout=10,
     )
     assert register.status_code == 403, register.text
+
+
+def wait_until_the_gateway_reaches_the_server(login: tuple[str, str], seconds: float = 30) -> None:
+    """Right after a restart the gateway may still hold the old container's address for a few seconds (it
+    asks Docker's DNS again every 5 s, gateway/haproxy.cfg): the first request can meet a closed connection."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(API + "/experiments/search?max_results=1", auth=login, timeout=10).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not answer through the gateway within {seconds} s"
+        time.sleep(1)
+
+
+def test_a_user_without_read_permission_cannot_stream_an_artifact(auth_on: tuple[str, str]) -> None:
+    # The streamed artifact routes (mlflow_stack_server/streamed_artifacts.py) sit behind MLflow's permission
+    # middleware: READ is checked for a download and UPDATE for an upload, as for MLflow's own routes.
+    wait_until_the_gateway_reaches_the_server(auth_on)
+    outsider = (f"outsider-{uuid.uuid4().hex[:6]}", "outsider-password-123")
+    created = requests.post(
+        API + "/users/create", json={"username": outsider[0], "password": outsider[1]}, auth=auth_on, timeout=10
+    )
+    assert created.status_code == 200, created.text
+    experiment = requests.post(
+        API + "/experiments/create", json={"name": f"private-{uuid.uuid4().hex[:8]}"}, auth=auth_on, timeout=10
+    )
+    experiment_id = experiment.json()["experiment_id"]
+    # MLflow 3.17's grant endpoint (mlflow/server/auth/routes.py, GRANT_USER_PERMISSION); DENY overrides the
+    # default READ for this one experiment.
+    denied = requests.post(
+        STACK_URL + "/api/3.0/mlflow/users/permissions/grant",
+        json={
+            "username": outsider[0], "resource_type": "experiment", "resource_id": experiment_id,
+            "permission": "DENY",
+        },
+        auth=auth_on,
+        timeout=10,
+    )  # fmt: skip
+    assert denied.status_code == 200, denied.text
+    # More than one upload part (16 MiB), so the admin's upload takes the streamed multipart path.
+    content = os.urandom(20 * 2**20)
+    url = f"{STACK_URL}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/some-run/artifacts/private.bin"
+    assert requests.put(url, data=content, auth=auth_on, timeout=300).status_code == 200
+
+    refused = requests.get(url, auth=outsider, stream=True, timeout=60)
+    assert refused.status_code == 403, refused.status_code
+    assert len(refused.content) < 1000  # an error message, not the artifact
+    assert requests.put(url, data=b"overwritten", auth=outsider, timeout=60).status_code == 403
+    assert requests.get(url, timeout=60).status_code == 401
+    # A user with the default READ may download it; the admin's bytes are intact.
+    reader = (f"reader-{uuid.uuid4().hex[:6]}", "reader-password-123")
+    requests.post(API + "/users/create", json={"username": reader[0], "password": reader[1]}, auth=auth_on, timeout=10)
+    readable = requests.get(url, auth=reader, timeout=300)
+    assert readable.status_code == 200 and readable.content == content
+    assert requests.delete(url, auth=auth_on, timeout=60).status_code == 200

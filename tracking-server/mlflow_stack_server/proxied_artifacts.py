@@ -33,6 +33,7 @@ import anyio.to_thread
 from mlflow.server.fastapi_app import app as mlflow_app
 
 from mlflow_stack_server.request_metrics import RequestMetrics
+from mlflow_stack_server.streamed_artifacts import stream_artifact_transfers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,18 +44,23 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SERVER_INFO_SUFFIX = "/mlflow/server-info"
 DIRECT_TRANSFER_CAPABILITIES = ("multipart_uploads_enabled", "multipart_downloads_enabled")
 PRESIGNED_PATH_MARKERS = ("/mlflow-artifacts/presigned/", "/artifacts/presigned-", "/mlflow-artifacts/mpu/")
-NOT_IMPLEMENTED_BODY = json.dumps(
-    {
-        "error_code": "NOT_IMPLEMENTED",
-        "message": "This server proxies all artifact transfers; its object store is not reachable by clients.",
-    }
-).encode()
+PROXY_ONLY = "This server proxies all artifact transfers; its object store is not reachable by clients."
+# MLflow's client (MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true) falls back to one proxied PUT when the answer's
+# message starts with this sentence (http_artifact_repo._try_multipart_upload); any other message fails the
+# upload. The PUT is streamed on to S3 in parts by the server (streamed_artifacts.py).
+MULTIPART_UNSUPPORTED = "Multipart upload is not supported for the current artifact repository"
 
 
-async def _answer_not_implemented(send: Send) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(NOT_IMPLEMENTED_BODY)).encode())]
+def _not_implemented_body(message: str) -> bytes:
+    return json.dumps({"error_code": "NOT_IMPLEMENTED", "message": message}).encode()
+
+
+async def _answer_not_implemented(send: Send, path: str) -> None:
+    multipart = "/mlflow-artifacts/mpu/" in path
+    body = _not_implemented_body(f"{MULTIPART_UNSUPPORTED}: {PROXY_ONLY}" if multipart else PROXY_ONLY)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 501, "headers": headers})
-    await send({"type": "http.response.body", "body": NOT_IMPLEMENTED_BODY})
+    await send({"type": "http.response.body", "body": body})
 
 
 # The key and JSON encoding of MLflow 3.17's useLocalStorage("mlflow.workflowType", version 1).
@@ -100,7 +106,7 @@ class ProxiedArtifactsOnly:
         if path == "/" and self.ui_workflow:
             await self._rewrite_body(scope, receive, send, lambda page: _with_default_workflow(page, self.ui_workflow))
         elif any(marker in path for marker in PRESIGNED_PATH_MARKERS):
-            await _answer_not_implemented(send)
+            await _answer_not_implemented(send, path)
         elif path.endswith(SERVER_INFO_SUFFIX):
             await self._rewrite_body(scope, receive, send, _without_direct_transfers)
         else:
@@ -128,11 +134,13 @@ class ProxiedArtifactsOnly:
 
 
 # Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
-app = RequestMetrics(ProxiedArtifactsOnly(mlflow_app))
+# Artifact transfers streamed to and from S3 (streamed_artifacts.py), inside MLflow's app so that its
+# permission checks run first.
+app = RequestMetrics(ProxiedArtifactsOnly(stream_artifact_transfers(mlflow_app)))
 
 
 def create_app_with_basic_auth() -> RequestMetrics:
     """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way."""
     from mlflow.server.auth import create_app
 
-    return RequestMetrics(ProxiedArtifactsOnly(create_app()))
+    return RequestMetrics(ProxiedArtifactsOnly(stream_artifact_transfers(create_app())))

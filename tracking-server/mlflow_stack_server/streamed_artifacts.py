@@ -1,0 +1,243 @@
+"""Artifact downloads and uploads streamed between the client and S3, without a whole copy on the server.
+
+MLflow 3.17.2 serves `GET/PUT /api/2.0/mlflow-artifacts/artifacts/<path>` (and `/ajax-api/...`) from native
+FastAPI routes (mlflow/server/artifact_router.py), but for an S3 destination both go through a temporary file:
+- a download first copies the whole object into a temporary file (`artifact_repo.download_artifacts`, boto3's
+  ranged download) and sends the first byte only when that copy is complete: minutes for a large model, long
+  enough for a client's read timeout (MLFLOW_HTTP_REQUEST_TIMEOUT, 120 s) to give up and retry;
+- an upload writes the whole body to a temporary file, then uploads that file (`S3ArtifactRepository` is not
+  a `StreamUploadMixin`); the client waits for its answer all that time too, and the file's page cache
+  counts towards the container's memory.
+
+These routes replace MLflow's two for an S3 destination: a download sends the object's bytes as S3 sends them
+(1 MiB at a time, with the size known up front), an upload sends the body on to S3 as a multipart upload of
+MLFLOW_PROXY_UPLOAD_PART_MIB parts (up to PARTS_IN_FLIGHT parts uploading while the next is read: memory
+bounded by a few parts per upload, whatever the artifact's size). Everything else is MLflow's own code: a missing object,
+a directory, an unsafe path, artifact serving turned off, another kind of destination go to MLflow's handlers,
+which answer as they always did.
+
+Permissions are untouched: the routes are inserted into the same FastAPI app, so the basic-auth app's
+permission middleware (`add_fastapi_permission_middleware`, which checks READ for a GET and UPDATE for a PUT on
+these paths before routing) runs in front of them exactly as it runs in front of MLflow's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+import posixpath
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+from mlflow.exceptions import MlflowException
+from mlflow.server import artifact_router as mlflow_routes
+
+ROUTE_PATHS = (
+    "/api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}",
+    "/ajax-api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}",
+)
+DOWNLOAD_CHUNK = 1024 * 1024  # MLflow's ARTIFACT_STREAM_CHUNK_SIZE
+MIB = 1024 * 1024
+S3_MIN_PART_MIB = 5  # every part but the last must be at least 5 MiB (S3's multipart limits)
+S3_MAX_PARTS = 10_000
+# Parts sent to S3 at once per upload: one stream to S3 is slower than the client's (measured: 24 MB/s with one
+# part in flight against the S3 stand-in, loaded machine). Memory per upload: about this + 1 parts.
+PARTS_IN_FLIGHT = 4
+MISSING_OBJECT_CODES = ("NoSuchKey", "404", "NotFound")
+# Upload arguments every part request must repeat (S3: SSE-C keys, the bucket-owner check, requester pays).
+PER_PART_ARGS = ("ExpectedBucketOwner", "SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer")
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    upload_part_bytes: int = 16 * MIB
+
+    @classmethod
+    def from_environment(cls) -> StreamingOptions:
+        raw = os.environ.get("MLFLOW_PROXY_UPLOAD_PART_MIB", "16") or "16"
+        try:
+            part_mib = int(raw)
+        except ValueError:
+            raise ValueError(f"MLFLOW_PROXY_UPLOAD_PART_MIB={raw!r}; expected a whole number of MiB") from None
+        if part_mib < S3_MIN_PART_MIB:
+            raise ValueError(f"MLFLOW_PROXY_UPLOAD_PART_MIB={part_mib}; S3 parts must be at least 5 MiB")
+        return cls(upload_part_bytes=part_mib * MIB)
+
+
+@dataclass(frozen=True)
+class S3Object:
+    client: Any  # a boto3 S3 client (MLflow's own, cached, with its endpoint and signature settings)
+    bucket: str
+    key: str
+    extra_args: dict[str, Any]  # what MLflow's S3 repository passes to every upload (owner check, env args)
+
+
+def _locate(artifact_path: str) -> S3Object | None:
+    """The object behind a proxied artifact path, or None when MLflow's handler should answer instead.
+
+    The same steps as MLflow's handlers, with MLflow's functions: path safety, workspace scoping, the
+    destination repository. Raises what they raise (MlflowException, HTTPException)."""
+    from mlflow.server.handlers import _get_workspace_scoped_repo_path_if_enabled
+    from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
+    from mlflow.utils.uri import validate_path_is_safe
+
+    if not mlflow_routes._is_serving_proxied_artifacts():
+        return None
+    path = _get_workspace_scoped_repo_path_if_enabled(validate_path_is_safe(artifact_path))
+    repository = mlflow_routes._get_artifact_repo()
+    if not path or not isinstance(repository, S3ArtifactRepository) or not posixpath.basename(path):
+        return None
+    bucket, root = repository.parse_s3_compliant_uri(repository.artifact_uri)
+    extra_args = dict(repository._bucket_owner_params)
+    extra_args.update(repository.get_s3_file_upload_extra_args() or {})
+    return S3Object(repository._get_s3_client(), bucket, posixpath.join(root, path), extra_args)
+
+
+def _locate_or_none(artifact_path: str) -> S3Object | None:
+    try:
+        return _locate(artifact_path)
+    except (MlflowException, HTTPException):
+        return None  # MLflow's handler repeats the check and answers with its own error
+
+
+def _is_missing(error: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in MISSING_OBJECT_CODES
+
+
+async def download_artifact(artifact_path: str) -> Response:
+    target = _locate_or_none(artifact_path)
+    if target is None:
+        return await mlflow_routes.download_artifact(artifact_path)
+    owner = {k: v for k, v in target.extra_args.items() if k == "ExpectedBucketOwner"}
+    try:
+        found = await asyncio.to_thread(target.client.get_object, Bucket=target.bucket, Key=target.key, **owner)
+    except Exception as error:
+        if _is_missing(error):
+            # Not an object: a directory, or nothing. MLflow's handler answers that as it always has.
+            return await mlflow_routes.download_artifact(artifact_path)
+        raise
+    body = found["Body"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(body.read, DOWNLOAD_CHUNK):
+                yield chunk
+        finally:
+            body.close()
+
+    filename = posixpath.basename(artifact_path)
+    from mlflow.server.handlers import _content_disposition_attachment
+    from mlflow.utils.mime_type_utils import _guess_mime_type
+
+    headers = {
+        # MLflow's headers for the same file, plus its size: a client can tell a cut transfer from a whole one.
+        "Content-Type": _guess_mime_type(filename),
+        "Content-Disposition": _content_disposition_attachment(filename),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Length": str(found["ContentLength"]),
+    }
+    return StreamingResponse(chunks(), headers=headers)
+
+
+def _upload_arguments(filename: str, extra_args: dict[str, Any]) -> dict[str, Any]:
+    """What MLflow's S3ArtifactRepository._upload_file gives boto3: guessed type and encoding, then its extras."""
+    arguments: dict[str, Any] = {}
+    content_type, encoding = mimetypes.guess_type(filename)
+    if content_type is not None:
+        arguments["ContentType"] = content_type
+    if encoding is not None:
+        arguments["ContentEncoding"] = encoding
+    return {**arguments, **extra_args}
+
+
+async def stream_to_s3(body: AsyncIterator[bytes], target: S3Object, filename: str, part_bytes: int) -> int:
+    """Send `body` to S3 as it arrives; the number of bytes stored.
+
+    Less than one part: one PutObject. Otherwise a multipart upload, up to PARTS_IN_FLIGHT parts sent while the
+    next is read, aborted on any failure (a client that disconnects included): the key keeps its previous object, if any."""
+    arguments = _upload_arguments(filename, target.extra_args)
+    per_part = {k: v for k, v in arguments.items() if k in PER_PART_ARGS}
+    client, bucket, key = target.client, target.bucket, target.key
+    buffer = bytearray()
+    upload_id: str | None = None
+    parts: list[dict[str, Any]] = []
+    sending: deque[asyncio.Task[dict[str, Any]]] = deque()
+    stored = 0
+
+    def send_part(number: int, data: bytes) -> dict[str, Any]:
+        answer = client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data, **per_part
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    async def start_part(data: bytes) -> None:
+        nonlocal upload_id
+        if upload_id is None:
+            created = await asyncio.to_thread(client.create_multipart_upload, Bucket=bucket, Key=key, **arguments)
+            upload_id = created["UploadId"]
+        if len(sending) >= PARTS_IN_FLIGHT:
+            parts.append(await sending.popleft())  # the body waits (TCP backpressure): memory stays bounded
+        number = len(parts) + len(sending) + 1
+        if number > S3_MAX_PARTS:
+            raise HTTPException(413, f"artifact larger than {S3_MAX_PARTS} parts of {part_bytes // MIB} MiB")
+        sending.append(asyncio.ensure_future(asyncio.to_thread(send_part, number, data)))
+
+    try:
+        async for chunk in body:
+            buffer += chunk
+            stored += len(chunk)
+            while len(buffer) >= part_bytes:
+                with memoryview(buffer) as view:
+                    part = bytes(view[:part_bytes])
+                del buffer[:part_bytes]
+                await start_part(part)
+        if upload_id is None:
+            await asyncio.to_thread(client.put_object, Bucket=bucket, Key=key, Body=bytes(buffer), **arguments)
+            return stored
+        if buffer:
+            await start_part(bytes(buffer))
+        while sending:
+            parts.append(await sending.popleft())
+        await asyncio.to_thread(
+            client.complete_multipart_upload,
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **per_part,
+        )  # fmt: skip
+        return stored
+    except BaseException:
+        for task in sending:
+            task.cancel()
+        await asyncio.gather(*sending, return_exceptions=True)
+        if upload_id is not None:
+            await asyncio.to_thread(
+                client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id, **per_part
+            )
+        raise
+
+
+def upload_route(options: StreamingOptions) -> Callable[[str, Request], Any]:
+    async def upload_artifact(artifact_path: str, request: Request) -> Response:
+        target = _locate_or_none(artifact_path)
+        if target is None:
+            return await mlflow_routes.upload_artifact(artifact_path, request)
+        await stream_to_s3(request.stream(), target, posixpath.basename(target.key), options.upload_part_bytes)
+        return Response(status_code=200)  # what MLflow's handler answers
+
+    return upload_artifact
+
+
+def stream_artifact_transfers(app: FastAPI, options: StreamingOptions | None = None) -> FastAPI:
+    """Put the streaming routes in front of MLflow's own (the first matching route wins); returns `app`."""
+    options = options or StreamingOptions.from_environment()
+    upload_artifact = upload_route(options)
+    routes = [APIRoute(path, download_artifact, methods=["GET"]) for path in ROUTE_PATHS]
+    routes += [APIRoute(path, upload_artifact, methods=["PUT"]) for path in ROUTE_PATHS]
+    app.router.routes[:0] = routes
+    return app
