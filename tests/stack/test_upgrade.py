@@ -30,7 +30,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from tests.stack.conftest import TRACKING_SERVER_IMAGE, mnist_npz, parse_training
+from tests.stack.conftest import TRACKING_SERVER_IMAGE, TrainerProcess, mnist_npz, parse_training, trainer_argv
 from tests.stack.fresh_stack import FreshStack, copy_repository
 
 PREVIOUS_MLFLOW = "3.16.1"
@@ -60,9 +60,22 @@ class UpgradeStack(FreshStack):
         environment = super().environment(extra)
         environment.pop("MLFLOW_VERSION", None)
         environment.update(MLFLOW_PORT=str(PORT), MINIO_CONSOLE_PORT=str(CONSOLE_PORT), SERVING_PORT=str(SERVING_PORT))
+        # One uvicorn worker: the server starts three times here, and what is tested is the data, not throughput.
+        environment.update(MLFLOW_WORKERS="1")
         environment.update(self.image)
         environment.update(extra or {})
         return environment
+
+    def train(self, *args: str) -> TrainerProcess:
+        """1 epoch on 3000 images with the session's trainer image; `--no-deps`: the stack is up, and running
+        its one-shot services again would only cost time."""
+        argv, result_file = trainer_argv(
+            "--epochs", "1", "--max-train-samples", "3000", "--min-accuracy", "0.5", *args, options=["--no-deps"]
+        )  # fmt: skip
+        done = self.compose(*argv[2:])
+        process = TrainerProcess(done.args, done.returncode, done.stdout, done.stderr)
+        process.result_file = result_file
+        return process
 
     def container(self, service: str) -> dict[str, Any]:
         name = self.compose("ps", "-a", "-q", service).stdout.split()
@@ -130,6 +143,33 @@ def log_with_previous_client(stack: UpgradeStack, folder: Path) -> dict[str, Any
     outcome: dict[str, Any] = json.loads(result.read_text())
     assert outcome["client"] == PREVIOUS_MLFLOW
     return outcome
+
+
+def served_version(url: str, wait_seconds: float = 60) -> str:
+    """The MLflow version the gateway's server answers with. Right after `up --wait` a newly created gateway may
+    not have probed the server yet (it waits for a passing /health before sending it anything: README, Team
+    mode) and closes connections until it has; that is seconds, so retry for up to a minute."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            response = requests.get(f"{url}/version", timeout=10)
+            response.raise_for_status()
+            return response.text.strip()
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def run_steps(stack: UpgradeStack, *commands: list[str]) -> list[str]:
+    """Run README commands in the stack's folder, in order; each must succeed. Returns how long each took."""
+    timings = []
+    for command in commands:
+        started = time.monotonic()
+        done = stack.run(*command, timeout=900)
+        assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]}"
+        timings.append(f"{' '.join(command)} {time.monotonic() - started:.0f} s")
+    return timings
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -228,9 +268,10 @@ def test_upgrade_from_the_previous_mlflow_keeps_everything(stack: UpgradeStack, 
     stack.compose("build", "tracking-server", timeout=900)
     print(f"[upgrade] {PREVIOUS_IMAGE} built in {time.monotonic() - started:.0f} s")
     stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
-    old_version = requests.get(f"{stack.url}/version", timeout=10).text.strip()
+    old_version = served_version(stack.url)
     assert old_version == PREVIOUS_MLFLOW
 
+    print(f"[upgrade] {PREVIOUS_MLFLOW} stack up after {time.monotonic() - started:.0f} s")
     # The trainer and the 3.16.1 client at once (separate experiments): mostly each one's start-up.
     with ThreadPoolExecutor(max_workers=2) as pool:
         trained_later = pool.submit(
@@ -239,6 +280,7 @@ def test_upgrade_from_the_previous_mlflow_keeps_everything(stack: UpgradeStack, 
         )  # fmt: skip
         legacy = log_with_previous_client(stack, tmp_path / "legacy")
         training = parse_training(trained_later.result())
+    print(f"[upgrade] trained and logged with the {PREVIOUS_MLFLOW} client after {time.monotonic() - started:.0f} s")
     before = snapshot(stack.url, tmp_path / "before")
     assert before["registered"][MODEL]["aliases"] == [("champion", str(training.version))]
     assert before["registered"][LEGACY_MODEL]["aliases"] == [("legacy", "1")]
@@ -253,23 +295,22 @@ def test_upgrade_from_the_previous_mlflow_keeps_everything(stack: UpgradeStack, 
     kept = {service: stack.container(service) for service in ("minio", "postgres")}
     old_server = stack.container("tracking-server")
     upgrade_started = time.monotonic()
-    # README, Upgrades, step by step: back up, switch to the new version, build, up.
-    backup = stack.run("make", "backup", timeout=600)
-    assert backup.returncode == 0, backup.stderr[-2000:]
+    # README, Upgrades, step by step: back up, then the new version (here: MLFLOW_VERSION unset, the current pin
+    # in the session's image), build, up.
+    timings = run_steps(stack, ["make", "backup"])
     backups = sorted((stack.directory / "backups").iterdir())
     assert len(backups) == 1 and (backups[0] / "postgres.dump").stat().st_size > 10_000
     assert (backups[0] / "artifacts.tar").stat().st_size > 10_000
-    stack.image = {"TRACKING_SERVER_IMAGE": TRACKING_SERVER_IMAGE}  # MLFLOW_VERSION unset: the current pin
-    stack.compose("build", timeout=900)
-    stack.compose("up", "-d", "--wait", "--wait-timeout", "240")
-    print(f"[upgrade] upgraded in {time.monotonic() - upgrade_started:.0f} s (backup included)")
+    stack.image = {"TRACKING_SERVER_IMAGE": TRACKING_SERVER_IMAGE}
+    timings += run_steps(stack, ["docker", "compose", "build"], ["docker", "compose", "up", "-d", "--wait"])
+    print(f"[upgrade] upgraded in {time.monotonic() - upgrade_started:.0f} s: {'; '.join(timings)}")
 
     # Only the tracking server's services were recreated: the in-memory object store kept its objects.
     assert {service: stack.container(service) for service in kept} == kept
     new_server = stack.container("tracking-server")
     assert new_server["id"] != old_server["id"]
     assert new_server["image"] == image_id(TRACKING_SERVER_IMAGE) != old_server["image"]
-    new_version = requests.get(f"{stack.url}/version", timeout=10).text.strip()
+    new_version = served_version(stack.url)
     assert new_version != PREVIOUS_MLFLOW and new_version
 
     new_revision = stack.psql("SELECT version_num FROM alembic_version")
@@ -300,19 +341,18 @@ def test_upgrade_from_the_previous_mlflow_keeps_everything(stack: UpgradeStack, 
     # README, Upgrades, rollback: the previous image, an emptied stack, the backup taken before the upgrade.
     rollback_started = time.monotonic()
     stack.image = {"MLFLOW_VERSION": PREVIOUS_MLFLOW, "TRACKING_SERVER_IMAGE": PREVIOUS_IMAGE}
-    stack.compose("build", timeout=900)
+    timings = run_steps(stack, ["docker", "compose", "build"])
     # Why the rollback needs the backup: the previous MLflow's prepare stops at the migrated schema.
     refused = stack.compose("run", "--rm", "--no-deps", "-T", "tracking-server-prepare", check=False)
     assert refused.returncode != 0 and new_revision in refused.stdout + refused.stderr, refused.stderr[-2000:]
-    for command in (
+    timings += run_steps(
+        stack,
         ["make", "clean"],
-        ["docker", "compose", "up", "-d", "--wait"],
         ["make", "restore", f"BACKUP={backups[0]}"],
-    ):
-        done = stack.run(*command, timeout=600)
-        assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
-    print(f"[upgrade] rolled back in {time.monotonic() - rollback_started:.0f} s")
-    assert requests.get(f"{stack.url}/version", timeout=10).text.strip() == PREVIOUS_MLFLOW
+        ["docker", "compose", "up", "-d", "--wait"],
+    )
+    print(f"[upgrade] rolled back in {time.monotonic() - rollback_started:.0f} s: {'; '.join(timings)}")
+    assert served_version(stack.url) == PREVIOUS_MLFLOW
     assert stack.psql("SELECT version_num FROM alembic_version") == old_revision
     assert snapshot(stack.url, tmp_path / "rolled-back") == before
     np.testing.assert_array_equal(champion_predictions(stack.url), predicted_before)
