@@ -8,7 +8,9 @@ stack is upgraded exactly as README, Upgrades says (`make backup`, the new image
 and then: the schema is at the new MLflow's alembic head, everything reads back equal (artifacts by checksum),
 the champion predicts the same digits as before, and the 3.16.1 client's model loads with the current client
 and gives the same probabilities. The object store (MinIO; in CI an in-memory stand-in) and Postgres must not
-be restarted by the upgrade: only the images' services are recreated.
+be restarted by the upgrade: only the services on the tracking-server image are recreated. Last, the rollback
+the README documents (the previous image, `make clean`, `make restore` of the backup taken before the upgrade)
+brings back a 3.16.1 server at the old schema with everything equal to before the upgrade.
 """
 
 from __future__ import annotations
