@@ -32,6 +32,7 @@ from typing import Any
 import anyio.to_thread
 from mlflow.server.fastapi_app import app as mlflow_app
 
+from mlflow_stack_server.fast_http import FastTrackingWrites
 from mlflow_stack_server.request_metrics import RequestMetrics
 
 Scope = MutableMapping[str, Any]
@@ -128,11 +129,13 @@ class ProxiedArtifactsOnly:
 
 
 # Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
-app = RequestMetrics(ProxiedArtifactsOnly(mlflow_app))
+# Innermost: the hot tracking writes answered without Flask (fast_http.py), inside the thread cap set above.
+app = RequestMetrics(ProxiedArtifactsOnly(FastTrackingWrites(mlflow_app)))
 
 
 def create_app_with_basic_auth() -> RequestMetrics:
-    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way."""
+    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way but without
+    the fast tracking writes: the auth app authorizes each call inside Flask (fast_http.py)."""
     from mlflow.server.auth import create_app
 
     return RequestMetrics(ProxiedArtifactsOnly(create_app()))
