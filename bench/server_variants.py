@@ -62,7 +62,9 @@ TUNING: dict[str, dict[str, str]] = {
 FASTTRACKML_DATABASE = "fasttrackml"
 FASTTRACKML = (
     "exec fml server --listen-address 0.0.0.0:5000 --default-artifact-root /tmp/fml-artifacts "
-    f'--database-uri "postgres://$POSTGRES_USER:$POSTGRES_PASSWORD@$POSTGRES_HOST:5432/{FASTTRACKML_DATABASE}'
+    # The stack hands the server its password as a file (POSTGRES_PASSWORD_FILE); a plain variable wins.
+    f'--database-uri "postgres://$POSTGRES_USER:${{POSTGRES_PASSWORD:-$(cat "$POSTGRES_PASSWORD_FILE")}}'
+    f"@$POSTGRES_HOST:5432/{FASTTRACKML_DATABASE}"
     '?sslmode=disable"'
 )
 SIDE_BY_SIDE_KS = (8, 64)

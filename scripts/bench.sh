@@ -26,4 +26,6 @@ python -m bench.server_variants tuning
 # and where one log_batch request's CPU goes with each store.
 python -m bench.server_variants side-by-side
 python -m bench.profile_log_batch
+# The running server end to end (uvicorn to the driver), sampled by py-spy: needs root or CAP_SYS_PTRACE.
+if command -v py-spy >/dev/null && [ "$(id -u)" = 0 ]; then python -m bench.profile_server stack 8 25; fi
 BENCH_SECONDS=$SECONDS python -m bench.report
