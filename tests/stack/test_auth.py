@@ -115,8 +115,8 @@ def test_the_hot_tracking_writes_are_authorized_per_experiment(auth_on: tuple[st
         API + "/experiments/create", json={"name": f"hot-writes-{uuid.uuid4().hex[:8]}"}, auth=auth_on, timeout=10
     ).json()["experiment_id"]
     granted = requests.post(
-        API + "/experiments/permissions/create",
-        json={"experiment_id": experiment, "username": editor[0], "permission": "EDIT"},
+        STACK_URL + "/api/3.0/mlflow/users/permissions/grant",
+        json={"username": editor[0], "resource_type": "experiment", "resource_id": experiment, "permission": "EDIT"},
         auth=auth_on,
         timeout=10,
     )
@@ -140,10 +140,8 @@ def test_the_hot_tracking_writes_are_authorized_per_experiment(auth_on: tuple[st
                 answers[(prefix + path, who)] = response.status_code
     assert answers == {(call, who): expected[who] for call, who in answers}
     # Bad input from an allowed user still gets MLflow's errors behind the login.
-    changed = requests.post(
-        API + "/runs/log-batch",
-        json={"run_id": run_id, "metrics": [{**metric, "value": "abc"}]},
-        auth=editor,
-        timeout=10,
-    )
-    assert changed.status_code == 400 and changed.json()["error_code"] == "INVALID_PARAMETER_VALUE", changed.text
+    logged = {"run_id": run_id, "params": [{"key": "lr", "value": "0.1"}]}
+    assert requests.post(API + "/runs/log-batch", json=logged, auth=editor, timeout=10).status_code == 200
+    changed = {"run_id": run_id, "params": [{"key": "lr", "value": "0.2"}]}
+    refused = requests.post(API + "/runs/log-batch", json=changed, auth=editor, timeout=10)
+    assert refused.status_code == 400 and refused.json()["error_code"] == "INVALID_PARAMETER_VALUE", refused.text
