@@ -197,6 +197,8 @@ def fast_http_section(data: dict[str, Any]) -> list[str]:
                 f"{shares} |"
             )
         lines += ["", data.get("profile_note", ""), ""]
+    for note in data.get("notes", []):  # checks that nothing else got slower, and what is left
+        lines += [note, ""]
     return lines
 
 
