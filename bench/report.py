@@ -131,10 +131,74 @@ def side_by_side_section(side: dict[str, Any], profile: dict[str, Any] | None) -
             "**Bottleneck now: MLflow's request handling, not the store.** With the fast store SQLAlchemy drops from "
             "over half of the request to a few percent (pool checkout only) and the store's own SQL to the driver's "
             "`execute` calls; what remains is Flask/Werkzeug, MLflow's protobuf JSON parsing and validation, and in "
-            "the real server the ASGI-to-WSGI bridge and uvicorn in front of Flask. Going further means answering "
-            "`log-batch` outside Flask, which would bypass the basic-auth app's permission checks: not done.",
+            "the real server the ASGI-to-WSGI bridge and uvicorn in front of Flask. The fast HTTP path (next section) "
+            "answers the hot writes outside Flask.",
             "",
         ]
+    return lines
+
+
+def fast_http_section(data: dict[str, Any]) -> list[str]:
+    """Before / after the fast HTTP path (docs/bench-results/server_fast_http.json: side-by-side runs of each build
+    and bench/profile_server.py's profiles, put together by hand from those runs' own JSON)."""
+    lines = [
+        "### The fast HTTP path: log-batch, set-tag and runs/update without Flask",
+        "",
+        "The side-by-side load of the section above (`bench.server_variants side-by-side`), for the builds below; "
+        "FastTrackML in the same runs. Each row gives the 1-minute load average of the shared machine while it "
+        "ran: other engineers' jobs ran at the same time, so req/s and p99 move with them; CPU per request, from "
+        "the cgroups, is the number to compare.",
+        "",
+        "| build | server | K | req/s | p50 ms | p99 ms | errors | server CPU ms/req | Postgres CPU ms/req | repeats "
+        "| load average | measured |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in data["runs"]:
+        medians = side_by_side_medians(run["side"])
+        for (server, k), m in sorted(medians.items(), key=lambda item: (item[0][1], item[0][0] != "stack, fast store")):
+            lines.append(
+                f"| {run['build']} | {server} | {k} | {m['requests_per_second']} | {m['p50']} | {m['p99']} | "
+                f"{m['errors']} | {m['server_cpu_ms']} | {m['postgres_cpu_ms']} | {m['repeats']} | "
+                f"{m['load_min']:.1f}-{m['load_max']:.1f} | {run['side']['machine']['date']} |"
+            )
+    lines += [
+        "",
+        "**What changed.** `tracking-server/mlflow_stack_server/fast_http.py` answers `log-batch`, `set-tag` and "
+        "`runs/update` (under `/api/2.0/mlflow` and `/ajax-api/2.0/mlflow`) in the ASGI layer: behind the same "
+        "host-header, CORS and security-header middlewares as MLflow's FastAPI app (built by MLflow's own "
+        "`init_fastapi_security`), it reads the JSON, builds the entities MLflow's handler would, calls the same "
+        "store method in a worker thread and answers MLflow's JSON; errors are MLflow's exceptions answered as "
+        "MLflow's `catch_mlflow_exception` does. Any body that is not plainly shaped (NaN as a string, a wrong "
+        "type, an unknown field, another content type, a rename) is replayed to MLflow's app. Off with "
+        "`MLFLOW_FAST_STORE=off` and with `MLFLOW_AUTH=basic` (the basic-auth app authorizes inside Flask). The "
+        "image also gets uvicorn's C HTTP parser and event loop (httptools, uvloop), which uvicorn picks by "
+        "default when installed.",
+        "",
+    ]
+    profiles = data.get("profiles", {})
+    if profiles:
+        lines += [
+            "#### Where the running server's CPU goes, before and after",
+            "",
+            "`bench/profile_server.py`: py-spy samples both uvicorn workers of the stack's server (100 Hz, the "
+            "thread holding the GIL) while K = 8 closed-loop trainers run; share of the samples by the package of "
+            "the innermost Python frame (C code is counted in its Python caller).",
+            "",
+            "| build | server CPU ms/req (cgroup) | req/s | where it goes |",
+            "| --- | --- | --- | --- |",
+        ]
+        for build, profile in profiles.items():
+            shares = ", ".join(
+                f"{name} {share * 100:.0f} %" for name, share in list(profile["share_by_family"].items())[:8]
+            )
+            load = profile["load"]
+            lines.append(
+                f"| {build} | {load['cpu_ms_per_request']['tracking_server']} | {load['requests_per_second']} | "
+                f"{shares} |"
+            )
+        lines += ["", data.get("profile_note", ""), ""]
+    for note in data.get("notes", []):  # checks that nothing else got slower, and what is left
+        lines += [note, ""]
     return lines
 
 
@@ -177,6 +241,9 @@ def summary(results: dict[str, Any]) -> list[str]:
         verdict = "met" if len(met_at) == len(ratios) else f"**not met**; met at {', '.join(met_at) or 'no K'}"
         rows.append(f"| throughput ≥ 2x MLflow defaults | {text} | {verdict} |")
     side = results.get("side_by_side")
+    fast_http = results.get("fast_http")
+    if fast_http and (not side or fast_http["runs"][-1]["side"]["machine"]["date"][:16] > side["machine"]["date"][:16]):
+        side = fast_http["runs"][-1]["side"]  # the newer side-by-side: the shipped build beside FastTrackML
     if side:
         medians = side_by_side_medians(side)
         for k in side["ks"]:
@@ -323,6 +390,8 @@ def server_section(results: dict[str, Any]) -> list[str]:
         ]
     if results.get("side_by_side"):
         lines += side_by_side_section(results["side_by_side"], results.get("profile"))
+    if results.get("fast_http"):
+        lines += fast_http_section(results["fast_http"])
     if search:
         lines += [
             f"### search_runs over {search['runs']} runs",
@@ -497,6 +566,7 @@ def main() -> None:
         "large_artifact": load("large_artifact") or load("large_artifact_after"),
         # MLflow's own artifact handlers, measured once before streaming replaced them (kept for comparison).
         "large_artifact_before": load("large_artifact_before"),
+        "fast_http": load("server_fast_http"),
         "bench_seconds": float(os.environ.get("BENCH_SECONDS", "0")) or None,
     }
     lines = [

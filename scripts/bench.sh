@@ -28,4 +28,6 @@ python -m bench.server_variants side-by-side
 python -m bench.profile_log_batch
 # 1 GiB up and down through the gateway (LARGE_ARTIFACT_MIB to change), with the server's peak memory.
 python -m bench.large_artifact --size-mib "${LARGE_ARTIFACT_MIB:-1024}"
+# The running server end to end (uvicorn to the driver), sampled by py-spy: needs root or CAP_SYS_PTRACE.
+if command -v py-spy >/dev/null && [ "$(id -u)" = 0 ]; then python -m bench.profile_server stack 8 25; fi
 BENCH_SECONDS=$SECONDS python -m bench.report

@@ -158,3 +158,49 @@ def test_a_user_without_read_permission_cannot_stream_an_artifact(auth_on: tuple
     readable = requests.get(url, auth=reader, timeout=300)
     assert readable.status_code == 200 and readable.content == content
     assert requests.delete(url, auth=auth_on, timeout=60).status_code == 200
+
+
+def test_the_hot_tracking_writes_are_authorized_per_experiment(auth_on: tuple[str, str]) -> None:
+    """log-batch, set-tag and runs/update are answered without Flask when auth is off (fast_http.py); with auth on
+    they go through MLflow's basic-auth app: a login, and EDIT on the run's experiment (READ is the default)."""
+    password = "hot-writes-password-123"
+    reader, editor = (f"reader-{uuid.uuid4().hex[:6]}", password), (f"editor-{uuid.uuid4().hex[:6]}", password)
+    for user in (reader, editor):
+        created = requests.post(
+            API + "/users/create", json={"username": user[0], "password": user[1]}, auth=auth_on, timeout=10
+        )
+        assert created.status_code == 200, created.text
+    experiment = requests.post(
+        API + "/experiments/create", json={"name": f"hot-writes-{uuid.uuid4().hex[:8]}"}, auth=auth_on, timeout=10
+    ).json()["experiment_id"]
+    granted = requests.post(
+        STACK_URL + "/api/3.0/mlflow/users/permissions/grant",
+        json={"username": editor[0], "resource_type": "experiment", "resource_id": experiment, "permission": "EDIT"},
+        auth=auth_on,
+        timeout=10,
+    )
+    assert granted.status_code == 200, granted.text
+    run = requests.post(API + "/runs/create", json={"experiment_id": experiment}, auth=auth_on, timeout=10)
+    run_id = run.json()["run"]["info"]["run_id"]
+    metric = {"key": "loss", "value": 0.5, "timestamp": 1, "step": 1}
+    calls = [
+        ("/runs/log-batch", {"run_id": run_id, "metrics": [metric]}),
+        ("/runs/set-tag", {"run_id": run_id, "key": "stage", "value": "train"}),
+        ("/runs/update", {"run_id": run_id, "status": "RUNNING"}),
+    ]
+    expected = {"anonymous": 401, "wrong password": 401, "reader": 403, "editor": 200, "admin": 200}
+    logins = {"anonymous": None, "wrong password": (editor[0], "wrong"), "reader": reader, "editor": editor}
+    logins["admin"] = auth_on
+    answers = {}
+    for prefix in ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow"):
+        for path, body in calls:
+            for who, login in logins.items():
+                response = requests.post(STACK_URL + prefix + path, json=body, auth=login, timeout=10)
+                answers[(prefix + path, who)] = response.status_code
+    assert answers == {(call, who): expected[who] for call, who in answers}
+    # Bad input from an allowed user still gets MLflow's errors behind the login.
+    logged = {"run_id": run_id, "params": [{"key": "lr", "value": "0.1"}]}
+    assert requests.post(API + "/runs/log-batch", json=logged, auth=editor, timeout=10).status_code == 200
+    changed = {"run_id": run_id, "params": [{"key": "lr", "value": "0.2"}]}
+    refused = requests.post(API + "/runs/log-batch", json=changed, auth=editor, timeout=10)
+    assert refused.status_code == 400 and refused.json()["error_code"] == "INVALID_PARAMETER_VALUE", refused.text

@@ -32,6 +32,7 @@ from typing import Any
 import anyio.to_thread
 from mlflow.server.fastapi_app import app as mlflow_app
 
+from mlflow_stack_server.fast_http import FastTrackingWrites
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.streamed_artifacts import stream_artifact_transfers
 
@@ -134,13 +135,15 @@ class ProxiedArtifactsOnly:
 
 
 # Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
-# Artifact transfers streamed to and from S3 (streamed_artifacts.py), inside MLflow's app so that its
-# permission checks run first.
-app = RequestMetrics(ProxiedArtifactsOnly(stream_artifact_transfers(mlflow_app)))
+# Inside MLflow's app, so that its permission checks run first: artifact transfers streamed to and from S3
+# (streamed_artifacts.py). Innermost of our wrappers: the hot tracking writes answered without Flask
+# (fast_http.py), inside the thread cap set above.
+app = RequestMetrics(ProxiedArtifactsOnly(FastTrackingWrites(stream_artifact_transfers(mlflow_app))))
 
 
 def create_app_with_basic_auth() -> RequestMetrics:
-    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way."""
+    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way but without
+    the fast tracking writes: the auth app authorizes each call inside Flask (fast_http.py)."""
     from mlflow.server.auth import create_app
 
     return RequestMetrics(ProxiedArtifactsOnly(stream_artifact_transfers(create_app())))

@@ -1,0 +1,77 @@
+"""fast_http's request reading: plain bodies give the entities MLflow's handler builds through protobuf; anything
+else is handed to MLflow's app (None). The answers over HTTP are compared with Flask's in tests/stack/test_fast_http.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf.json_format import ParseDict
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.protos.service_pb2 import LogBatch, UpdateRun
+
+from mlflow_stack_server import fast_http
+
+PLAIN_BATCHES: list[dict[str, Any]] = [
+    {"run_id": "r", "metrics": [{"key": "loss", "value": 0.5, "timestamp": 1, "step": 2}]},
+    {"run_id": "r", "metrics": [{"key": "acc", "value": 1, "timestamp": -3}]},  # int value, no step
+    {"run_id": "r", "metrics": [{"key": "big", "value": 1e308, "timestamp": 2**63 - 1, "step": -(2**63)}]},
+    {"run_id": "r", "params": [{"key": "lr", "value": "0.1"}], "tags": [{"key": "t", "value": ""}]},
+    {"run_id": "r"},
+]
+FOR_MLFLOW: list[Any] = [
+    {"run_id": "r", "metrics": [{"key": "x", "value": "NaN", "timestamp": 1}]},
+    {"run_id": "r", "metrics": [{"key": "x", "value": True, "timestamp": 1}]},
+    {"run_id": "r", "metrics": [{"key": "x", "value": 1, "timestamp": "1"}]},
+    {"run_id": "r", "metrics": [{"key": "x", "value": 1, "timestamp": 1, "step": 2**63}]},
+    {"run_id": "r", "metrics": [{"key": "x", "value": 1, "timestamp": 1, "model_id": "m"}]},
+    {"run_id": "r", "metrics": [{"key": "", "value": 1, "timestamp": 1}]},
+    {"run_id": "r", "params": [{"key": "p", "value": 1}]},
+    {"run_id": "r", "params": [{"key": "p"}]},
+    {"run_id": "r", "tags": {"key": "t", "value": "v"}},
+    {"run_uuid": "r"},
+    {"run_id": ""},
+    {"run_id": 5},
+]
+
+
+def mlflows_entities(body: dict[str, Any]) -> tuple[list[Metric], list[Param], list[RunTag]]:
+    """What MLflow's _log_batch handler hands the store for this body."""
+    message = ParseDict(body, LogBatch())
+    return (
+        [Metric.from_proto(m) for m in message.metrics],
+        [Param.from_proto(p) for p in message.params],
+        [RunTag.from_proto(t) for t in message.tags],
+    )
+
+
+@pytest.mark.parametrize("body", PLAIN_BATCHES)
+def test_plain_batches_give_mlflows_entities(body: dict[str, Any]) -> None:
+    assert fast_http.log_batch(body) is not None
+    metrics = fast_http._metrics(body.get("metrics", []))
+    params = fast_http._string_pairs(body.get("params", []), Param)
+    tags = fast_http._string_pairs(body.get("tags", []), RunTag)
+    expected = mlflows_entities(body)
+    assert metrics == expected[0]
+    assert [(p.key, p.value) for p in params or []] == [(p.key, p.value) for p in expected[1]]
+    assert [(t.key, t.value) for t in tags or []] == [(t.key, t.value) for t in expected[2]]
+
+
+@pytest.mark.parametrize("body", FOR_MLFLOW)
+def test_anything_else_goes_to_mlflows_app(body: Any) -> None:
+    assert fast_http.log_batch(body) is None
+
+
+def test_update_statuses_are_protobufs() -> None:
+    for name in ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"):
+        assert fast_http.update_run({"run_id": "r", "status": name}) is not None
+        assert ParseDict({"status": name}, UpdateRun()).status == RunStatus.from_string(name)
+    for odd in ({"run_id": "r", "status": "finished"}, {"run_id": "r", "status": 3}, {"run_id": "r", "run_name": "n"}):
+        assert fast_http.update_run(odd) is None
+
+
+def test_set_tag_needs_all_three_strings() -> None:
+    assert fast_http.set_tag({"run_id": "r", "key": "k", "value": ""}) is not None
+    for odd in ({"run_id": "r", "key": "k"}, {"run_id": "r", "key": "k", "value": 1}, {"run_uuid": "r", "key": "k"}):
+        assert fast_http.set_tag(odd) is None

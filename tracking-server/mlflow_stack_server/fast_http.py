@@ -1,0 +1,277 @@
+"""The hot tracking writes (log-batch, set-tag, runs/update) answered in the ASGI layer, without Flask.
+
+Why: with the fast store (fast_store.py) the store is no longer where a log_batch request's CPU goes; MLflow's HTTP
+layer is: FastAPI's middleware stack and router, the ASGI-to-WSGI bridge, Flask and Werkzeug, protobuf parsing of
+the JSON body, and the response built back through protobuf (docs/performance.md has the profile). This wrapper
+answers the three calls a trainer makes in a loop directly: read the body, check it has the plain shape MLflow's
+clients send, build the same entities MLflow's handler builds, call the same store method in a worker thread
+(psycopg2 blocks) and answer the JSON MLflow answers.
+
+What stays MLflow's:
+- Security: the request passes the same host-header, CORS and security-header middlewares MLflow's FastAPI app
+  puts in front of Flask (built by MLflow's own `init_fastapi_security`, from the same settings).
+- Validation and errors: the store validates with MLflow's functions (fast_store.py) and raises MLflow's
+  exceptions; they are answered exactly as MLflow's `catch_mlflow_exception` does (same body, same status).
+- Anything not plainly shaped (another content type, a body that is not a JSON object, an unknown or aliased
+  field, a value of an unexpected type, NaN or infinite metric values, an out-of-range integer, a run rename):
+  the request, body replayed, goes to MLflow's app untouched, which answers or rejects it in its own words.
+- Switched off (everything through Flask) with MLFLOW_FAST_STORE=off, with workspaces (not the fast store), on an
+  artifacts-only server, and with MLFLOW_AUTH=basic: the basic-auth app authorizes inside Flask (a permission per
+  run's experiment, per user), so authenticated deployments keep going through it (proxied_artifacts.py).
+
+MLflow's own Prometheus exporter (prometheus-flask-exporter) sees Flask requests only, so its
+`mlflow_http_request_*` series no longer count these calls; the stack's per-endpoint series (request_metrics.py),
+outside this wrapper, count every one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio.to_thread
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+from mlflow.protos.service_pb2 import UpdateRun
+from mlflow.server import handlers
+from mlflow.server.constants import ARTIFACTS_ONLY_ENV_VAR
+from mlflow.server.fastapi_security import init_fastapi_security
+from mlflow.utils.proto_json_utils import message_to_json
+from mlflow.utils.validation import _validate_batch_log_api_req
+
+from mlflow_stack_server.store_plugin import FastStoreSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# What a handler answers: (status, JSON body), or None for "MLflow's app answers this one".
+Answer = tuple[int, bytes]
+Handler = Callable[[dict[str, Any]], Callable[[], Answer] | None]
+
+_logger = logging.getLogger(__name__)
+INT64 = (-(2**63), 2**63 - 1)
+# Larger bodies are not a trainer's loop: MLflow's app reads them (and applies its own limits).
+MAX_FAST_BODY = 1 << 20
+EMPTY_RESPONSE = b"{}"  # message_to_json of LogBatch.Response() and SetTag.Response()
+JSON_HEADERS = [(b"content-type", b"application/json")]
+METRIC_FIELDS = {"key", "value", "timestamp", "step"}
+# The names protobuf's JSON parser accepts for RunStatus (UpdateRun.status); others go to MLflow's app.
+STATUS_NAMES = frozenset(RunStatus.to_string(status) for status in RunStatus.all_status())
+
+
+def _is_int64(value: Any) -> bool:
+    return type(value) is int and INT64[0] <= value <= INT64[1]
+
+
+def _is_finite_number(value: Any) -> bool:
+    # bool is an int in Python but not a number to protobuf; NaN/Infinity arrive as strings and go to MLflow.
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _string_pairs(items: Any, entity: type[Param] | type[RunTag]) -> list[Any] | None:
+    """params / tags: a list of {"key": non-empty str, "value": str}, else None (MLflow's app decides)."""
+    if not isinstance(items, list):
+        return None
+    pairs = []
+    for item in items:
+        if (
+            type(item) is not dict
+            or item.keys() != {"key", "value"}
+            or type(item["key"]) is not str
+            or not item["key"]
+            or type(item["value"]) is not str
+        ):
+            return None
+        pairs.append(entity(item["key"], item["value"]))
+    return pairs
+
+
+def _metrics(items: Any) -> list[Metric] | None:
+    if not isinstance(items, list):
+        return None
+    metrics = []
+    for item in items:
+        if type(item) is not dict or not {"key", "value", "timestamp"} <= item.keys() <= METRIC_FIELDS:
+            return None
+        key, value, timestamp, step = item["key"], item["value"], item["timestamp"], item.get("step", 0)
+        if type(key) is not str or not key or not _is_finite_number(value):
+            return None
+        if not _is_int64(timestamp) or not _is_int64(step):
+            return None
+        # As Metric.from_proto: a double value, no model, dataset or run id.
+        metrics.append(Metric(key, float(value), timestamp, step))
+    return metrics
+
+
+def _mlflow_error(error: MlflowException) -> Answer:
+    """What MLflow's catch_mlflow_exception answers (mlflow/server/handlers.py)."""
+    status = error.get_http_status_code()
+    if status >= 500:
+        _logger.error("Error in fast tracking write: %s. Set MLFLOW_LOGGING_LEVEL=DEBUG for traceback.", error)
+    return status, error.serialize_as_json().encode()
+
+
+def log_batch(request: dict[str, Any]) -> Callable[[], Answer] | None:
+    if not request.keys() <= {"run_id", "metrics", "params", "tags"}:
+        return None
+    run_id = request.get("run_id")
+    metrics = _metrics(request.get("metrics", []))
+    params = _string_pairs(request.get("params", []), Param)
+    tags = _string_pairs(request.get("tags", []), RunTag)
+    if type(run_id) is not str or not run_id or metrics is None or params is None or tags is None:
+        return None
+
+    def call() -> Answer:
+        _validate_batch_log_api_req(request)  # MLflow's handler calls it on the same JSON first
+        handlers._get_tracking_store().log_batch(run_id=run_id, metrics=metrics, params=params, tags=tags)
+        return 200, EMPTY_RESPONSE
+
+    return call
+
+
+def set_tag(request: dict[str, Any]) -> Callable[[], Answer] | None:
+    if request.keys() != {"run_id", "key", "value"}:
+        return None
+    run_id, key, value = request["run_id"], request["key"], request["value"]
+    if type(run_id) is not str or not run_id or type(key) is not str or not key or type(value) is not str:
+        return None
+
+    def call() -> Answer:
+        handlers._get_tracking_store().set_tag(run_id, RunTag(key, value))
+        return 200, EMPTY_RESPONSE
+
+    return call
+
+
+def update_run(request: dict[str, Any]) -> Callable[[], Answer] | None:
+    # A rename (run_name) also rewrites the run-name tag: MLflow's app.
+    if not request.keys() <= {"run_id", "status", "end_time"}:
+        return None
+    run_id, status_name, end_time = request.get("run_id"), request.get("status"), request.get("end_time")
+    if type(run_id) is not str or not run_id:
+        return None
+    if status_name is not None and (type(status_name) is not str or status_name not in STATUS_NAMES):
+        return None
+    if end_time is not None and not _is_int64(end_time):
+        return None
+    status = None if status_name is None else RunStatus.from_string(status_name)
+
+    def call() -> Answer:
+        info = handlers._get_tracking_store().update_run_info(run_id, status, end_time, None)
+        return 200, message_to_json(UpdateRun.Response(run_info=info.to_proto())).encode()
+
+    return call
+
+
+HANDLERS: dict[str, Handler] = {
+    "/mlflow/runs/log-batch": log_batch,
+    "/mlflow/runs/set-tag": set_tag,
+    "/mlflow/runs/update": update_run,
+}
+
+
+def fast_path_enabled() -> bool:
+    return (
+        FastStoreSettings.from_env().enabled
+        and not MLFLOW_ENABLE_WORKSPACES.get()
+        and not os.environ.get(ARTIFACTS_ONLY_ENV_VAR)  # MLflow's handlers then answer 503
+    )
+
+
+class _MiddlewareChain:
+    """Enough of FastAPI's `add_middleware` for MLflow's `init_fastapi_security` to wrap one ASGI callable."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def add_middleware(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
+        self.app = middleware(self.app, **options)  # the last added is the outermost, as in Starlette
+
+
+class FastTrackingWrites:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.enabled = fast_path_enabled()
+        # MLflow registers each endpoint under /api/2.0 and /ajax-api/2.0 (and the static prefix, if set).
+        self.routes = {path: handler for base, handler in HANDLERS.items() for path in handlers._get_paths(base)}
+        chain = _MiddlewareChain(self._answer)
+        init_fastapi_security(chain)  # type: ignore[arg-type]  # duck-typed: it only calls add_middleware
+        self.secured = chain.app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.enabled and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.routes:
+            await self.secured(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body, complete = await _read_body(receive, MAX_FAST_BODY)
+        call = self._fast_call(scope, body) if complete else None
+        if call is None:
+            await self.app(scope, _replay(body, receive, complete), send)
+            return
+        status, payload = await anyio.to_thread.run_sync(_run, call)
+        headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _fast_call(self, scope: Scope, body: bytes) -> Callable[[], Answer] | None:
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        if content_type.split(b";")[0].strip() != b"application/json":
+            return None  # MLflow's app answers its "Content-Type must be ..." error
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None
+        if type(request) is not dict:
+            return None  # empty, double-encoded (older clients) or not an object: MLflow's app
+        return self.routes[scope["path"]](request)
+
+
+def _run(call: Callable[[], Answer]) -> Answer:
+    try:
+        return call()
+    except MlflowException as error:
+        return _mlflow_error(error)
+    except Exception as error:  # as MLflow's store does with an unexpected error: a 500 in JSON
+        _logger.exception("Unexpected error in a fast tracking write")
+        return _mlflow_error(MlflowException(str(error), INTERNAL_ERROR))
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The body, up to `limit` bytes; (what was read, whether that is all of it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False  # disconnected: MLflow's app sees the same
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+        if size > limit:
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive, complete: bool) -> Receive:
+    """A receive that first returns what was already read, then the rest from the client."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": not complete}
+        return await receive()
+
+    return replay
