@@ -109,6 +109,9 @@ def side_by_side_section(side: dict[str, Any], profile: dict[str, Any] | None) -
         "method, so answers and HTTP codes are MLflow's (`tests/store`: a randomized differential test against "
         "MLflow's store). `MLFLOW_FAST_STORE=off` switches back to MLflow's store.",
         "",
+        "MLflow's own run-write store tests against both stores (which version, the counts, why CI cannot run "
+        "them): [upstream-store-tests.md](upstream-store-tests.md).",
+        "",
     ]
     if profile:
         lines += [
@@ -493,9 +496,9 @@ def start_section(start: dict[str, Any]) -> list[str]:
         f"s** to every service healthy (median of {start['rounds']}: {start['up_to_healthy_seconds']}).",
         "",
         f"Seconds after `up` at which each service was first ready (healthy, or exited 0 for a one-shot), median: "
-        f"{order}. The one-shots wait for Postgres and MinIO to be healthy (`depends_on`), the server for "
-        "`tracking-server-prepare`; then MLflow's server boots (each worker imports MLflow) and the healthcheck "
-        "runs every 5 s.",
+        f"{order or 'not recorded in this result'}. The one-shots wait for Postgres and MinIO to be healthy "
+        "(`depends_on`), the server for `tracking-server-prepare`; then MLflow's server boots (each worker imports "
+        "MLflow) and the healthcheck runs every 5 s.",
         "",
         "| image | size | largest installed packages (MB) |",
         "| --- | --- | --- |",
