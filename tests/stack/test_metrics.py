@@ -53,20 +53,22 @@ def test_metrics_count_requests_of_every_worker() -> None:
         statuses = list(pool.map(probe, range(60)))
     assert statuses == [404] * 60  # the probe names experiments that do not exist: errors, per endpoint
     labels = {"method": "GET", "endpoint": PROBE, "status": "404"}
-    # A worker counts a request after its last byte has left, so a scrape right after the answers can miss the
-    # last few increments: scrape until all 60 are there (or 10 s have passed), then compare exactly.
-    deadline = time.monotonic() + 10
+    # A worker counts a request after its last byte has left and its handler has returned (MLflow's WSGI bridge
+    # may still wait for a worker thread then), so a scrape right after the answers can miss the last few
+    # increments: scrape until all 60 are there (or 60 s have passed), then compare exactly.
+    deadline, seen = time.monotonic() + 60, []
     while True:
         after = scrape()
         counted = sample(after, "mlflow_stack_http_requests_total", **labels)
-        if counted - sample(before, "mlflow_stack_http_requests_total", **labels) >= 60 or time.monotonic() > deadline:
+        seen.append(counted - sample(before, "mlflow_stack_http_requests_total", **labels))
+        if seen[-1] >= 60 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert (
         sample(after, "mlflow_stack_http_requests_total", **labels)
         - sample(before, "mlflow_stack_http_requests_total", **labels)
         == 60
-    ), "the 60 requests are not all counted (a worker's values missing from /metrics?)"
+    ), f"the 60 requests are not all counted (a worker's values missing from /metrics?); counted over time: {seen}"
     count = "mlflow_stack_http_request_duration_seconds_count"
     assert sample(after, count, endpoint=PROBE) - sample(before, count, endpoint=PROBE) == 60
     assert sample(after, "mlflow_http_request_total") > 0, "MLflow's own exporter metrics are missing"
