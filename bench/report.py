@@ -106,7 +106,7 @@ def side_by_side_section(side: dict[str, Any], profile: dict[str, Any] | None) -
         "in one transaction on one pooled connection, instead of ORM objects in up to four sessions (which also "
         "re-read the whole run each time). Validation is MLflow's own functions; every error, conflict, "
         "deadlock or unusual case (LoggedModel metrics, the run-name tag) rolls back and runs MLflow's own "
-        "method, so answers and HTTP codes are MLflow's (`tests/store`: a randomized differential test against "
+        "method, so answers and HTTP codes are MLflow's (`tests/fast_store`: a randomized differential test against "
         "MLflow's store). `MLFLOW_FAST_STORE=off` switches back to MLflow's store.",
         "",
         "MLflow's own run-write store tests against both stores (which version, the counts, why CI cannot run "

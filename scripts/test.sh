@@ -92,6 +92,6 @@ docker compose up -d --wait --wait-timeout 180
 echo "stack healthy $(( $(date +%s) - start )) s after 'up'"
 
 step "tests"
-# tests/store starts a throwaway Postgres of its own (the stack image) on a random loopback port.
+# tests/fast_store starts a throwaway Postgres of its own (the stack image) on a random loopback port.
 # --durations: the slowest tests' times, so CI's time budget can be watched from its log.
-pytest tests/unit tests/store tests/stack --durations=30 "$@"
+pytest tests/unit tests/fast_store tests/stack --durations=30 "$@"

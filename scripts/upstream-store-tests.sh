@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MLflow's own store tests, of the release the tracking server pins, against MLflow's SqlAlchemyStore and
-# against our FastSqlAlchemyStore, each on a throwaway PostgreSQL (tests/store/conftest.py's container).
+# against our FastSqlAlchemyStore, each on a throwaway PostgreSQL (tests/fast_store/conftest.py's container).
 #
 #   scripts/upstream-store-tests.sh            # both stores
 #   UPSTREAM_STORES=fast scripts/upstream-store-tests.sh -x

@@ -1,6 +1,6 @@
 """The running server uses the stack's fast tracking store, and its answers over HTTP are MLflow's.
 
-tests/store compares the store with MLflow's call by call; this checks what a client sees through the real
+tests/fast_store compares the store with MLflow's call by call; this checks what a client sees through the real
 server: the plugin is the builder MLflow picked for the database, and bad input still gets MLflow's status
 codes and error codes.
 """

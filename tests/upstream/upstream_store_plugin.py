@@ -34,8 +34,8 @@ _containers = ExitStack()
 
 
 def _our_store_fixtures() -> ModuleType:
-    """tests/store/conftest.py of this repository, under a name that cannot clash with MLflow's `tests`."""
-    spec = importlib.util.spec_from_file_location("mlflow_stack_store_fixtures", REPO / "tests/store/conftest.py")
+    """tests/fast_store/conftest.py of this repository, under a name that cannot clash with MLflow's `tests`."""
+    spec = importlib.util.spec_from_file_location("mlflow_stack_store_fixtures", REPO / "tests/fast_store/conftest.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -9,7 +9,7 @@ import pytest
 
 from mnist_trainer import data, tracking, training
 from mnist_trainer.config import RunConfig, TrackingConfig, TrainConfig
-from tests.unit.conftest import write_npz
+from tests.unit.trainer.conftest import write_npz
 
 
 @pytest.mark.filterwarnings("ignore")

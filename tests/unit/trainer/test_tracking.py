@@ -67,7 +67,7 @@ def _fit_two_epochs_with_epoch_logger(tmp_path: Path, delete_run_first: bool) ->
 
     from mnist_trainer import data
     from mnist_trainer.model import build_model
-    from tests.unit.conftest import write_npz
+    from tests.unit.trainer.conftest import write_npz
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     splits = data.make_splits(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import write_npz
-from tests.unit.test_cli import run_trainer
+from tests.unit.trainer.conftest import write_npz
+from tests.unit.trainer.test_cli import run_trainer
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from mnist_trainer import lineage, replay
-from tests.unit.conftest import write_npz
-from tests.unit.test_cli import run_trainer
+from tests.unit.trainer.conftest import write_npz
+from tests.unit.trainer.test_cli import run_trainer
 
 
 @pytest.fixture(scope="module")

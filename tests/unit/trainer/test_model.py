@@ -7,7 +7,7 @@ import numpy as np
 
 from mnist_trainer.data import to_model_input
 from mnist_trainer.model import build_model
-from tests.unit.conftest import patterned_digits
+from tests.unit.trainer.conftest import patterned_digits
 
 
 def test_model_maps_images_to_class_probabilities() -> None:

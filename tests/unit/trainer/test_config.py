@@ -10,7 +10,7 @@ import pytest
 
 from mnist_trainer import cli, config
 from mnist_trainer.config import ConfigError, RegistryConfig, RunConfig, TrackingConfig, TrainConfig
-from tests.unit.test_cli import run_trainer
+from tests.unit.trainer.test_cli import run_trainer
 
 FLAGS = [
     "--epochs", "3", "--learning-rate", "0.0003", "--batch-size", "64", "--seed", "7",

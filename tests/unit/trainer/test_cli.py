@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import write_npz
+from tests.unit.trainer.conftest import write_npz
 
 
 def run_trainer(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

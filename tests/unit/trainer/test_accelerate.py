@@ -11,8 +11,8 @@ import pytest
 from mnist_trainer import accelerate, cli, data, sweep, tracking, training
 from mnist_trainer.accelerate import Acceleration, resolve
 from mnist_trainer.config import RunConfig, TrackingConfig, TrainConfig
-from tests.unit.conftest import write_npz
-from tests.unit.test_cli import run_trainer
+from tests.unit.trainer.conftest import write_npz
+from tests.unit.trainer.test_cli import run_trainer
 
 
 @pytest.mark.parametrize(
