@@ -104,7 +104,7 @@ def test_a_sweep_varies_the_fields_marked_sweepable() -> None:
 
 
 def test_the_readme_table_lists_every_training_flag() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     table = readme[readme.index("### Trainer options") : readme.index("### What a run records")]
     for section in (TrainConfig, TrackingConfig, RegistryConfig):
         for spec in fields(section):
