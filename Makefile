@@ -4,7 +4,7 @@ TF_CPU := tensorflow-cpu==2.21.0
 # The commit the trainer image records (runs' git_sha tag); docker compose reads it for the build arg.
 export GIT_SHA ?= $(shell scripts/git-sha.sh)
 
-.PHONY: env up down train test lint venv logs clean backup restore bench secrets gc status
+.PHONY: env up down train test lint venv logs clean backup restore bench secrets gc status docs
 
 env:  ## optional: write your own .env (random secrets) instead of the generated ones
 	scripts/init-env.sh
@@ -34,6 +34,9 @@ lint:
 
 test:  ## the test command CI runs; builds .venv if missing, fetches MNIST if MNIST_NPZ is unset
 	scripts/test.sh
+
+docs:  ## the documentation site, into site/ (strict: a broken link or an ungeneratable table fails)
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 bench:  ## benchmarks against the running stack -> docs/performance.md
 	scripts/bench.sh

@@ -51,6 +51,7 @@ hadolint trainer/Dockerfile tracking-server/Dockerfile
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
 yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml docker-compose.trainer.yml .yamllint \
   deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml deploy/helm/mlflow-stack/ci
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet  # the docs site (docs/configuration.md's tables come from the code)
 
 # Offline, before anything starts: helm lint --strict, every ci/*.yaml rendered and validated against
 # Kubernetes 1.30 and 1.35, and the chart's promises read from the rendered objects (needs helm and
