@@ -147,7 +147,7 @@ def test_replicas_stay_ready_after_the_admin_password_changes(replicas: tuple[Po
     new_password = secrets.token_hex(12)
     changed = requests.patch(
         f"http://{pods.ip(names[0])}:5000/api/2.0/mlflow/users/update-password",
-        json={"username": ADMIN[0], "password": new_password},
+        json={"username": ADMIN[0], "password": new_password, "current_password": ADMIN[1]},
         headers={"Host": INGRESS_HOST},
         auth=ADMIN,
         timeout=20,
