@@ -412,3 +412,35 @@ def test_gc_cronjob_runs_stack_gc_against_the_service_and_reaches_the_stores() -
         assert can_connect(policies, pods["gc"], pods[destination], port), destination
     assert not can_connect(policies, pods["trainer" if "trainer" in pods else "model-server"], pods["postgres"], 5432)
     assert "gc/olderThan" in render_error(BUNDLED, set_values=["gc.enabled=true", "gc.olderThan=a week"])
+
+
+@pytest.mark.parametrize("kubernetes", ["1.30.0", "1.35.0"])
+def test_every_optional_object_validates(kubernetes: str, tmp_path: Path) -> None:
+    """gc, the ServiceMonitor, workload identity, the escape hatches, on at once (the ServiceMonitor is only
+    warned about: kubernetes-validate has no schema for the operator's CRD, so it is checked structurally)."""
+    text = render_text(
+        EXTERNAL,
+        set_values=[
+            "s3.existingSecret=",
+            "s3.workloadIdentity=true",
+            "gc.enabled=true",
+            "metrics.serviceMonitor.enabled=true",
+            "trainer.job.enabled=true",
+            "modelServer.enabled=true",
+            "auth.enabled=true",
+            "auth.existingSecret=a",
+            "auth.clientSecret=c",
+            "auth.databaseUriSecret=d",
+            "ingress.enabled=true",
+            'ingress.hosts=["mlflow.example.com"]',
+            "ingress.tls.secretName=t",
+            "trackingServer.priorityClassName=p",
+            "trackingServer.runtimeClassName=r",
+            'trackingServer.extraVolumes=[{"name": "ca", "configMap": {"name": "ca"}}]',
+            'trackingServer.extraVolumeMounts=[{"name": "ca", "mountPath": "/etc/ca", "readOnly": true}]',
+            'trackingServer.extraEnv=[{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]',
+        ],
+    )
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(text) if doc}
+    assert {"CronJob", "ServiceMonitor", "ServiceAccount", "Ingress", "HorizontalPodAutoscaler"} <= kinds
+    _validate(text, kubernetes, tmp_path)
