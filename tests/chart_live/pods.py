@@ -13,7 +13,8 @@ Secret volumes are folders of the Secrets given here. Probes are run by `Pods.pr
 kubelet runs them: exec inside the container, httpGet against the container's IP.
 
 What this cannot show: NetworkPolicies (no enforcing CNI; their effect is computed in tests/chart),
-scheduling (nodeSelector, tolerations, GPUs), and Helm itself (the hook order is followed by hand).
+scheduling (nodeSelector, tolerations, GPUs), and Helm, Flux and Argo CD themselves (the order they apply objects
+in is computed by tests/chart/install_order.py and followed by the tests).
 """
 
 from __future__ import annotations
