@@ -50,12 +50,12 @@ mypy
 hadolint trainer/Dockerfile tracking-server/Dockerfile
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
 yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml docker-compose.trainer.yml .yamllint \
-  deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml deploy/helm/mlflow-stack/ci
+  deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml deploy/helm/mlflow-stack/ci tests/chart/umbrella
 NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet  # the docs site (docs/configuration.md's tables come from the code)
 
-# Offline, before anything starts: helm lint --strict, every ci/*.yaml rendered and validated against
-# Kubernetes 1.30 and 1.35, and the chart's promises read from the rendered objects (needs helm and
-# kubernetes-validate: ../shared/ci/k8s-tools.sh).
+# Offline, before anything starts: helm lint --strict, every ci/*.yaml and an umbrella chart rendered and
+# validated against Kubernetes 1.30 and 1.35, the install order of Helm, Flux and Argo CD, and the chart's
+# promises read from the rendered objects (needs helm and kubernetes-validate: ../shared/ci/k8s-tools.sh).
 step "helm chart (offline)"
 start=$(date +%s)
 pytest tests/chart -q
@@ -74,8 +74,9 @@ start=$(date +%s)
 docker compose --profile train build  # the trainer sits in a profile, so plain `build` skips it
 echo "images built in $(( $(date +%s) - start )) s"
 
-# The chart's pods as rendered, run with Docker: prepare hook, 3 replicas, a trainer Job while a replica is
-# killed, the model server (tests/chart_live; its own containers, network and volumes, named wt-helm-k8s-*).
+# The chart's pods as rendered, run with Docker in Helm's order: prepare init containers, 3 replicas, a trainer
+# Job while a replica is killed, the model server; auth with the Service on port 80; a TLS Postgres
+# (tests/chart_live; its own containers, network and volumes, named chart-pods-*).
 step "helm chart pods, live on Docker"
 start=$(date +%s)
 pytest tests/chart_live -q

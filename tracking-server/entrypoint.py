@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
-from urllib.parse import quote
 
+from mlflow_stack_server.auth_db import AuthDatabase, auth_database, create_database_statement
 from mlflow_stack_server.settings import Settings, SettingsError, allowed_hosts
 
 T = TypeVar("T")
@@ -164,8 +164,9 @@ def ensure_bucket(settings: Settings) -> None:
     retry(f"checking bucket {bucket}", create_if_missing, settings.wait_seconds)
 
 
-def auth_database_uri(settings: Settings) -> str:
-    return settings.backend_store_uri.rsplit("/", 1)[0] + "/" + quote(settings.auth_database, safe="")
+def auth_database_uri(settings: Settings) -> AuthDatabase:
+    explicit = settings.secrets.get("MLFLOW_AUTH_DATABASE_URI", "")
+    return auth_database(settings.backend_store_uri, settings.auth_database, explicit)
 
 
 def write_auth_config(settings: Settings) -> None:
@@ -173,7 +174,7 @@ def write_auth_config(settings: Settings) -> None:
     # READ by default: a new user sees everything and changes nothing until granted more.
     config.write_text(
         "[mlflow]\ndefault_permission = READ\n"
-        f"database_uri = {auth_database_uri(settings).replace('%', '%%')}\n"
+        f"database_uri = {auth_database_uri(settings).uri.replace('%', '%%')}\n"
         f"admin_username = {settings.admin[0]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # MLflow checks the password's scrypt hash on every request: ~0.1 s of CPU on an idle core, 0.3 s
@@ -196,23 +197,40 @@ def prepare_basic_auth(settings: Settings) -> None:
             # Same lock as the migration: two prepares must not both create the database or the admin.
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             try:
-                exists = connection.execute(
-                    sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                    {"name": settings.auth_database},
-                )
-                if exists.scalar() is None:
-                    connection.execute(sqlalchemy.text(f'CREATE DATABASE "{settings.auth_database}"'))
-                    log(f"created database {settings.auth_database} for users and permissions")
+                # None when MLFLOW_AUTH_DATABASE_URI names a database made beforehand (no CREATEDB needed).
+                create = auth_database_uri(settings).create
+                if (
+                    create
+                    and not connection.execute(
+                        sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": create}
+                    ).scalar()
+                ):
+                    connection.execute(sqlalchemy.text(create_database_statement(create)))
+                    log(f"created database {create} for users and permissions")
                 write_auth_config(settings)
                 from mlflow.server.auth import bootstrap_admin_user
 
                 # Migrates the auth schema and creates the admin if missing (what `mlflow server --app-name
                 # basic-auth` does before forking workers); a no-op on the next run.
                 bootstrap_admin_user()
+                ensure_client_user(settings)
             finally:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
     finally:
         engine.dispose()
+
+
+def ensure_client_user(settings: Settings) -> None:
+    """The login trainers and the model server use (MLFLOW_AUTH_CLIENT_USERNAME/PASSWORD), created once."""
+    username = settings.secrets.get("MLFLOW_AUTH_CLIENT_USERNAME", "")
+    password = settings.secrets.get("MLFLOW_AUTH_CLIENT_PASSWORD", "")
+    if not (username and password):
+        return
+    from mlflow.server.auth import store
+
+    if not store.has_user(username):
+        store.create_user(username, password)
+        log(f"created the client user {username}")
 
 
 def size_connection_pool(settings: Settings) -> None:

@@ -2,21 +2,35 @@
 
 Not /health: it is exempt from the Host-header check and from auth, so it stays green while every client
 is refused. Reads the admin's login the way the server does (NAME or NAME_FILE).
+
+--without-admin (Kubernetes' readiness probe): under auth, log in as a user that cannot exist instead, and
+count MLflow's 401 as healthy. The request still passes the Host-header check and makes the auth app look
+the user up in its database, but a changed admin password or a rotated Secret cannot make every replica
+unready at once.
 """
 
 import base64
+import secrets
 import sys
+import urllib.error
 import urllib.request
 
 from mlflow_stack_server.settings import Settings
 
 request = urllib.request.Request("http://localhost:5000/api/2.0/mlflow/experiments/search?max_results=1")
+healthy = 200
 try:
     settings = Settings.from_environment()
     if settings.auth == "basic":
         login = ":".join(settings.admin)
+        if "--without-admin" in sys.argv[1:]:
+            login, healthy = f"readiness-probe-{secrets.token_hex(8)}:{secrets.token_hex(16)}", 401
         request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
-    with urllib.request.urlopen(request, timeout=4) as response:
-        sys.exit(0 if response.status == 200 else 1)
+    try:
+        with urllib.request.urlopen(request, timeout=4) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    sys.exit(0 if status == healthy else f"unhealthy: HTTP {status}")
 except Exception as error:  # any failure is simply "unhealthy"; say which for `docker inspect`
     sys.exit(f"unhealthy: {error}")

@@ -117,7 +117,8 @@ def main(argv: list[str]) -> int:
         return 2
     settings.export_secrets()
     # Artifacts are deleted through this server's proxy: `mlflow-artifacts:` URIs resolve against it.
-    os.environ["MLFLOW_TRACKING_URI"] = f"http://localhost:{settings.port}"
+    # STACK_GC_TRACKING_URI: the server's Service when gc runs in a pod of its own (the chart's CronJob).
+    os.environ["MLFLOW_TRACKING_URI"] = os.environ.get("STACK_GC_TRACKING_URI") or f"http://localhost:{settings.port}"
     if settings.auth == "basic":
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.admin
     before_ms = int((time.time() - age.total_seconds()) * 1000)

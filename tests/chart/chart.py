@@ -15,7 +15,7 @@ CHART = REPO / "deploy" / "helm" / "mlflow-stack"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 RELEASE = "t"
 NAMESPACE = "ml"
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob")
 
 Manifest = dict[str, Any]
 
@@ -33,8 +33,8 @@ def render_text(*values_files: Path, set_values: Sequence[str] = (), show_only: 
     for values in values_files:
         command += ["-f", str(values)]
     for assignment in set_values:
-        # KEY=[json] for lists of strings (`--set` would turn "1" into a number).
-        command += ["--set-json" if "=[" in assignment else "--set", assignment]
+        # KEY=[json] or KEY={json} for lists and objects (`--set` would turn "1" into a number).
+        command += ["--set-json" if ("=[" in assignment or "={" in assignment) else "--set", assignment]
     if show_only:
         command += ["--show-only", show_only]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -74,8 +74,15 @@ def one(manifests: list[Manifest], kind: str, component: str) -> Manifest:
     return found[0]
 
 
+def pod_template(workload: Manifest) -> dict[str, Any]:
+    """The pod template of a workload; a CronJob's is inside its job template."""
+    spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    template: dict[str, Any] = spec["template"]
+    return template
+
+
 def pod_spec(workload: Manifest) -> dict[str, Any]:
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    spec: dict[str, Any] = pod_template(workload)["spec"]
     return spec
 
 

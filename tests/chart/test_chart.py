@@ -20,6 +20,7 @@ from tests.chart.chart import (
     helm,
     one,
     pod_spec,
+    pod_template,
     render,
     render_error,
     render_text,
@@ -31,17 +32,19 @@ BUNDLED = ci_values("bundled-evaluation")
 EXTERNAL = ci_values("external-postgres-s3")
 AUTH_INGRESS = ci_values("auth-ingress-tls")
 GPU = ci_values("gpu-trainer-job")
+OPENSHIFT = ci_values("openshift")
 # Every component at once: bundled stores, model server, a trainer Job.
 EVERYTHING = (BUNDLED, GPU)
 ids = [path.stem for path in CI_VALUES]
 
 
-def test_ci_folder_has_the_four_value_sets() -> None:
+def test_ci_folder_has_the_five_value_sets() -> None:
     assert {p.name for p in CI_VALUES} >= {
         "bundled-evaluation-values.yaml",
         "external-postgres-s3-values.yaml",
         "auth-ingress-tls-values.yaml",
         "gpu-trainer-job-values.yaml",
+        "openshift-values.yaml",
     }
 
 
@@ -113,7 +116,8 @@ def test_every_pod_runs_non_root_with_read_only_root_and_limits(values: Path) ->
         name = workload["metadata"]["name"]
         pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True, name
-        assert pod["securityContext"]["runAsUser"] > 0, name
+        # OpenShift's value set leaves the uid to the platform (its SCC picks a non-zero one).
+        assert pod["securityContext"].get("runAsUser", 1) > 0, name
         assert pod["automountServiceAccountToken"] is False, name
         for container in containers(workload):
             security = container["securityContext"]
@@ -159,31 +163,40 @@ def test_hpa_takes_over_the_replica_count() -> None:
 
 def test_tracking_server_probes() -> None:
     deployment = one(render(BUNDLED), "Deployment", "tracking")
-    (server,) = containers(deployment)
+    (server,) = pod_spec(deployment)["containers"]
     assert server["args"] == ["serve"]
-    # Readiness is the compose healthcheck: a real API call (with the admin's login under auth).
-    assert server["readinessProbe"]["exec"]["command"] == ["python", "/usr/local/bin/tracking-server-healthcheck"]
+    # Readiness is the compose healthcheck: a real API call; under auth as a user that cannot exist, never
+    # the admin (issue 23, item 4: a changed admin password made every replica unready).
+    assert server["readinessProbe"]["exec"]["command"] == [
+        "python",
+        "/usr/local/bin/tracking-server-healthcheck",
+        "--without-admin",
+    ]
     assert server["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
     assert {"name": "http", "containerPort": 5000, "protocol": "TCP"} in server["ports"]
 
 
-@pytest.mark.parametrize(
-    ("values", "hook"), [(EXTERNAL, "pre-install,pre-upgrade"), (BUNDLED, "post-install,pre-upgrade")]
-)
-def test_prepare_is_a_hook_job_with_the_servers_settings(values: Path, hook: str) -> None:
+# What prepare reads beyond the server's settings: how long to wait, and the client login it creates.
+PREPARE_ONLY = {"MLFLOW_BOOTSTRAP_TIMEOUT", "MLFLOW_AUTH_CLIENT_USERNAME", "MLFLOW_AUTH_CLIENT_PASSWORD"}
+
+
+@pytest.mark.parametrize("values", [EXTERNAL, BUNDLED, AUTH_INGRESS], ids=["external", "bundled", "auth"])
+def test_prepare_is_the_servers_init_container_with_their_settings(values: Path) -> None:
+    """Issue 23, item 1: no hook Job, so nothing waits for a phase that waits for it."""
     manifests = render(values)
-    job = one(manifests, "Job", "prepare")
-    annotations = job["metadata"]["annotations"]
-    assert annotations["helm.sh/hook"] == hook
-    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
-    (prepare,) = containers(job)
-    (server,) = containers(one(manifests, "Deployment", "tracking"))
+    assert not find(manifests, "Job")
+    deployment = one(manifests, "Deployment", "tracking")
+    (prepare,) = pod_spec(deployment)["initContainers"]
+    (server,) = pod_spec(deployment)["containers"]
+    assert prepare["name"] == "prepare"
     assert prepare["args"] == ["prepare"]
     assert prepare["image"] == server["image"]
-    assert env_of(prepare) == env_of(server)
-    assert pod_spec(job)["restartPolicy"] == "Never"
+    prepare_env = env_of(prepare)
+    assert {k: v for k, v in prepare_env.items() if k not in PREPARE_ONLY} == env_of(server)
+    assert not PREPARE_ONLY & set(env_of(server)), "the server needs neither the client's password nor the wait"
+    assert {m["mountPath"] for m in prepare["volumeMounts"]} == {m["mountPath"] for m in server["volumeMounts"]}
 
 
 def test_external_stores_come_from_the_given_secrets() -> None:
@@ -206,8 +219,17 @@ def test_bundled_stores_are_single_replica_statefulsets_with_the_compose_images(
         image = containers(workload)[0]["image"]
         assert f":-{image}}}" in compose, image  # the same default as compose's ${..._IMAGE:-...}
     env = env_of(containers(one(manifests, "Deployment", "tracking"))[0])
-    assert env["POSTGRES_HOST"] == postgres["spec"]["serviceName"]
-    assert env["MLFLOW_S3_ENDPOINT_URL"] == f"http://{minio['spec']['serviceName']}:9000"
+    services = {m["metadata"]["name"]: m for m in find(manifests, "Service")}
+    # Clients use the ClusterIP Service; the StatefulSet's serviceName is its headless twin (issue 23, item 8).
+    clients = {}
+    for workload in (postgres, minio):
+        headless = services[workload["spec"]["serviceName"]]
+        assert headless["spec"]["clusterIP"] == "None"
+        assert headless["spec"]["selector"] == workload["spec"]["selector"]["matchLabels"]
+        clients[workload["metadata"]["name"]] = services[workload["spec"]["serviceName"].removesuffix("-headless")]
+        assert "clusterIP" not in clients[workload["metadata"]["name"]]["spec"]
+    assert env["POSTGRES_HOST"] == clients[postgres["metadata"]["name"]]["metadata"]["name"]
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == f"http://{clients[minio['metadata']['name']]['metadata']['name']}:9000"
 
 
 def test_clients_hold_no_store_credentials() -> None:
@@ -215,7 +237,7 @@ def test_clients_hold_no_store_credentials() -> None:
     manifests = render(*EVERYTHING)
     tracking = one(manifests, "Service", "tracking")["metadata"]["name"]
     for component in ("trainer", "model-server"):
-        kind = "Job" if component == "trainer" else "Deployment"
+        kind = "CronJob" if component == "trainer" else "Deployment"
         (container,) = containers(one(manifests, kind, component))
         env = env_of(container)
         assert env["MLFLOW_TRACKING_URI"] == f"http://{tracking}:5000"
@@ -269,7 +291,7 @@ def test_without_ingress_only_cluster_names_are_allowed_hosts() -> None:
 
 
 def test_trainer_job_requests_a_gpu_on_the_chosen_nodes() -> None:
-    job = one(render(GPU), "Job", "trainer")
+    job = one(render(GPU), "CronJob", "trainer")
     (trainer,) = containers(job)
     assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 1
     pod = pod_spec(job)
@@ -289,7 +311,7 @@ def test_trainer_job_on_cpu_and_tfds_and_a_sweep() -> None:
             GPU,
             set_values=["trainer.gpu.count=0", "trainer.data.source=tfds", 'trainer.job.args=["sweep","--epochs","1"]'],
         ),
-        "Job",
+        "CronJob",
         "trainer",
     )
     (trainer,) = containers(job)
@@ -300,6 +322,7 @@ def test_trainer_job_on_cpu_and_tfds_and_a_sweep() -> None:
 
 def test_trainer_job_is_not_part_of_an_install_by_default() -> None:
     assert not find(render(BUNDLED), "Job", "trainer")
+    assert not find(render(BUNDLED), "CronJob", "trainer")
 
 
 # --- NetworkPolicies: reachability computed from the selectors -----------------------------------------------
@@ -309,7 +332,7 @@ def _pods(manifests: list[dict[str, Any]]) -> dict[str, Pod]:
     namespace_labels = {"kubernetes.io/metadata.name": NAMESPACE}
     pods = {}
     for workload in workloads(manifests):
-        template = workload["spec"]["template"]
+        template = pod_template(workload)
         ports = {p["name"]: p["containerPort"] for c in containers(workload) for p in c.get("ports", []) if "name" in p}
         component = template["metadata"]["labels"]["app.kubernetes.io/component"]
         pods[component] = Pod(component, NAMESPACE, template["metadata"]["labels"], namespace_labels, ports)
@@ -343,15 +366,15 @@ PORTS = {"tracking": 5000, "postgres": 5432, "minio": 9000, "model-server": 5001
 def test_network_policies_keep_compose_isolation() -> None:
     manifests = render(*EVERYTHING)
     pods, policies = _pods(manifests), _policies(manifests)
-    assert {"tracking", "prepare", "postgres", "minio", "model-server", "trainer"} <= set(pods)
+    assert {"tracking", "postgres", "minio", "model-server", "trainer"} <= set(pods)
 
     def reach(source: str, destination: str) -> bool:
         return can_connect(policies, pods[source], pods[destination], PORTS[destination])
 
-    # Only the tracking server and its prepare Job reach the stores.
+    # Only the tracking server (prepare is its init container, in the same pod) reaches the stores.
     for store in ("postgres", "minio"):
         allowed = {source for source in pods if source != store and reach(source, store)}
-        assert allowed == {"tracking", "prepare"}, (store, allowed)
+        assert allowed == {"tracking"}, (store, allowed)
     # Trainers and the model server reach the tracking server, and nothing else of the chart.
     for client in ("trainer", "model-server"):
         reachable = {destination for destination in PORTS if destination != client and reach(client, destination)}
@@ -362,7 +385,7 @@ def test_network_policies_keep_compose_isolation() -> None:
     # The stores call nobody; every pod of the chart may resolve names.
     assert not reach("postgres", "minio") and not reach("minio", "postgres")
     assert not reach("postgres", "tracking")
-    for component in ("tracking", "prepare", "trainer", "model-server"):
+    for component in ("tracking", "trainer", "model-server"):
         assert can_connect(policies, pods[component], pods["kube-dns"], 53, "UDP"), component
     # The model server answers only pods labelled as its clients.
     assert not reach("other-pod", "model-server") and not reach("trainer", "model-server")
@@ -372,7 +395,7 @@ def test_every_chart_pod_is_covered_by_a_policy_in_both_directions() -> None:
     manifests = render(*EVERYTHING)
     pods, policies = _pods(manifests), _policies(manifests)
     outsider = pods["other-namespace"]
-    for component in ("tracking", "prepare", "postgres", "minio", "model-server", "trainer"):
+    for component in ("tracking", "postgres", "minio", "model-server", "trainer"):
         pod = pods[component]
         # A port nobody listed: denied both ways, which holds only if a policy selects the pod in both directions.
         assert not can_connect(policies, pod, outsider, 12345), component
@@ -407,7 +430,7 @@ def test_external_stores_egress_only_from_the_tracking_server() -> None:
         p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p
         for p in find(manifests, "NetworkPolicy")
     }
-    for component in ("tracking", "prepare"):
+    for component in ("tracking",):
         egress = by_component[component]["spec"]["egress"]
         ports = {port["port"] for rule in egress for port in rule.get("ports", [])}
         assert {5432, 443} <= ports

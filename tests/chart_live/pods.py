@@ -4,13 +4,17 @@ What a kubelet would take from a pod spec is translated one to one: image, comma
 env (literal or from a Secret given here), container ports, the pod's and container's securityContext
 (user and group, fsGroup on volumes, read-only root filesystem, dropped capabilities, no new privileges),
 emptyDir volumes (empty 0777 host folders), claims (named volumes, or a host folder for an existing claim), CPU and memory
-limits, and restartPolicy. A Service becomes a network alias on every container its selector matches, so
-`http://<service>:<port>` resolves to all ready and unready replicas (Docker's DNS round-robin; there is no
-kube-proxy here). Probes are run by `Pods.probe`, from the host, the way the kubelet runs them: exec inside
-the container, httpGet against the container's IP.
+limits, and restartPolicy. Init containers run first, one after the other, each restarted until it exits 0
+(restartPolicy Always), in a thread of their own, so pods start in any order without blocking the harness.
+A Service whose port is its target port becomes a network alias on every container its selector matches, so
+`http://<service>:<port>` resolves to all ready and unready replicas (Docker's DNS round-robin); one on another
+port (80 -> 5000) is a small TCP forwarder container named like the Service, standing in for kube-proxy.
+Secret volumes are folders of the Secrets given here. Probes are run by `Pods.probe`, from the host, the way the
+kubelet runs them: exec inside the container, httpGet against the container's IP.
 
 What this cannot show: NetworkPolicies (no enforcing CNI; their effect is computed in tests/chart),
-scheduling (nodeSelector, tolerations, GPUs), and Helm itself (the hook order is followed by hand).
+scheduling (nodeSelector, tolerations, GPUs), and Helm, Flux and Argo CD themselves (the order they apply objects
+in is computed by tests/chart/install_order.py and followed by the tests).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -67,6 +72,9 @@ class Pods:
     started: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     scratch: Path = Path(tempfile.gettempdir()) / PREFIX  # emptyDir folders
+    # Pod name -> exit codes of its init containers' attempts, in order (read by tests).
+    init_attempts: dict[str, list[int]] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
 
     # --- objects --------------------------------------------------------------------------------------------
     def workload(self, kind: str, component: str) -> Manifest:
@@ -78,11 +86,50 @@ class Pods:
         return found
 
     def service_names(self, pod_labels: dict[str, str]) -> list[str]:
+        """Network aliases of a pod: each selecting Service's name, or its endpoints' name behind a forwarder."""
         return [
-            m["metadata"]["name"]
+            m["metadata"]["name"] if not self.forwarded(m) else endpoints_alias(m)
             for m in self.manifests
-            if m["kind"] == "Service" and selector_matches(m["spec"]["selector"], pod_labels)
+            if m["kind"] == "Service"
+            and "selector" in m["spec"]
+            and selector_matches(m["spec"]["selector"], pod_labels)
         ]
+
+    def forwarded(self, service: Manifest) -> bool:
+        """A Service whose port differs from the container port it targets needs a forwarder."""
+        return any(port["port"] != self.target_port(service, port) for port in service["spec"]["ports"])
+
+    def target_port(self, service: Manifest, port: dict[str, Any]) -> int:
+        target = port.get("targetPort", port["port"])
+        if isinstance(target, int):
+            return target
+        for manifest in self.manifests:
+            if manifest["kind"] not in ("Deployment", "StatefulSet"):
+                continue
+            template = manifest["spec"]["template"]
+            if selector_matches(service["spec"].get("selector", {}), template["metadata"]["labels"]):
+                for container in template["spec"]["containers"]:
+                    for declared in container.get("ports", []):
+                        if declared.get("name") == target:
+                            return int(declared["containerPort"])
+        raise AssertionError(f"no container port named {target} behind {service['metadata']['name']}")
+
+    def start_forwarders(self, image: str) -> list[str]:
+        """kube-proxy's part for Services on another port: a TCP forwarder per such Service, named like it."""
+        names = []
+        for service in (m for m in self.manifests if m["kind"] == "Service" and "selector" in m["spec"]):
+            if not self.forwarded(service):
+                continue
+            (port,) = service["spec"]["ports"]
+            name = f"{PREFIX}-svc-{service['metadata']['name']}"
+            docker(
+                "run", "-d", "--name", name, "--network", self.network,
+                "--network-alias", service["metadata"]["name"], "--entrypoint", "python", image, "-c",
+                FORWARDER, str(port["port"]), endpoints_alias(service), str(self.target_port(service, port)),
+            )  # fmt: skip
+            self.started.append(name)
+            names.append(name)
+        return names
 
     # --- translation ------------------------------------------------------------------------------------------
     def _env(self, container: dict[str, Any]) -> list[str]:
@@ -111,17 +158,59 @@ class Pods:
         return name
 
     def run(self, workload: Manifest, index: int = 0, restart: bool | None = None, suffix: str = "") -> str:
-        """Start pod `index` of a workload (one container per pod here); its container name."""
-        template = workload["spec"]["template"]
+        """Start pod `index` of a workload; its main container's name, returned at once.
+
+        Without init containers the main container is started before this returns; with them, a thread runs
+        each init container until it exits 0 (as the kubelet does), then starts the main container.
+        """
+        template = pod_template(workload)
         labels = template["metadata"]["labels"]
-        pod = template["spec"]
-        (container,) = pod["containers"]
         component = labels["app.kubernetes.io/component"]
         name = f"{PREFIX}-{component}-{index}{suffix}"
+        init = template["spec"].get("initContainers", [])
+        if not init:
+            return self._run_container(workload, template["spec"]["containers"][0], name, name, restart)
+        self.init_attempts[name] = []
+
+        def start_pod() -> None:
+            for number, container in enumerate(init):
+                while True:
+                    attempt = f"{name}-init{number}-{len(self.init_attempts[name])}"
+                    # Not reachable through the Services: a pod is not ready while it initialises.
+                    self._run_container(workload, container, attempt, name, False, service_aliases=False)
+                    code = self.wait_exit(attempt, timeout=900)
+                    self.init_attempts[name].append(code)
+                    if code == 0:
+                        break
+                    time.sleep(min(10 * len(self.init_attempts[name]), 40))  # the kubelet's back-off, shorter
+            self._run_container(workload, template["spec"]["containers"][0], name, name, restart)
+
+        thread = threading.Thread(target=start_pod, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return name
+
+    def init_logs(self, name: str) -> str:
+        attempts = [c for c in self.started if c.startswith(f"{name}-init")]
+        return "\n".join(f"--- {attempt}\n{self.logs(attempt)}" for attempt in attempts)
+
+    def _run_container(
+        self,
+        workload: Manifest,
+        container: dict[str, Any],
+        name: str,
+        pod_name: str,
+        restart: bool | None,
+        service_aliases: bool = True,
+    ) -> str:
+        template = pod_template(workload)
+        labels = template["metadata"]["labels"]
+        pod = template["spec"]
+        component = labels["app.kubernetes.io/component"]
         pod_security = pod.get("securityContext", {})
         security = {**pod_security, **container.get("securityContext", {})}
         args = ["run", "-d", "--name", name, "--hostname", name, "--network", self.network]
-        for alias in self.service_names(labels):
+        for alias in self.service_names(labels) if service_aliases else []:
             args += ["--network-alias", alias]
         for key, value in labels.items():
             args += ["--label", f"{key}={value}"]
@@ -153,10 +242,18 @@ class Pods:
             if "emptyDir" in volume:
                 # An emptyDir is a fresh, world-writable (0777) host folder of the pod. Not a Docker tmpfs or
                 # volume: those copy the image folder's owner and mode, which a kubelet does not.
-                folder = self.scratch / name / mount["name"]
+                folder = self.scratch / pod_name / mount["name"]
                 folder.mkdir(parents=True, exist_ok=True)
                 folder.chmod(0o777)
                 args += ["--mount", f"type=bind,source={folder},destination={mount['mountPath']}"]
+            elif "secret" in volume:
+                folder = self.scratch / pod_name / mount["name"]
+                folder.mkdir(parents=True, exist_ok=True)
+                for key, value in self.secrets[volume["secret"]["secretName"]].items():
+                    (folder / key).write_text(value)
+                    (folder / key).chmod(0o644)
+                folder.chmod(0o755)
+                args += ["--mount", f"type=bind,source={folder},destination={mount['mountPath']},readonly"]
             elif "persistentVolumeClaim" in volume:
                 source = self._volume(name, volume, fs_group, component)
                 args += ["--mount", f"type=bind,source={source},destination={mount['mountPath']}{read_only}"]
@@ -241,6 +338,43 @@ class Pods:
             docker("volume", "rm", "-f", *vols, check=False)
         docker("network", "rm", self.network, check=False)
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def pod_template(workload: Manifest) -> dict[str, Any]:
+    """A workload's pod template (a CronJob's, as `kubectl create job --from=cronjob/...` copies it)."""
+    spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    template: dict[str, Any] = spec["template"]
+    return template
+
+
+def endpoints_alias(service: Manifest) -> str:
+    return f"{service['metadata']['name']}-endpoints"
+
+
+# argv: listen port, backend name (resolved per connection: Docker's DNS round-robin over the pods), port.
+FORWARDER = """
+import asyncio, sys
+listen, backend, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+async def handle(client_reader, client_writer):
+    try:
+        server_reader, server_writer = await asyncio.open_connection(backend, port)
+    except OSError:
+        client_writer.close()
+        return
+    await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+async def main():
+    server = await asyncio.start_server(handle, "0.0.0.0", listen)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
 
 
 def split_image(image: str) -> tuple[str, str]:

@@ -1,15 +1,21 @@
 """Live: the chart with basic auth and an Ingress host, as its pods run (see test_chart_pods for the method).
 
-Two replicas behind the prepare hook: the admin exists once prepare is done (readiness, the healthcheck with the
-admin's login, passes on both); anonymous and wrong-password calls get 401 on every replica; a user created
-through one replica logs in on the other (one user database, one secret key); the Ingress host is an allowed
-Host header and a foreign one is refused.
+Two replicas, each with its prepare init container: readiness passes on both; anonymous and wrong-password
+calls get 401 on every replica; a user created through one replica logs in on the other (one user database,
+one secret key); the Ingress host is an allowed Host header and a foreign one is refused.
+
+Issue 23, at run time: the Service is on port 80 (a forwarder stands in for kube-proxy), and the model
+server's rendered client settings (its tracking URI `http://<service>:80`, the login from auth.clientSecret)
+work with MLflow's own client: prepare created that client user, and the Host header `<service>` that HTTP
+clients send on port 80 is allowed (items 5 and 8). After the admin's password is changed through the API,
+both replicas stay ready: readiness no longer logs in as the admin (item 4).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,10 +23,11 @@ import pytest
 import requests
 
 from tests.chart.chart import ci_values, render
-from tests.chart_live.pods import Pods, postgres_uid, split_image
+from tests.chart_live.pods import Pods, docker, postgres_uid, split_image
 
 TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
 ADMIN = ("admin", secrets.token_hex(12))
+CLIENT = ("trainer", secrets.token_hex(12))
 INGRESS_HOST = "mlflow.example.com"  # from ci/auth-ingress-tls-values.yaml
 
 
@@ -33,6 +40,7 @@ def replicas() -> Iterator[tuple[Pods, list[str]]]:
             f"images.trackingServer.repository={repository}",
             f"images.trackingServer.tag={tag}",
             "trackingServer.replicas=2",
+            "trackingServer.service.port=80",
             f"postgresql.uid={postgres_uid()}",
         ],
     )
@@ -49,6 +57,7 @@ def replicas() -> Iterator[tuple[Pods, list[str]]]:
                 "admin-password": ADMIN[1],
                 "flask-secret-key": secrets.token_hex(32),
             },
+            "mlflow-trainer-login": {"username": CLIENT[0], "password": CLIENT[1]},
         },
     )
     pods.create_network()
@@ -57,12 +66,11 @@ def replicas() -> Iterator[tuple[Pods, list[str]]]:
         pods.run(pods.workload("StatefulSet", "minio"))
         deployment = pods.workload("Deployment", "tracking")
         names = [pods.run(deployment, index) for index in range(2)]
-        prepare = pods.run(pods.workload("Job", "prepare"))
-        assert pods.wait_exit(prepare, timeout=300) == 0, pods.logs(prepare)
+        assert pods.start_forwarders(TRACKING_SERVER_IMAGE), "a Service on port 80 targets the container's 5000"
         server: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
         for name in names:
-            # Readiness runs the healthcheck with the admin's login: it passes only once prepare made the admin.
             pods.wait_ready(name, server, timeout=300)
+            assert pods.init_attempts[name][-1] == 0, pods.init_logs(name)
         yield pods, names
     finally:
         if os.environ.get("KEEP_CHART_PODS") != "1":
@@ -108,3 +116,57 @@ def test_ingress_host_is_allowed_and_a_foreign_host_is_not(replicas: tuple[Pods,
     pods, names = replicas
     assert call(pods, names[0], f"{INGRESS_HOST}:443", ADMIN).status_code == 200
     assert call(pods, names[0], "attacker.example.net", ADMIN).status_code == 403
+
+
+def test_the_client_login_works_through_the_service_on_port_80(replicas: tuple[Pods, list[str]]) -> None:
+    """The model server's rendered settings, used by MLflow's client inside the network (items 5 and 8)."""
+    pods, _ = replicas
+    model_server = pods.workload("Deployment", "model-server")["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in model_server["env"]}
+    uri = env["MLFLOW_TRACKING_URI"]["value"]
+    assert uri.endswith(":80")
+    script = (
+        "from mlflow import MlflowClient\n"
+        "client = MlflowClient()\n"
+        "experiment = client.create_experiment('port-80-' + __import__('secrets').token_hex(3))\n"
+        "print(len(client.search_experiments()), experiment)\n"
+    )
+    result = docker(
+        "run", "--rm", "--network", pods.network, "--entrypoint", "python",
+        "-e", f"MLFLOW_TRACKING_URI={uri}", "-e", "MLFLOW_DISABLE_TELEMETRY=true",
+        "-e", f"MLFLOW_TRACKING_USERNAME={CLIENT[0]}", "-e", f"MLFLOW_TRACKING_PASSWORD={CLIENT[1]}",
+        TRACKING_SERVER_IMAGE, "-c", script, check=False,
+    )  # fmt: skip
+    # Before: 403 (Host `<service>` without :80 was not allowed) and 401 (the client user never existed).
+    assert result.returncode == 0, result.stdout + result.stderr[-1500:]
+
+
+def test_replicas_stay_ready_after_the_admin_password_changes(replicas: tuple[Pods, list[str]]) -> None:
+    """Item 4: readiness logged in as the admin, so a password change made every replica unready at once."""
+    pods, names = replicas
+    new_password = secrets.token_hex(12)
+    changed = requests.patch(
+        f"http://{pods.ip(names[0])}:5000/api/2.0/mlflow/users/update-password",
+        json={"username": ADMIN[0], "password": new_password, "current_password": ADMIN[1]},
+        headers={"Host": INGRESS_HOST},
+        auth=ADMIN,
+        timeout=20,
+    )
+    assert changed.status_code == 200, changed.text[:300]
+    server = pods.workload("Deployment", "tracking")["spec"]["template"]["spec"]["containers"][0]
+    # The Secret still holds the old password; MLflow's login cache forgets it within 60 s on other workers.
+    deadline = time.monotonic() + 90
+    while call(pods, names[1], INGRESS_HOST, ADMIN).status_code != 401:
+        assert time.monotonic() < deadline, "the old admin password still logs in"
+        time.sleep(3)
+    for name in names:
+        assert call(pods, name, INGRESS_HOST, (ADMIN[0], new_password)).status_code == 200
+        assert pods.probe(name, server, "readinessProbe"), f"{name} became unready after the admin's password changed"
+    # What the old probe did (the admin login from the Secret) now fails: the check above is not vacuous.
+    for name in names:
+        while (
+            old := docker("exec", name, "python", "/usr/local/bin/tracking-server-healthcheck", check=False)
+        ).returncode == 0:
+            assert time.monotonic() < deadline, f"{name} still accepts the old admin password"
+            time.sleep(3)
+        assert "HTTP 401" in old.stderr, old.stderr

@@ -1,10 +1,14 @@
 """Live proof of what the chart's pods do, on this machine's Docker (route (a) of issue 9, item 4).
 
 The chart is rendered with its bundled-evaluation values and 3 tracking-server replicas; every pod's container
-is then run as the manifest gives it (tests/chart_live/pods.py), in the order Helm creates them: the
-StatefulSets and the Deployment, then the post-install prepare hook Job. Shown here:
-- the prepare Job exits 0, then 3 replicas pass their startup and readiness probes (the real API call);
-- a trainer Job pod (CPU, 2 small epochs on 6000 images) logs and registers a version through the Service name;
+is then run as the manifest gives it (tests/chart_live/pods.py), in the order `helm install --wait` applies
+the objects (tests/chart/install_order.py; Flux runs the same Helm action, and Argo CD's sync order is the same
+single batch, checked here): the tracking Deployment before the Postgres and MinIO StatefulSets, so each
+replica's prepare init container starts before the database exists and must wait for it. Shown here:
+- every replica's prepare init container exits 0 (three of them at once, queued on the advisory lock), then
+  3 replicas pass their startup and readiness probes (the real API call) within Helm's 5-minute wait;
+- a trainer pod from the suspended CronJob's template (what `kubectl create job --from=cronjob/...` starts;
+  CPU, 2 small epochs on 6000 images) logs and registers a version through the Service name;
 - killing, mid-run, the replica the trainer is connected to loses no epoch (MLflow's client retries land on
   another replica), and a replacement replica becomes ready;
 - the model-server pod serves models:/mnist@champion and answers /invocations.
@@ -28,7 +32,8 @@ import pytest
 import requests
 
 from tests.chart.chart import ci_values, render
-from tests.chart_live.pods import PREFIX, Pods, docker, postgres_uid, split_image
+from tests.chart.install_order import argo_plan, flux_plan, helm_plan, unmet_dependencies
+from tests.chart_live.pods import PREFIX, Pods, docker, pod_template, postgres_uid, split_image
 
 TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "mlflow-stack/trainer:0.1.0")
@@ -60,7 +65,6 @@ def pods(mnist: Path) -> Iterator[Pods]:
             f"trackingServer.replicas={REPLICAS}",
             f"postgresql.uid={postgres_uid()}",
             "trainer.job.enabled=true",
-            "trainer.job.nameSuffix=live",
             "trainer.gpu.count=0",
             "trainer.data.source=pvc",
             "trainer.data.existingClaim=mnist",
@@ -101,7 +105,7 @@ def pods(mnist: Path) -> Iterator[Pods]:
 
 
 def container(pods: Pods, kind: str, component: str) -> dict[str, Any]:
-    spec: dict[str, Any] = pods.workload(kind, component)["spec"]["template"]["spec"]["containers"][0]
+    spec: dict[str, Any] = pod_template(pods.workload(kind, component))["spec"]["containers"][0]
     return spec
 
 
@@ -134,21 +138,38 @@ class Api:
         return answer
 
 
+HELM_WAIT_SECONDS = 300  # `helm install --wait`'s default timeout; Flux's helm-controller uses the same
+
+
 @pytest.fixture(scope="module")
 def replicas(pods: Pods) -> list[str]:
-    """Install, as Helm orders it with a bundled Postgres: resources first, then the post-install hook."""
-    pods.run(pods.workload("StatefulSet", "postgres"))
-    pods.run(pods.workload("StatefulSet", "minio"))
-    deployment = pods.workload("Deployment", "tracking")
-    names = [pods.run(deployment, index) for index in range(deployment["spec"]["replicas"])]
-    job = pods.workload("Job", "prepare")
-    assert "post-install" in job["metadata"]["annotations"]["helm.sh/hook"]
-    prepare = pods.run(job)
-    exit_code = pods.wait_exit(prepare, timeout=300)
-    assert exit_code == 0, f"prepare exited {exit_code}:\n{pods.logs(prepare)}"
+    """Install as `helm install --wait` does: every object of the one batch in Helm's kind order, then wait."""
+    plan = helm_plan(pods.manifests)
+    assert unmet_dependencies(plan) == [] and len(plan) == 1
+    order = [(m["kind"], m["metadata"]["name"]) for m in plan[0].objects]
+    # Flux runs Helm's action; Argo CD applies the same objects in one wave (its kind order is Helm's here).
+    for other in (flux_plan(pods.manifests), argo_plan(pods.manifests)):
+        assert len(other) == 1 and sorted(order) == sorted((m["kind"], m["metadata"]["name"]) for m in other[0].objects)
+    kinds = [kind for kind, _ in order]
+    assert kinds.index("Deployment") < kinds.index("StatefulSet"), "the servers start before their database"
+    started_at = time.monotonic()
+    names: list[str] = []
+    for manifest in plan[0].objects:
+        if (
+            manifest["kind"] == "Deployment"
+            and manifest["metadata"]["labels"]["app.kubernetes.io/component"] == "tracking"
+        ):
+            names = [pods.run(manifest, index) for index in range(manifest["spec"]["replicas"])]
+        elif manifest["kind"] == "StatefulSet":
+            pods.run(manifest)
+    assert len(names) == REPLICAS
     server = container(pods, "Deployment", "tracking")
     for name in names:
-        pods.wait_ready(name, server, timeout=300)
+        pods.wait_ready(name, server, timeout=HELM_WAIT_SECONDS - (time.monotonic() - started_at))
+    print(f"helm --wait order: every replica ready {time.monotonic() - started_at:.0f} s after the apply")
+    for name in names:
+        # Each replica ran prepare to the end (it may have failed and been restarted while Postgres came up).
+        assert pods.init_attempts[name][-1] == 0, pods.init_logs(name)
     return names
 
 
@@ -185,7 +206,8 @@ def test_trainer_registers_through_the_service_and_a_killed_replica_loses_no_epo
     pods: Pods, replicas: list[str]
 ) -> None:
     host = service(pods, "tracking")
-    trainer = pods.run(pods.workload("Job", "trainer"))
+    # `kubectl create job --from=cronjob/<release>-mlflow-stack-trainer`: a Job with the CronJob's template.
+    trainer = pods.run(pods.workload("CronJob", "trainer"))
     by_ip = {pods.ip(name): name for name in replicas}
     deadline, victim = time.monotonic() + 240, None
     # Wait until the run exists and the trainer holds a connection to a replica, then SIGKILL that replica.

@@ -1,18 +1,32 @@
-{{/* Names: every object is "<release>-mlflow-stack-<component>" unless the release name already says it. */}}
+{{/* Names: every object is "<release>-<name>-<component>" unless the release name already says it; <name>
+     is nameOverride or the chart's name. */}}
+{{- define "mlflow-stack.chartName" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "mlflow-stack.fullname" -}}
+{{- $name := include "mlflow-stack.chartName" . -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
-{{- else if contains .Chart.Name .Release.Name -}}
+{{- else if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlflow-stack.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mlflow-stack.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required with serviceAccount.create=false: the existing ServiceAccount of the tracking server" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "mlflow-stack.name" -}}{{ include "mlflow-stack.fullname" .root }}-{{ .component }}{{- end -}}
 
 {{- define "mlflow-stack.selectorLabels" -}}
-app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/name: {{ include "mlflow-stack.chartName" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
@@ -36,12 +50,18 @@ mlflow-stack/tracking-client: "true"
 {{- define "mlflow-stack.trackingHost" -}}{{ include "mlflow-stack.name" (dict "root" . "component" "tracking") }}{{- end -}}
 {{- define "mlflow-stack.trackingUri" -}}http://{{ include "mlflow-stack.trackingHost" . }}:{{ .Values.trackingServer.service.port }}{{- end -}}
 
-{{/* Host headers MLflow accepts (its list REPLACES the defaults): the Service's names, localhost for
+{{/* Host headers MLflow accepts (its list REPLACES the defaults): the Service's names, with its port and
+     without (HTTP clients leave out a default port: on port 80 they send `Host: <service>`), localhost for
      port-forwards and the in-pod healthcheck, and every Ingress host name. */}}
 {{- define "mlflow-stack.allowedHosts" -}}
 {{- $svc := include "mlflow-stack.trackingHost" . -}}
 {{- $port := .Values.trackingServer.service.port | toString -}}
-{{- $hosts := list (printf "%s:%s" $svc $port) (printf "%s.%s:%s" $svc .Release.Namespace $port) (printf "%s.%s.svc:%s" $svc .Release.Namespace $port) (printf "%s.%s.svc.%s:%s" $svc .Release.Namespace .Values.clusterDomain $port) "localhost:*" "127.0.0.1:*" -}}
+{{- $hosts := list -}}
+{{- range list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.%s" $svc .Release.Namespace .Values.clusterDomain) -}}
+{{- $hosts = append $hosts (printf "%s:%s" . $port) -}}
+{{- $hosts = append $hosts . -}}
+{{- end -}}
+{{- $hosts = concat $hosts (list "localhost:*" "127.0.0.1:*") -}}
 {{- if .Values.ingress.enabled -}}
 {{- range .Values.ingress.hosts -}}
 {{- $hosts = append $hosts . -}}
@@ -64,7 +84,10 @@ mlflow-stack/tracking-client: "true"
 {{- end -}}
 
 {{- define "mlflow-stack.s3Secret" -}}
-{{- required "s3.existingSecret is required: a Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the bundled MinIO they become its root user)" .Values.s3.existingSecret -}}
+{{- if and .Values.s3.bundled .Values.s3.workloadIdentity -}}
+{{- fail "s3.workloadIdentity is for an external S3: the bundled MinIO needs s3.existingSecret (its root user)" -}}
+{{- end -}}
+{{- required "s3.existingSecret is required: a Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the bundled MinIO they become its root user), or s3.workloadIdentity=true with an external S3" .Values.s3.existingSecret -}}
 {{- end -}}
 
 {{- define "mlflow-stack.authSecret" -}}
@@ -109,6 +132,7 @@ mlflow-stack/tracking-client: "true"
 - name: AWS_DEFAULT_REGION
   value: {{ .Values.s3.region | quote }}
 {{- end }}
+{{- if not (and .Values.s3.workloadIdentity (not .Values.s3.bundled)) }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
@@ -119,6 +143,7 @@ mlflow-stack/tracking-client: "true"
     secretKeyRef:
       name: {{ include "mlflow-stack.s3Secret" . }}
       key: {{ .Values.s3.secretAccessKeyKey }}
+{{- end }}
 - name: MLFLOW_ARTIFACTS_BUCKET
   value: {{ .Values.s3.bucket | quote }}
 {{- with .Values.s3.artifactsDestination }}
@@ -143,6 +168,13 @@ mlflow-stack/tracking-client: "true"
     secretKeyRef:
       name: {{ include "mlflow-stack.authSecret" . }}
       key: flask-secret-key
+{{- with .Values.auth.databaseUriSecret }}
+- name: MLFLOW_AUTH_DATABASE_URI
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.auth.databaseUriKey }}
+{{- end }}
 {{- end }}
 - name: MLFLOW_WORKERS
   value: {{ .Values.trackingServer.workers | quote }}
@@ -156,6 +188,25 @@ mlflow-stack/tracking-client: "true"
   value: "true"
 - name: DO_NOT_TRACK
   value: "true"
+{{- end -}}
+
+{{/* prepare alone creates the client user, so only it reads the client's password. */}}
+{{- define "mlflow-stack.prepareEnv" -}}
+{{- include "mlflow-stack.serverEnv" . }}
+- name: MLFLOW_BOOTSTRAP_TIMEOUT
+  value: {{ .Values.prepare.timeoutSeconds | quote }}
+{{- if .Values.auth.enabled }}
+- name: MLFLOW_AUTH_CLIENT_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.clientAuthSecret" . }}
+      key: username
+- name: MLFLOW_AUTH_CLIENT_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.clientAuthSecret" . }}
+      key: password
+{{- end }}
 {{- end -}}
 
 {{/* The login of trainers and the model server (never a database or S3 secret). */}}
@@ -183,13 +234,24 @@ mlflow-stack/tracking-client: "true"
 {{- end }}
 {{- end -}}
 
+{{/* (dict "root" $ "uid" N); podSecurity.fixedUid=false leaves the uid to the platform (OpenShift SCC). */}}
 {{- define "mlflow-stack.podSecurityContext" -}}
 runAsNonRoot: true
+{{- if .root.Values.podSecurity.fixedUid }}
 runAsUser: {{ .uid }}
 runAsGroup: {{ .uid }}
 fsGroup: {{ .uid }}
+{{- end }}
 seccompProfile:
   type: RuntimeDefault
+{{- end -}}
+
+{{/* Per-component pod extras (. = the component's values): scheduling classes; indent with nindent. */}}
+{{- define "mlflow-stack.podSpecExtras" -}}
+{{- $lines := list -}}
+{{- with .priorityClassName }}{{ $lines = append $lines (printf "priorityClassName: %s" .) }}{{ end -}}
+{{- with .runtimeClassName }}{{ $lines = append $lines (printf "runtimeClassName: %s" .) }}{{ end -}}
+{{- join "\n" $lines -}}
 {{- end -}}
 
 {{- define "mlflow-stack.containerSecurityContext" -}}
@@ -202,8 +264,10 @@ capabilities:
 {{/* NetworkPolicy egress rules shared by several policies. */}}
 {{- define "mlflow-stack.dnsEgress" -}}
 - ports:
-    - {protocol: UDP, port: 53}
-    - {protocol: TCP, port: 53}
+    {{- range .Values.networkPolicy.dnsPorts }}
+    - {protocol: UDP, port: {{ . }}}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
 {{- end -}}
 {{- define "mlflow-stack.storeEgress" -}}
 {{- $root := . -}}
