@@ -162,7 +162,7 @@ def test_tracking_server_probes() -> None:
     (server,) = containers(deployment)
     assert server["args"] == ["serve"]
     # Readiness is the compose healthcheck: a real API call (with the admin's login under auth).
-    assert server["readinessProbe"]["exec"]["command"] == ["python", "/usr/local/bin/tracking-server-healthcheck"]
+    assert server["readinessProbe"]["exec"]["command"] == ["tracking-server-healthcheck"]
     assert server["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60

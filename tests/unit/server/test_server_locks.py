@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-SERVER = Path(__file__).resolve().parents[2] / "tracking-server"
+SERVER = Path(__file__).resolve().parents[3] / "tracking-server"
 MLFLOW_PACKAGES = ("mlflow", "mlflow-skinny", "mlflow-tracing")
 
 
