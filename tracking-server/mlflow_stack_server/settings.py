@@ -157,15 +157,15 @@ def read_secret(name: str, environ: Mapping[str, str]) -> str:
 class Settings:
     # Server
     port: int = knob(
-        "MLFLOW_SERVER_PORT",
-        "5000",
-        SERVER,
+        "MLFLOW_SERVER_PORT", "5000", SERVER,
         "Port the tracking server listens on inside its container.",
         whole_number(1),
-    )
+    )  # fmt: skip
     workers: int = knob(
-        "MLFLOW_WORKERS", "2", SERVER, "Uvicorn worker processes of each tracking server.", whole_number(1)
-    )
+        "MLFLOW_WORKERS", "2", SERVER,
+        "Uvicorn worker processes of each tracking server.",
+        whole_number(1),
+    )  # fmt: skip
     request_threads: int = knob(
         "MLFLOW_REQUEST_THREADS", "8", SERVER,
         "Requests each worker runs at once (MLflow's handler threads); the rest wait in the event loop.",
@@ -173,7 +173,8 @@ class Settings:
     )  # fmt: skip
     wait_seconds: float = knob(
         "MLFLOW_BOOTSTRAP_TIMEOUT", "120", SERVER,
-        "Seconds prepare and serve keep retrying Postgres and the bucket before giving up.", seconds,
+        "Seconds prepare and serve keep retrying Postgres and the bucket before giving up.",
+        seconds,
     )  # fmt: skip
     allowed_hosts_given: str = knob(
         "MLFLOW_SERVER_ALLOWED_HOSTS", "", SERVER,
@@ -182,13 +183,32 @@ class Settings:
     # Database
     backend_store_uri_given: str = knob(
         "MLFLOW_BACKEND_STORE_URI", "", DATABASE,
-        "The whole database URI; when set, the POSTGRES_* settings are not used.", secret=True,
+        "The whole database URI; when set, the POSTGRES_* settings are not used.",
+        secret=True,
     )  # fmt: skip
-    postgres_user: str = knob("POSTGRES_USER", "", DATABASE, "Postgres user of the tracking database.", secret=True)
-    postgres_password: str = knob("POSTGRES_PASSWORD", "", DATABASE, "Postgres password of that user.", secret=True)
-    postgres_db: str = knob("POSTGRES_DB", "", DATABASE, "Name of the tracking database.")
-    postgres_host: str = knob("POSTGRES_HOST", "postgres", DATABASE, "Host name of the Postgres server.")
-    postgres_port: int = knob("POSTGRES_PORT", "5432", DATABASE, "Port of the Postgres server.", whole_number(1))
+    postgres_user: str = knob(
+        "POSTGRES_USER", "", DATABASE,
+        "Postgres user of the tracking database.",
+        secret=True,
+    )  # fmt: skip
+    postgres_password: str = knob(
+        "POSTGRES_PASSWORD", "", DATABASE,
+        "Postgres password of that user.",
+        secret=True,
+    )  # fmt: skip
+    postgres_db: str = knob(
+        "POSTGRES_DB", "", DATABASE,
+        "Name of the tracking database.",
+    )  # fmt: skip
+    postgres_host: str = knob(
+        "POSTGRES_HOST", "postgres", DATABASE,
+        "Host name of the Postgres server.",
+    )  # fmt: skip
+    postgres_port: int = knob(
+        "POSTGRES_PORT", "5432", DATABASE,
+        "Port of the Postgres server.",
+        whole_number(1),
+    )  # fmt: skip
     pool_size_given: int | None = knob(
         "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "", DATABASE,
         "Connections each store keeps per worker (MLflow's setting); unset: MLFLOW_REQUEST_THREADS.",
@@ -201,21 +221,27 @@ class Settings:
     )  # fmt: skip
     # Artifacts
     artifacts_bucket: str = knob(
-        "MLFLOW_ARTIFACTS_BUCKET", "", ARTIFACTS, "S3 bucket the artifacts are stored in (created by prepare)."
-    )
+        "MLFLOW_ARTIFACTS_BUCKET", "", ARTIFACTS,
+        "S3 bucket the artifacts are stored in (created by prepare).",
+    )  # fmt: skip
     artifacts_destination_given: str = knob(
         "MLFLOW_ARTIFACTS_DESTINATION", "", ARTIFACTS,
         "Full S3 URI of the artifact store (a prefix inside a bucket); overrides MLFLOW_ARTIFACTS_BUCKET.",
     )  # fmt: skip
     s3_endpoint_url: str = knob(
-        "MLFLOW_S3_ENDPOINT_URL", "", ARTIFACTS, "S3 endpoint of the artifact store; empty: AWS S3."
-    )
+        "MLFLOW_S3_ENDPOINT_URL", "", ARTIFACTS,
+        "S3 endpoint of the artifact store; empty: AWS S3.",
+    )  # fmt: skip
     aws_access_key_id: str = knob(
-        "AWS_ACCESS_KEY_ID", "", ARTIFACTS, "S3 access key of the tracking server.", secret=True
-    )
+        "AWS_ACCESS_KEY_ID", "", ARTIFACTS,
+        "S3 access key of the tracking server.",
+        secret=True,
+    )  # fmt: skip
     aws_secret_access_key: str = knob(
-        "AWS_SECRET_ACCESS_KEY", "", ARTIFACTS, "S3 secret key of the tracking server.", secret=True
-    )
+        "AWS_SECRET_ACCESS_KEY", "", ARTIFACTS,
+        "S3 secret key of the tracking server.",
+        secret=True,
+    )  # fmt: skip
     upload_part_bytes: int = knob(
         "MLFLOW_PROXY_UPLOAD_PART_MIB", "16", ARTIFACTS,
         "MiB per part when an upload is streamed on to S3 (at least 5); about 5 parts per upload are in memory.",
@@ -223,19 +249,24 @@ class Settings:
     )  # fmt: skip
     # Auth and team mode
     auth: str = knob(
-        "MLFLOW_AUTH",
-        "none",
-        AUTH,
+        "MLFLOW_AUTH", "none", AUTH,
         "`basic` turns on MLflow's users and permissions; `none` leaves the server open.",
         one_of("none", "basic"),
-    )
+    )  # fmt: skip
     admin_username: str = knob(
-        "MLFLOW_AUTH_ADMIN_USERNAME", "", AUTH, "User name of the admin created at first start (auth on).", secret=True
-    )
-    admin_password: str = knob("MLFLOW_AUTH_ADMIN_PASSWORD", "", AUTH, "Password of that admin (auth on).", secret=True)
+        "MLFLOW_AUTH_ADMIN_USERNAME", "", AUTH,
+        "User name of the admin created at first start (auth on).",
+        secret=True,
+    )  # fmt: skip
+    admin_password: str = knob(
+        "MLFLOW_AUTH_ADMIN_PASSWORD", "", AUTH,
+        "Password of that admin (auth on).",
+        secret=True,
+    )  # fmt: skip
     flask_secret_key: str = knob(
         "MLFLOW_FLASK_SERVER_SECRET_KEY", "", AUTH,
-        "Key that signs login sessions; the same on every worker and replica (auth on).", secret=True,
+        "Key that signs login sessions; the same on every worker and replica (auth on).",
+        secret=True,
     )  # fmt: skip
     auth_cache_seconds: int = knob(
         "MLFLOW_AUTH_CACHE_SECONDS", "60", AUTH,
@@ -243,70 +274,63 @@ class Settings:
         whole_number(0),
     )  # fmt: skip
     auth_database: str = knob(
-        "MLFLOW_AUTH_DB", "mlflow_auth", AUTH, "Database of users and permissions, next to the tracking database."
-    )
+        "MLFLOW_AUTH_DB", "mlflow_auth", AUTH,
+        "Database of users and permissions, next to the tracking database.",
+    )  # fmt: skip
     tls: bool = knob(
-        "MLFLOW_TLS",
-        "off",
-        AUTH,
+        "MLFLOW_TLS", "off", AUTH,
         "`on`: team mode, the gateway serves HTTPS with the certificate below or one from the stack's CA.",
         switch,
-    )
+    )  # fmt: skip
     public_names: tuple[str, ...] = knob(
         "MLFLOW_PUBLIC_NAMES", "", AUTH,
         "Names and addresses clients reach the stack by (comma-separated): in the certificate and the allowed hosts.",
         names,
     )  # fmt: skip
     tls_cert: str = knob(
-        "MLFLOW_TLS_CERT",
-        "",
-        AUTH,
+        "MLFLOW_TLS_CERT", "", AUTH,
         "Host path of your own server certificate chain (PEM); empty: the stack's CA issues one.",
-    )
-    tls_key: str = knob("MLFLOW_TLS_KEY", "", AUTH, "Host path of that certificate's unencrypted private key (PEM).")
+    )  # fmt: skip
+    tls_key: str = knob(
+        "MLFLOW_TLS_KEY", "", AUTH,
+        "Host path of that certificate's unencrypted private key (PEM).",
+    )  # fmt: skip
     tls_dir: Path = knob(
-        "STACK_TLS_DIR",
-        "/run/tls",
-        AUTH,
+        "STACK_TLS_DIR", "/run/tls", AUTH,
         "Where stack-tls keeps the CA and the server certificate (the `tls` volume).",
         path,
-    )
+    )  # fmt: skip
     tls_given_dir: Path = knob(
-        "STACK_TLS_GIVEN_DIR",
-        "/run/tls-given",
-        AUTH,
+        "STACK_TLS_GIVEN_DIR", "/run/tls-given", AUTH,
         "Where stack-tls finds a given certificate (cert.pem, key.pem).",
         path,
-    )
+    )  # fmt: skip
     tls_export_dir: Path = knob(
-        "STACK_TLS_EXPORT_DIR",
-        "/export",
-        AUTH,
+        "STACK_TLS_EXPORT_DIR", "/export", AUTH,
         "Where stack-tls writes ca.crt for clients (the project's certs/ folder).",
         path,
-    )
+    )  # fmt: skip
     gateway_uid: int = knob(
-        "STACK_TLS_GATEWAY_UID",
-        "10002",
-        AUTH,
+        "STACK_TLS_GATEWAY_UID", "10002", AUTH,
         "Uid of the gateway, the only reader of the server key.",
         whole_number(0),
-    )
+    )  # fmt: skip
     # Fast path
     fast_store: bool = knob(
         "MLFLOW_FAST_STORE", "on", FAST_PATH,
-        "The stack's faster store and HTTP path for log-batch, set-tag and run updates; `off`: MLflow's own.", switch,
+        "The stack's faster store and HTTP path for log-batch, set-tag and run updates; `off`: MLflow's own.",
+        switch,
     )  # fmt: skip
     # Metrics
     metrics: bool = knob(
-        "MLFLOW_METRICS", "on", METRICS, "Prometheus /metrics on the server's port, summed over every worker.", switch
-    )
+        "MLFLOW_METRICS", "on", METRICS,
+        "Prometheus /metrics on the server's port, summed over every worker.",
+        switch,
+    )  # fmt: skip
     metrics_dir: str = knob(
-        "MLFLOW_METRICS_DIR",
-        "/tmp/mlflow-metrics",
-        METRICS,
+        "MLFLOW_METRICS_DIR", "/tmp/mlflow-metrics", METRICS,
         "Folder the workers write their metric values to; emptied at each start.",
-    )
+    )  # fmt: skip
     # UI
     ui_workflow: str = knob(
         "MLFLOW_UI_WORKFLOW", "", UI,
@@ -315,21 +339,18 @@ class Settings:
     )  # fmt: skip
     # Secrets
     secrets_dir: Path = knob(
-        "STACK_SECRETS_DIR",
-        "/run/secrets",
-        SECRETS_VOLUME,
+        "STACK_SECRETS_DIR", "/run/secrets", SECRETS_VOLUME,
         "Where stack-secrets keeps the generated secrets (the `secrets` volume).",
         path,
-    )
+    )  # fmt: skip
     minio_root_user: str = knob(
-        "MINIO_ROOT_USER", "", SECRETS_VOLUME, "S3 (MinIO) root user; empty: `mlflow`, kept in the secrets volume."
-    )
+        "MINIO_ROOT_USER", "", SECRETS_VOLUME,
+        "S3 (MinIO) root user; empty: `mlflow`, kept in the secrets volume.",
+    )  # fmt: skip
     minio_root_password: str = knob(
-        "MINIO_ROOT_PASSWORD",
-        "",
-        SECRETS_VOLUME,
+        "MINIO_ROOT_PASSWORD", "", SECRETS_VOLUME,
         "S3 (MinIO) root password; empty: generated once, kept in the secrets volume.",
-    )
+    )  # fmt: skip
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *, server: bool = True) -> Settings:
