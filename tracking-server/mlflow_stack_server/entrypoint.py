@@ -70,11 +70,6 @@ def retry(what: str, attempt: Callable[[], T], wait_seconds: float) -> T:
         console.fail(f"{what} failed for {wait_seconds:.0f} s ({_reason(error)})")
 
 
-def backend_store_uri() -> str:
-    """The database URI from the environment (also used by bench/server_variants.py)."""
-    return Settings.from_environment().backend_store_uri
-
-
 def wait_for_database(settings: Settings) -> None:
     import sqlalchemy
 
