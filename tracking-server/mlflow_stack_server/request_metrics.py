@@ -48,7 +48,7 @@ def endpoint_of(path: str) -> str:
 @functools.cache
 def _instruments() -> tuple[Any, Any]:
     """One counter and one histogram per process: prometheus_client refuses a second registration of a name,
-    and a worker imports both app factories (the plain one at import, the basic-auth one when chosen)."""
+    and one process may build more than one app (the app factories in proxied_artifacts.py each wrap theirs)."""
     from prometheus_client import Counter, Histogram
 
     requests = Counter(
