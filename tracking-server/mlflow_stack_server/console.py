@@ -11,7 +11,7 @@ from typing import NoReturn, TypeVar
 from mlflow_stack_server.settings import SettingsError
 
 T = TypeVar("T")
-# The exit status of a bad setting or bad arguments: waiting or retrying will not fix it.
+# The exit status of bad arguments where a command has always used it (stack-secrets, stack-gc, stack-status).
 USAGE_ERROR = 2
 
 
@@ -20,6 +20,8 @@ class Console:
     prefix: str
     # Between the prefix and a failure's message (stack-gc has always printed its errors without it).
     error_label: str = "error: "
+    # The exit status of a bad setting: each command keeps the one it has always had (scripts and tests check).
+    settings_error_code: int = 1
 
     def log(self, message: str) -> None:
         print(f"{self.prefix} {message}", flush=True)
@@ -33,4 +35,4 @@ class Console:
         try:
             return build()
         except SettingsError as error:
-            self.fail(str(error), code=USAGE_ERROR)
+            self.fail(str(error), code=self.settings_error_code)

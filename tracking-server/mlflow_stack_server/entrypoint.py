@@ -325,13 +325,11 @@ def main(argv: list[str] | None = None) -> None:
     if argv and not argv[0].startswith("-"):
         step, rest = argv[0], argv[1:]
     if step not in ("prepare", "serve"):
-        console.fail(
-            f"unknown step {step!r}; expected 'prepare' or 'serve' (or mlflow server options starting with -)", 2
-        )
+        console.fail(f"unknown step {step!r}; expected 'prepare' or 'serve' (or mlflow server options starting with -)")
     settings = console.configured(Settings.from_environment)
     if step == "prepare":
         if rest:
-            console.fail(f"prepare takes no arguments (got {' '.join(rest)})", 2)
+            console.fail(f"prepare takes no arguments (got {' '.join(rest)})")
         prepare(settings)
     else:
         serve(settings, rest)

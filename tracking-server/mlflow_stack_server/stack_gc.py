@@ -26,10 +26,10 @@ from datetime import timedelta
 
 import sqlalchemy
 
-from mlflow_stack_server.console import Console
+from mlflow_stack_server.console import USAGE_ERROR, Console
 from mlflow_stack_server.settings import Settings, SettingsError
 
-console = Console("stack-gc:", error_label="")
+console = Console("stack-gc:", error_label="", settings_error_code=USAGE_ERROR)
 log = console.log
 
 # The same duration grammar `mlflow gc --older-than` accepts (mlflow/cli/__init__.py, gc).

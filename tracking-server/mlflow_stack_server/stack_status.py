@@ -11,7 +11,7 @@ import json
 import mlflow
 import sqlalchemy
 
-from mlflow_stack_server.console import Console
+from mlflow_stack_server.console import USAGE_ERROR, Console
 from mlflow_stack_server.settings import Settings
 
 CHAMPION = "champion"
@@ -27,7 +27,7 @@ CHAMPIONS = sqlalchemy.text("SELECT name, version FROM registered_model_aliases 
 
 def main() -> None:
     """Console script `stack-status`."""
-    settings = Console("stack-status:").configured(Settings.from_environment)
+    settings = Console("stack-status:", settings_error_code=USAGE_ERROR).configured(Settings.from_environment)
     engine = sqlalchemy.create_engine(settings.backend_store_uri, poolclass=sqlalchemy.pool.NullPool)
     report: dict[str, object] = {"mlflow_version": mlflow.__version__}
     with engine.connect() as connection:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mlflow_stack_server.atomic_files import write_atomically as write
-from mlflow_stack_server.console import USAGE_ERROR, Console
+from mlflow_stack_server.console import Console
 from mlflow_stack_server.settings import Settings, SettingsError, is_ip
 
 console = Console("[tls]")
@@ -273,12 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else "init"
     if command not in ("init", "renew", "show") or len(argv) > 1:
-        console.fail("usage: stack-tls [init] | renew | show", USAGE_ERROR)
+        console.fail("usage: stack-tls [init] | renew | show")
     # No database or bucket here: the `tls` service has the team-mode variables only.
     settings = console.configured(lambda: Settings.from_environment(server=False))
     if command == "show":
         show(settings)
         return
     if command == "renew" and (not settings.tls or settings.cert_given):
-        console.fail("renew issues from the stack's own CA: needs MLFLOW_TLS=on and no MLFLOW_TLS_CERT", USAGE_ERROR)
+        console.fail("renew issues from the stack's own CA: needs MLFLOW_TLS=on and no MLFLOW_TLS_CERT")
     console.configured(lambda: init(settings, force_new=command == "renew"))
