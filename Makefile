@@ -51,7 +51,7 @@ clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
 	docker compose down -v --remove-orphans
 
 gc:  ## permanently remove deleted runs, experiments, logged models and their files; OLDER_THAN=30d keeps recent deletions
-	docker compose exec -T tracking-server python /usr/local/bin/stack-gc $(if $(OLDER_THAN),--older-than "$(OLDER_THAN)")
+	docker compose exec -T tracking-server stack-gc $(if $(OLDER_THAN),--older-than "$(OLDER_THAN)")
 
 status:  ## services' health and versions, volumes' disk use, what the server holds, the champion, newest backup
 	$(PYTHON) scripts/status.py

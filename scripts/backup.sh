@@ -16,5 +16,5 @@ has_auth_db='psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "SELECT 1 FROM pg_d
 if [ "$(docker compose exec -T postgres sh -c "$has_auth_db")" = 1 ]; then
   docker compose exec -T postgres sh -c 'pg_dump -U "$POSTGRES_USER" -d mlflow_auth --format=custom' > "$target/auth.dump"
 fi
-docker compose exec -T tracking-server python /usr/local/bin/bucket-archive export > "$target/artifacts.tar"
+docker compose exec -T tracking-server bucket-archive export > "$target/artifacts.tar"
 echo "backup written to $target ($(du -sh "$target" | cut -f1), $(( $(date +%s) - started )) s)"

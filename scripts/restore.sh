@@ -23,7 +23,7 @@ if [ -s "$source/auth.dump" ]; then
   docker compose exec -T postgres sh -c \
     'pg_restore -U "$POSTGRES_USER" -d mlflow_auth --clean --if-exists --no-owner --exit-on-error' < "$source/auth.dump"
 fi
-docker compose run --rm -T --no-deps --entrypoint python tracking-server /usr/local/bin/bucket-archive import \
+docker compose run --rm -T --no-deps --entrypoint bucket-archive tracking-server import \
   < "$source/artifacts.tar"
 docker compose up -d --wait tracking-server
 echo "restored $source in $(( $(date +%s) - started )) s"

@@ -105,7 +105,7 @@ def main() -> int:
     }
     held: dict[str, Any] = {}
     if "tracking-server" in running:
-        raw = exec_in("tracking-server", "python", "/usr/local/bin/stack-status")
+        raw = exec_in("tracking-server", "stack-status")
         held = json.loads(raw) if raw else {}
         versions["tracking-server"] = f"mlflow {held.get('mlflow_version', '?')}" if held else ""
     healthy = True

@@ -167,11 +167,7 @@ def test_tracking_server_probes() -> None:
     assert server["args"] == ["serve"]
     # Readiness is the compose healthcheck: a real API call; under auth as a user that cannot exist, never
     # the admin (issue 23, item 4: a changed admin password made every replica unready).
-    assert server["readinessProbe"]["exec"]["command"] == [
-        "python",
-        "/usr/local/bin/tracking-server-healthcheck",
-        "--without-admin",
-    ]
+    assert server["readinessProbe"]["exec"]["command"] == ["tracking-server-healthcheck", "--without-admin"]
     assert server["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60

@@ -401,7 +401,7 @@ def test_gc_cronjob_runs_stack_gc_against_the_service_and_reaches_the_stores() -
     manifests = render(BUNDLED, set_values=["gc.enabled=true", "gc.olderThan=7d"])
     cronjob = one(manifests, "CronJob", "gc")
     (gc,) = containers(cronjob)
-    assert gc["command"] == ["python", "/usr/local/bin/stack-gc"]
+    assert gc["command"] == ["stack-gc"]
     assert gc["args"] == ["--older-than", "7d"]
     tracking = one(manifests, "Service", "tracking")["metadata"]["name"]
     assert env_of(gc)["STACK_GC_TRACKING_URI"] == f"http://{tracking}:5000"

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from tests.store.conftest import fresh_database
+from tests.fast_store.conftest import fresh_database
 
 STEPS = 400
 SEEDS = (1, 2, 3)

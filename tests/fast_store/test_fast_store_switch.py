@@ -11,7 +11,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from tests.store.conftest import REPO, fresh_database
+from tests.fast_store.conftest import REPO, fresh_database
 
 
 def test_entry_point_replaces_mlflows_postgresql_builder() -> None:

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
 
-from tests.store.conftest import fresh_database
+from tests.fast_store.conftest import fresh_database
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_status_reports_the_running_stack(client: MlflowClient, names: Names, tm
     assert f"newest                   {two_hours_ago} (2.0 h old)" in out
 
     # The counts are the server's own (compared with the API, right after, nothing else deleting meanwhile).
-    held = json.loads(compose("exec", "-T", "tracking-server", "python", "/usr/local/bin/stack-status").stdout)
+    held = json.loads(compose("exec", "-T", "tracking-server", "stack-status").stdout)
     assert held["experiments"]["live"] == len(client.search_experiments(max_results=1000))
     assert held["champions"][model] == 1
     assert re.search(rf"^  experiments +{held['experiments']['live']} \(\+\d+ deleted", out, re.MULTILINE), out

@@ -29,8 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -45,13 +44,9 @@ from mlflow.server.fastapi_security import init_fastapi_security
 from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.validation import _validate_batch_log_api_req
 
-from mlflow_stack_server.store_plugin import FastStoreSettings
+from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.settings import Settings, handed_down
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # What a handler answers: (status, JSON body), or None for "MLflow's app answers this one".
 Answer = tuple[int, bytes]
 Handler = Callable[[dict[str, Any]], Callable[[], Answer] | None]
@@ -178,11 +173,11 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def fast_path_enabled() -> bool:
+def fast_path_enabled(settings: Settings) -> bool:
     return (
-        FastStoreSettings.from_env().enabled
+        settings.fast_store
         and not MLFLOW_ENABLE_WORKSPACES.get()
-        and not os.environ.get(ARTIFACTS_ONLY_ENV_VAR)  # MLflow's handlers then answer 503
+        and not handed_down(ARTIFACTS_ONLY_ENV_VAR)  # MLflow's handlers then answer 503
     )
 
 
@@ -197,9 +192,9 @@ class _MiddlewareChain:
 
 
 class FastTrackingWrites:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, enabled: bool) -> None:
         self.app = app
-        self.enabled = fast_path_enabled()
+        self.enabled = enabled  # fast_path_enabled(settings)
         # MLflow registers each endpoint under /api/2.0 and /ajax-api/2.0 (and the static prefix, if set).
         self.routes = {path: handler for base, handler in HANDLERS.items() for path in handlers._get_paths(base)}
         chain = _MiddlewareChain(self._answer)

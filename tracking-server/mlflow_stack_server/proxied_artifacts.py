@@ -25,22 +25,15 @@ person's own later choice (the sidebar switch) is kept.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
 import anyio.to_thread
-from mlflow.server.fastapi_app import app as mlflow_app
 
-from mlflow_stack_server.fast_http import FastTrackingWrites
+from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
 from mlflow_stack_server.request_metrics import RequestMetrics
+from mlflow_stack_server.settings import Settings
 from mlflow_stack_server.streamed_artifacts import stream_artifact_transfers
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SERVER_INFO_SUFFIX = "/mlflow/server-info"
 DIRECT_TRANSFER_CAPABILITIES = ("multipart_uploads_enabled", "multipart_downloads_enabled")
@@ -66,7 +59,6 @@ async def _answer_not_implemented(send: Send, path: str) -> None:
 
 # The key and JSON encoding of MLflow 3.17's useLocalStorage("mlflow.workflowType", version 1).
 WORKFLOW_STORAGE_KEY = "mlflow.workflowType_v1"
-UI_WORKFLOWS = ("machine_learning", "genai")
 
 
 def _with_default_workflow(page: bytes, workflow: str) -> bytes:
@@ -90,13 +82,11 @@ def _without_direct_transfers(body: bytes) -> bytes:
 
 
 class ProxiedArtifactsOnly:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, threads: int, ui_workflow: str) -> None:
         self.app = app
-        self.threads = int(os.environ.get("MLFLOW_REQUEST_THREADS", "8"))
+        self.threads = threads  # MLFLOW_REQUEST_THREADS
         self._limited = False
-        self.ui_workflow = os.environ.get("MLFLOW_UI_WORKFLOW", "")
-        if self.ui_workflow not in ("", *UI_WORKFLOWS):
-            raise ValueError(f"MLFLOW_UI_WORKFLOW={self.ui_workflow!r}; expected one of {UI_WORKFLOWS} or empty")
+        self.ui_workflow = ui_workflow  # MLFLOW_UI_WORKFLOW, checked by Settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._limited:
@@ -134,16 +124,29 @@ class ProxiedArtifactsOnly:
         await self.app(scope, receive, capture)
 
 
-# Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
-# Inside MLflow's app, so that its permission checks run first: artifact transfers streamed to and from S3
-# (streamed_artifacts.py). Innermost of our wrappers: the hot tracking writes answered without Flask
-# (fast_http.py), inside the thread cap set above.
-app = RequestMetrics(ProxiedArtifactsOnly(FastTrackingWrites(stream_artifact_transfers(mlflow_app))))
+def _wrap(mlflow_app: ASGIApp, settings: Settings, fast_writes: bool) -> RequestMetrics:
+    """Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
+    Inside MLflow's app, so that its permission checks run first: artifact transfers streamed to and from S3
+    (streamed_artifacts.py, added to `mlflow_app` by the caller). Innermost of our wrappers: the hot tracking
+    writes answered without Flask (fast_http.py), inside the thread cap set above."""
+    inner = FastTrackingWrites(mlflow_app, fast_path_enabled(settings)) if fast_writes else mlflow_app
+    return RequestMetrics(ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow))
+
+
+def create_app() -> RequestMetrics:
+    """`mlflow server --app-name proxied-artifacts`: MLflow's app, wrapped. A factory (uvicorn --factory), so that
+    each worker reads its settings once, when it starts, and nothing is read when the module is imported."""
+    from mlflow.server.fastapi_app import app as mlflow_app
+
+    settings = Settings.from_environment()
+    return _wrap(stream_artifact_transfers(mlflow_app, settings.upload_part_bytes), settings, fast_writes=True)
 
 
 def create_app_with_basic_auth() -> RequestMetrics:
     """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way but without
     the fast tracking writes: the auth app authorizes each call inside Flask (fast_http.py)."""
-    from mlflow.server.auth import create_app
+    from mlflow.server.auth import create_app as create_auth_app
 
-    return RequestMetrics(ProxiedArtifactsOnly(stream_artifact_transfers(create_app())))
+    settings = Settings.from_environment()
+    auth_app = create_auth_app()
+    return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings, fast_writes=False)

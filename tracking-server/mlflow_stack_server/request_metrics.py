@@ -18,16 +18,11 @@ metrics are on): values kept in one worker's memory alone would be wrong with se
 from __future__ import annotations
 
 import functools
-import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.settings import handed_down
 
 # Prefixes after which the rest of the path is data (a run's artifact path, a file name), not an endpoint.
 FOLDED_PREFIXES = (
@@ -53,7 +48,7 @@ def endpoint_of(path: str) -> str:
 @functools.cache
 def _instruments() -> tuple[Any, Any]:
     """One counter and one histogram per process: prometheus_client refuses a second registration of a name,
-    and a worker imports both app factories (the plain one at import, the basic-auth one when chosen)."""
+    and one process may build more than one app (the app factories in proxied_artifacts.py each wrap theirs)."""
     from prometheus_client import Counter, Histogram
 
     requests = Counter(
@@ -70,7 +65,8 @@ def _instruments() -> tuple[Any, Any]:
 class RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.enabled = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # Set by the entrypoint when MLFLOW_METRICS is on (entrypoint.prepare_metrics_dir).
+        self.enabled = bool(handed_down("PROMETHEUS_MULTIPROC_DIR"))
         if self.enabled:
             self.requests, self.duration = _instruments()
 

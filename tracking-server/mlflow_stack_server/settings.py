@@ -1,38 +1,142 @@
-"""Everything the tracking server's steps read from the environment, read once.
+"""Everything the tracking server's commands read from the environment: declared once, read once per process.
 
-Every secret may come as NAME (the value) or NAME_FILE (a path whose content is the value, trailing
-newline stripped): compose mounts generated secret files, Kubernetes may use either a Secret in the
-environment or a mounted Secret. The plain variable wins when both are set, so a value in `.env` or a
-Kubernetes secretKeyRef overrides a file.
+Each knob is one field of `Settings`, declared with its environment variable, default, section and a sentence
+that says what it does (`knob()`); `reference()` lists them for the configuration page. Every command builds one
+`Settings` at start (`Settings.from_environment()`) and passes it down; a uvicorn worker builds its own once, in
+the app factory (proxied_artifacts.create_app). A bad value is a `SettingsError`: one line, non-zero exit.
+
+Every secret may come as NAME (the value) or NAME_FILE (a path whose content is the value, trailing newline
+stripped): compose mounts generated secret files, Kubernetes may use either a Secret in the environment or a
+mounted Secret. The plain variable wins when both are set, so a value in `.env` or a Kubernetes secretKeyRef
+overrides a file.
+
+Importing this module is cheap and has no side effects (the docs build imports it on the host): the standard
+library only, nothing read until `from_environment` is called.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlparse
 
-# Variables that may be given as NAME_FILE instead.
-SECRET_NAMES = (
-    "MLFLOW_BACKEND_STORE_URI",
-    "POSTGRES_USER",
-    "POSTGRES_PASSWORD",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "MLFLOW_AUTH_ADMIN_USERNAME",
-    "MLFLOW_AUTH_ADMIN_PASSWORD",
-    "MLFLOW_FLASK_SERVER_SECRET_KEY",
-    "MLFLOW_AUTH_DATABASE_URI",
-    "MLFLOW_AUTH_CLIENT_USERNAME",
-    "MLFLOW_AUTH_CLIENT_PASSWORD",
-)
-AUTH_REQUIRED = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+SERVER = "Server"
+DATABASE = "Database"
+ARTIFACTS = "Artifacts"
+AUTH = "Auth and team mode"
+FAST_PATH = "Fast path"
+METRICS = "Metrics"
+UI = "UI"
+SECRETS_VOLUME = "Secrets"
+
+MIB = 1024 * 1024
+S3_MIN_PART_MIB = 5  # every part but the last must be at least 5 MiB (S3's multipart limits)
+UI_WORKFLOWS = ("machine_learning", "genai")
+# Names every generated certificate carries besides MLFLOW_PUBLIC_NAMES: a browser on the server host itself.
+LOCAL_NAMES = ("localhost", "127.0.0.1")
 
 
 class SettingsError(Exception):
     """A configuration mistake: reported in one line, waiting will not fix it."""
+
+
+Parse = Callable[[str, str], Any]  # (variable name, raw non-empty text) -> value; raises SettingsError
+
+
+@dataclass(frozen=True)
+class Knob:
+    env: str
+    default: str  # as written in the environment; "" = unset
+    description: str
+    section: str
+    parse: Parse
+    secret: bool = False  # may be given as NAME_FILE instead
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        raw = read_secret(self.env, environ) if self.secret else environ.get(self.env, "").strip()
+        return self.parse(self.env, raw or self.default)
+
+
+def text(_name: str, raw: str) -> str:
+    return raw
+
+
+def whole_number(minimum: int) -> Parse:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}; expected a whole number") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={value}; expected at least {minimum}")
+        return value
+
+    return parse
+
+
+def optional_whole_number(name: str, raw: str) -> int | None:
+    return whole_number(1)(name, raw) if raw else None
+
+
+def seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}; expected a number of seconds") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r}; expected a positive number of seconds")
+    return value
+
+
+def switch(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("on", "true", "1"):
+        return True
+    if value in ("off", "false", "0"):
+        return False
+    raise SettingsError(f"{name}={raw!r}; expected 'on' or 'off'")
+
+
+def one_of(*choices: str) -> Parse:
+    def parse(name: str, raw: str) -> str:
+        if raw not in choices:
+            raise SettingsError(f"{name}={raw!r}; expected {' or '.join(repr(c) for c in choices)}")
+        return raw
+
+    return parse
+
+
+def upload_part_bytes(name: str, raw: str) -> int:
+    part_mib = whole_number(0)(name, raw)
+    if part_mib < S3_MIN_PART_MIB:
+        raise SettingsError(f"{name}={part_mib}; S3 parts must be at least {S3_MIN_PART_MIB} MiB")
+    return part_mib * MIB
+
+
+def ui_workflow(name: str, raw: str) -> str:
+    if raw not in ("", *UI_WORKFLOWS):
+        raise SettingsError(f"{name}={raw!r}; expected one of {UI_WORKFLOWS} or empty")
+    return raw
+
+
+def path(_name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def names(_name: str, raw: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+
+
+def knob(env: str, default: str, section: str, description: str, parse: Parse = text, secret: bool = False) -> Any:
+    """A Settings field read from `env` (or `env`_FILE when `secret`); `default` is what an unset or empty one means."""
+    declared = Knob(env, default, description, section, parse, secret)
+    # A secret stays out of repr(): a settings object in a traceback or a log line must not print it.
+    return field(default=parse(env, default), repr=not secret, metadata={"knob": declared})
 
 
 def read_secret(name: str, environ: Mapping[str, str]) -> str:
@@ -51,22 +155,291 @@ def read_secret(name: str, environ: Mapping[str, str]) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    backend_store_uri: str
-    s3_endpoint_url: str
-    artifacts_destination: str
-    auth: str
-    secrets: Mapping[str, str]
-    workers: int
-    request_threads: int
-    port: str
-    wait_seconds: float
-    auth_database: str
-    # Seconds a verified login is remembered per worker (MLflow's auth_cache_ttl_seconds; 0 = check every time).
-    auth_cache_seconds: int = 60
-    # Prometheus /metrics on the server's port (MLFLOW_METRICS=false turns it off); every worker writes its
-    # values into metrics_dir, emptied at each start.
-    metrics: bool = True
-    metrics_dir: str = "/tmp/mlflow-metrics"
+    # Server
+    port: int = knob(
+        "MLFLOW_SERVER_PORT", "5000", SERVER,
+        "Port the tracking server listens on inside its container.",
+        whole_number(1),
+    )  # fmt: skip
+    workers: int = knob(
+        "MLFLOW_WORKERS", "2", SERVER,
+        "Uvicorn worker processes of each tracking server.",
+        whole_number(1),
+    )  # fmt: skip
+    request_threads: int = knob(
+        "MLFLOW_REQUEST_THREADS", "8", SERVER,
+        "Requests each worker runs at once (MLflow's handler threads); the rest wait in the event loop.",
+        whole_number(1),
+    )  # fmt: skip
+    wait_seconds: float = knob(
+        "MLFLOW_BOOTSTRAP_TIMEOUT", "120", SERVER,
+        "Seconds prepare and serve keep retrying Postgres and the bucket before giving up.",
+        seconds,
+    )  # fmt: skip
+    allowed_hosts_given: str = knob(
+        "MLFLOW_SERVER_ALLOWED_HOSTS", "", SERVER,
+        "Host headers MLflow accepts (comma-separated, `*` for any port); MLFLOW_PUBLIC_NAMES are added to it.",
+    )  # fmt: skip
+    # Database
+    gc_tracking_uri: str = knob(
+        "STACK_GC_TRACKING_URI", "", SERVER,
+        "The tracking server `stack-gc` deletes artifacts through; unset: this container's own (the chart's gc "
+        "CronJob names the Service).",
+    )  # fmt: skip
+    backend_store_uri_given: str = knob(
+        "MLFLOW_BACKEND_STORE_URI", "", DATABASE,
+        "The whole database URI; when set, the POSTGRES_* settings are not used.",
+        secret=True,
+    )  # fmt: skip
+    postgres_user: str = knob(
+        "POSTGRES_USER", "", DATABASE,
+        "Postgres user of the tracking database.",
+        secret=True,
+    )  # fmt: skip
+    postgres_password: str = knob(
+        "POSTGRES_PASSWORD", "", DATABASE,
+        "Postgres password of that user.",
+        secret=True,
+    )  # fmt: skip
+    postgres_db: str = knob(
+        "POSTGRES_DB", "", DATABASE,
+        "Name of the tracking database.",
+    )  # fmt: skip
+    postgres_host: str = knob(
+        "POSTGRES_HOST", "postgres", DATABASE,
+        "Host name of the Postgres server.",
+    )  # fmt: skip
+    postgres_port: int = knob(
+        "POSTGRES_PORT", "5432", DATABASE,
+        "Port of the Postgres server.",
+        whole_number(1),
+    )  # fmt: skip
+    pool_size_given: int | None = knob(
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "", DATABASE,
+        "Connections each store keeps per worker (MLflow's setting); unset: MLFLOW_REQUEST_THREADS.",
+        optional_whole_number,
+    )  # fmt: skip
+    max_overflow_given: int | None = knob(
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "", DATABASE,
+        "Extra connections each store may open per worker (MLflow's setting); unset: MLFLOW_REQUEST_THREADS.",
+        optional_whole_number,
+    )  # fmt: skip
+    # Artifacts
+    artifacts_bucket: str = knob(
+        "MLFLOW_ARTIFACTS_BUCKET", "", ARTIFACTS,
+        "S3 bucket the artifacts are stored in (created by prepare).",
+    )  # fmt: skip
+    artifacts_destination_given: str = knob(
+        "MLFLOW_ARTIFACTS_DESTINATION", "", ARTIFACTS,
+        "Full S3 URI of the artifact store (a prefix inside a bucket); overrides MLFLOW_ARTIFACTS_BUCKET.",
+    )  # fmt: skip
+    s3_endpoint_url: str = knob(
+        "MLFLOW_S3_ENDPOINT_URL", "", ARTIFACTS,
+        "S3 endpoint of the artifact store; empty: AWS S3.",
+    )  # fmt: skip
+    aws_access_key_id: str = knob(
+        "AWS_ACCESS_KEY_ID", "", ARTIFACTS,
+        "S3 access key of the tracking server.",
+        secret=True,
+    )  # fmt: skip
+    aws_secret_access_key: str = knob(
+        "AWS_SECRET_ACCESS_KEY", "", ARTIFACTS,
+        "S3 secret key of the tracking server.",
+        secret=True,
+    )  # fmt: skip
+    upload_part_bytes: int = knob(
+        "MLFLOW_PROXY_UPLOAD_PART_MIB", "16", ARTIFACTS,
+        "MiB per part when an upload is streamed on to S3 (at least 5); about 5 parts per upload are in memory.",
+        upload_part_bytes,
+    )  # fmt: skip
+    # Auth and team mode
+    auth: str = knob(
+        "MLFLOW_AUTH", "none", AUTH,
+        "`basic` turns on MLflow's users and permissions; `none` leaves the server open.",
+        one_of("none", "basic"),
+    )  # fmt: skip
+    admin_username: str = knob(
+        "MLFLOW_AUTH_ADMIN_USERNAME", "", AUTH,
+        "User name of the admin created at first start (auth on).",
+        secret=True,
+    )  # fmt: skip
+    admin_password: str = knob(
+        "MLFLOW_AUTH_ADMIN_PASSWORD", "", AUTH,
+        "Password of that admin (auth on).",
+        secret=True,
+    )  # fmt: skip
+    flask_secret_key: str = knob(
+        "MLFLOW_FLASK_SERVER_SECRET_KEY", "", AUTH,
+        "Key that signs login sessions; the same on every worker and replica (auth on).",
+        secret=True,
+    )  # fmt: skip
+    auth_cache_seconds: int = knob(
+        "MLFLOW_AUTH_CACHE_SECONDS", "60", AUTH,
+        "Seconds each worker remembers a verified login (0: check the password hash on every request).",
+        whole_number(0),
+    )  # fmt: skip
+    auth_database: str = knob(
+        "MLFLOW_AUTH_DB", "mlflow_auth", AUTH,
+        "Database of users and permissions, next to the tracking database.",
+    )  # fmt: skip
+    auth_database_uri_given: str = knob(
+        "MLFLOW_AUTH_DATABASE_URI", "", AUTH,
+        "Full URI of a database made beforehand for users and permissions (no CREATEDB needed); unset: "
+        "MLFLOW_AUTH_DB next to the tracking database, with the same query (sslmode, sslrootcert, ...).",
+        secret=True,
+    )  # fmt: skip
+    client_username: str = knob(
+        "MLFLOW_AUTH_CLIENT_USERNAME", "", AUTH,
+        "A login prepare creates for trainers and the model server (auth on); unset: none.",
+        secret=True,
+    )  # fmt: skip
+    client_password: str = knob(
+        "MLFLOW_AUTH_CLIENT_PASSWORD", "", AUTH,
+        "Password of that login.",
+        secret=True,
+    )  # fmt: skip
+    tls: bool = knob(
+        "MLFLOW_TLS", "off", AUTH,
+        "`on`: team mode, the gateway serves HTTPS with the certificate below or one from the stack's CA.",
+        switch,
+    )  # fmt: skip
+    public_names: tuple[str, ...] = knob(
+        "MLFLOW_PUBLIC_NAMES", "", AUTH,
+        "Names and addresses clients reach the stack by (comma-separated): in the certificate and the allowed hosts.",
+        names,
+    )  # fmt: skip
+    tls_cert: str = knob(
+        "MLFLOW_TLS_CERT", "", AUTH,
+        "Host path of your own server certificate chain (PEM); empty: the stack's CA issues one.",
+    )  # fmt: skip
+    tls_key: str = knob(
+        "MLFLOW_TLS_KEY", "", AUTH,
+        "Host path of that certificate's unencrypted private key (PEM).",
+    )  # fmt: skip
+    tls_dir: Path = knob(
+        "STACK_TLS_DIR", "/run/tls", AUTH,
+        "Where stack-tls keeps the CA and the server certificate (the `tls` volume).",
+        path,
+    )  # fmt: skip
+    tls_given_dir: Path = knob(
+        "STACK_TLS_GIVEN_DIR", "/run/tls-given", AUTH,
+        "Where stack-tls finds a given certificate (cert.pem, key.pem).",
+        path,
+    )  # fmt: skip
+    tls_export_dir: Path = knob(
+        "STACK_TLS_EXPORT_DIR", "/export", AUTH,
+        "Where stack-tls writes ca.crt for clients (the project's certs/ folder).",
+        path,
+    )  # fmt: skip
+    gateway_uid: int = knob(
+        "STACK_TLS_GATEWAY_UID", "10002", AUTH,
+        "Uid of the gateway, the only reader of the server key.",
+        whole_number(0),
+    )  # fmt: skip
+    # Fast path
+    fast_store: bool = knob(
+        "MLFLOW_FAST_STORE", "on", FAST_PATH,
+        "The stack's faster store and HTTP path for log-batch, set-tag and run updates; `off`: MLflow's own.",
+        switch,
+    )  # fmt: skip
+    # Metrics
+    metrics: bool = knob(
+        "MLFLOW_METRICS", "on", METRICS,
+        "Prometheus /metrics on the server's port, summed over every worker.",
+        switch,
+    )  # fmt: skip
+    metrics_dir: str = knob(
+        "MLFLOW_METRICS_DIR", "/tmp/mlflow-metrics", METRICS,
+        "Folder the workers write their metric values to; emptied at each start.",
+    )  # fmt: skip
+    # UI
+    ui_workflow: str = knob(
+        "MLFLOW_UI_WORKFLOW", "", UI,
+        "View the UI opens in a browser with no saved choice: `machine_learning` or `genai`; empty: MLflow's (GenAI).",
+        ui_workflow,
+    )  # fmt: skip
+    # Secrets
+    secrets_dir: Path = knob(
+        "STACK_SECRETS_DIR", "/run/secrets", SECRETS_VOLUME,
+        "Where stack-secrets keeps the generated secrets (the `secrets` volume).",
+        path,
+    )  # fmt: skip
+    minio_root_user: str = knob(
+        "MINIO_ROOT_USER", "", SECRETS_VOLUME,
+        "S3 (MinIO) root user; empty: `mlflow`, kept in the secrets volume.",
+    )  # fmt: skip
+    minio_root_password: str = knob(
+        "MINIO_ROOT_PASSWORD", "", SECRETS_VOLUME,
+        "S3 (MinIO) root password; empty: generated once, kept in the secrets volume.",
+    )  # fmt: skip
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None, *, server: bool = True) -> Settings:
+        """Every knob, parsed and checked. `server`: also what the tracking server's commands need (a database,
+        a bucket, the auth secrets); stack-secrets and stack-tls run without them."""
+        environ = os.environ if environ is None else environ
+        settings = cls(**{spec.name: _knob(spec).read(environ) for spec in dataclasses.fields(cls)})
+        settings._check_team_mode()
+        if server:
+            settings._check_server()
+        return settings
+
+    def _check_server(self) -> None:
+        if self.auth == "basic":
+            missing = [env for env, value in self.secrets.items() if env in AUTH_REQUIRED and not value]
+            if missing:
+                # No defaults on purpose: a stack with auth "on" and a guessable password is worse than none.
+                raise SettingsError(f"MLFLOW_AUTH=basic needs {', '.join(missing)} (or {missing[0]}_FILE)")
+        if not self.artifacts_destination:
+            raise SettingsError("set MLFLOW_ARTIFACTS_BUCKET or MLFLOW_ARTIFACTS_DESTINATION")
+        if not self.backend_store_uri_given:
+            for env, value in (("POSTGRES_USER", self.postgres_user), ("POSTGRES_PASSWORD", self.postgres_password),
+                               ("POSTGRES_DB", self.postgres_db)):  # fmt: skip
+                if not value:
+                    raise SettingsError(f"{env} is not set (nor {env}_FILE, nor MLFLOW_BACKEND_STORE_URI)")
+
+    def _check_team_mode(self) -> None:
+        if not self.tls:
+            return
+        if self.auth != "basic":
+            # Refuse rather than switch auth on behind the user's back: the trainers and the model server need
+            # logins too (MLFLOW_TRACKING_USERNAME/PASSWORD), and a silent change would leave them failing.
+            raise SettingsError(
+                f"MLFLOW_TLS=on needs MLFLOW_AUTH=basic (it is {self.auth!r}): a server reachable from the network "
+                "must ask for logins; set MLFLOW_AUTH=basic in .env (README, Team mode)"
+            )
+        if not self.public_names:
+            raise SettingsError(
+                "MLFLOW_TLS=on needs MLFLOW_PUBLIC_NAMES: the names and addresses clients reach this host by, "
+                "e.g. MLFLOW_PUBLIC_NAMES=mlflow.team.lan,10.0.0.5"
+            )
+        for name in self.public_names:
+            if not is_ip(name) and not all(part.replace("-", "").isalnum() for part in name.split(".") if part):
+                raise SettingsError(f"MLFLOW_PUBLIC_NAMES: {name!r} is neither a DNS name nor an IP address")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("set both MLFLOW_TLS_CERT and MLFLOW_TLS_KEY (file paths), or neither")
+
+    @property
+    def secrets(self) -> Mapping[str, str]:
+        """Every secret knob by its variable name, resolved (NAME or NAME_FILE)."""
+        return {_knob(spec).env: getattr(self, spec.name) for spec in dataclasses.fields(self) if _knob(spec).secret}
+
+    @property
+    def backend_store_uri(self) -> str:
+        if self.backend_store_uri_given:
+            return self.backend_store_uri_given
+        user, password = quote(self.postgres_user, safe=""), quote(self.postgres_password, safe="")
+        # psycopg2 named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed.
+        return (
+            f"postgresql+psycopg2://{user}:{password}@{self.postgres_host}:{self.postgres_port}/"
+            f"{quote(self.postgres_db, safe='')}"
+        )
+
+    @property
+    def artifacts_destination(self) -> str:
+        if self.artifacts_destination_given:
+            return self.artifacts_destination_given
+        return f"s3://{self.artifacts_bucket}/" if self.artifacts_bucket else ""
 
     @property
     def bucket(self) -> str:
@@ -74,42 +447,36 @@ class Settings:
 
     @property
     def admin(self) -> tuple[str, str]:
-        return self.secrets["MLFLOW_AUTH_ADMIN_USERNAME"], self.secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]
+        return self.admin_username, self.admin_password
 
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        secrets = {name: read_secret(name, environ) for name in SECRET_NAMES}
-        auth = environ.get("MLFLOW_AUTH", "none") or "none"
-        if auth not in ("none", "basic"):
-            raise SettingsError(f"MLFLOW_AUTH={auth!r}; expected 'none' or 'basic'")
-        if auth == "basic":
-            missing = [name for name in AUTH_REQUIRED if not secrets[name]]
-            if missing:
-                # No defaults on purpose: a stack with auth "on" and a guessable password is worse than none.
-                names = ", ".join(missing)
-                raise SettingsError(f"MLFLOW_AUTH=basic needs {names} (or {missing[0]}_FILE)")
-        destination = environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")
-        if not destination:
-            bucket = environ.get("MLFLOW_ARTIFACTS_BUCKET", "")
-            if not bucket:
-                raise SettingsError("set MLFLOW_ARTIFACTS_BUCKET or MLFLOW_ARTIFACTS_DESTINATION")
-            destination = f"s3://{bucket}/"
-        return cls(
-            backend_store_uri=secrets["MLFLOW_BACKEND_STORE_URI"] or _postgres_uri(environ, secrets),
-            s3_endpoint_url=environ.get("MLFLOW_S3_ENDPOINT_URL", ""),
-            artifacts_destination=destination,
-            auth=auth,
-            secrets=secrets,
-            workers=int(environ.get("MLFLOW_WORKERS", "2")),
-            request_threads=int(environ.get("MLFLOW_REQUEST_THREADS", "8")),
-            port=environ.get("MLFLOW_SERVER_PORT", "5000"),
-            wait_seconds=float(environ.get("MLFLOW_BOOTSTRAP_TIMEOUT", "120")),
-            auth_database=environ.get("MLFLOW_AUTH_DB", "mlflow_auth"),
-            auth_cache_seconds=int(environ.get("MLFLOW_AUTH_CACHE_SECONDS", "60") or "0"),
-            metrics=environ.get("MLFLOW_METRICS", "true").lower() not in ("false", "0", "no", "off"),
-            metrics_dir=environ.get("MLFLOW_METRICS_DIR", "/tmp/mlflow-metrics"),
-        )
+    @property
+    def pool_size(self) -> int:
+        """Each store's SQLAlchemy pool: room for every request thread to nest a second session (entrypoint)."""
+        return self.request_threads if self.pool_size_given is None else self.pool_size_given
+
+    @property
+    def max_overflow(self) -> int:
+        return self.request_threads if self.max_overflow_given is None else self.max_overflow_given
+
+    @property
+    def allowed_hosts(self) -> str:
+        """MLFLOW_SERVER_ALLOWED_HOSTS plus every MLFLOW_PUBLIC_NAMES entry with any port.
+
+        Team mode's one knob: the names in the server certificate are the Host headers MLflow accepts, so a
+        client that passes TLS verification is never refused by the DNS-rebinding guard, and no other name is.
+        """
+        hosts = [h.strip() for h in self.allowed_hosts_given.split(",") if h.strip()]
+        for name in self.public_names:
+            hosts += [name, f"{name}:*"]
+        return ",".join(dict.fromkeys(hosts))
+
+    @property
+    def certificate_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.public_names, *LOCAL_NAMES)))
+
+    @property
+    def cert_given(self) -> bool:
+        return bool(self.tls_cert)
 
     def export_secrets(self) -> None:
         """Put the resolved secrets where boto3 and MLflow's auth app read them: the process environment."""
@@ -120,28 +487,48 @@ class Settings:
         os.environ["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
 
 
-def allowed_hosts(environ: Mapping[str, str]) -> str:
-    """MLFLOW_SERVER_ALLOWED_HOSTS plus every MLFLOW_PUBLIC_NAMES entry with any port.
-
-    Team mode's one knob: the names in the server certificate are the Host headers MLflow accepts, so a
-    client that passes TLS verification is never refused by the DNS-rebinding guard, and no other name is.
-    """
-    hosts = [h.strip() for h in environ.get("MLFLOW_SERVER_ALLOWED_HOSTS", "").split(",") if h.strip()]
-    for name in (n.strip() for n in environ.get("MLFLOW_PUBLIC_NAMES", "").split(",")):
-        if name:
-            hosts += [name, f"{name}:*"]
-    return ",".join(dict.fromkeys(hosts))
+AUTH_REQUIRED = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 
 
-def _postgres_uri(environ: Mapping[str, str], secrets: Mapping[str, str]) -> str:
-    def required(name: str, value: str) -> str:
-        if not value:
-            raise SettingsError(f"{name} is not set (nor {name}_FILE, nor MLFLOW_BACKEND_STORE_URI)")
-        return quote(value, safe="")
+def _knob(spec: dataclasses.Field[Any]) -> Knob:
+    declared = spec.metadata.get("knob")
+    assert isinstance(declared, Knob), f"Settings.{spec.name} is declared without knob()"
+    return declared
 
-    user = required("POSTGRES_USER", secrets["POSTGRES_USER"])
-    password = required("POSTGRES_PASSWORD", secrets["POSTGRES_PASSWORD"])
-    database = required("POSTGRES_DB", environ.get("POSTGRES_DB", ""))
-    host, port = environ.get("POSTGRES_HOST", "postgres"), environ.get("POSTGRES_PORT", "5432")
-    # psycopg2 named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed.
-    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{database}"
+
+def knobs() -> list[Knob]:
+    return [_knob(spec) for spec in dataclasses.fields(Settings)]
+
+
+def reference() -> list[dict[str, str]]:
+    """Every knob as {env, default, description, section}, in declaration order (for docs/configuration.md)."""
+    return [
+        {
+            "env": declared.env,
+            "default": declared.default,
+            "description": declared.description + (f" May be given as {declared.env}_FILE." if declared.secret else ""),
+            "section": declared.section,
+        }
+        for declared in knobs()
+    ]
+
+
+def fast_store_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """MLFLOW_FAST_STORE alone, for the store plugin, which MLflow calls with no settings of ours in hand."""
+    declared = next(k for k in knobs() if k.env == "MLFLOW_FAST_STORE")
+    return bool(declared.read(os.environ if environ is None else environ))
+
+
+def handed_down(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """A variable `mlflow server` or the entrypoint hands each worker (PROMETHEUS_MULTIPROC_DIR, MLflow's internal
+    `_MLFLOW_SERVER_*` ones): not a knob, nobody sets it by hand; read here so that the environment is read in
+    one module. Callers name MLflow's variables by MLflow's own constants."""
+    return (os.environ if environ is None else environ).get(name, "")
+
+
+def is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

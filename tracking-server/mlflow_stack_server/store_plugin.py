@@ -7,26 +7,20 @@ with a warning); the store classes are imported when a store is built.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any
 
-SWITCH = "MLFLOW_FAST_STORE"
+from mlflow_stack_server.settings import SettingsError, fast_store_enabled, handed_down
 
 
-@dataclass(frozen=True)
-class FastStoreSettings:
-    enabled: bool
+def _fast_store_enabled() -> bool:
+    """MLFLOW_FAST_STORE, read when MLflow builds a store (MLflow calls this plugin, with no settings of ours)."""
+    try:
+        return fast_store_enabled()
+    except SettingsError as error:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    @classmethod
-    def from_env(cls) -> FastStoreSettings:
-        value = os.environ.get(SWITCH, "on").strip().lower() or "on"
-        if value not in ("on", "off", "true", "false", "1", "0"):
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-            raise MlflowException(f"{SWITCH}={value!r}; expected 'on' or 'off'", INVALID_PARAMETER_VALUE)
-        return cls(enabled=value in ("on", "true", "1"))
+        raise MlflowException(str(error), INVALID_PARAMETER_VALUE) from None
 
 
 def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
@@ -45,10 +39,10 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
     from mlflow_stack_server.fast_store import FastSqlAlchemyStore
 
     if artifact_uri is None:  # as MLflow's builder: inside the server, the server's artifact root
-        artifact_uri = os.environ.get(_SERVER_ARTIFACT_ROOT_ENV_VAR, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
-    read_db_uri = os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR) or None
+        artifact_uri = handed_down(_SERVER_ARTIFACT_ROOT_ENV_VAR) or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    read_db_uri = handed_down(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR) or None
     if MLFLOW_ENABLE_WORKSPACES.get():
         return WorkspaceAwareSqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)
-    if FastStoreSettings.from_env().enabled:
+    if _fast_store_enabled():
         return FastSqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)
     return SqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
-import os
 import posixpath
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +38,13 @@ from fastapi.routing import APIRoute
 from mlflow.exceptions import MlflowException
 from mlflow.server import artifact_router as mlflow_routes
 
+from mlflow_stack_server.settings import MIB
+
 ROUTE_PATHS = (
     "/api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}",
     "/ajax-api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}",
 )
 DOWNLOAD_CHUNK = 1024 * 1024  # MLflow's ARTIFACT_STREAM_CHUNK_SIZE
-MIB = 1024 * 1024
-S3_MIN_PART_MIB = 5  # every part but the last must be at least 5 MiB (S3's multipart limits)
 S3_MAX_PARTS = 10_000
 # Parts sent to S3 at once per upload: one stream to S3 is slower than the client's (measured: 24 MB/s with one
 # part in flight against the S3 stand-in, loaded machine). Memory per upload: about this + 1 parts.
@@ -52,22 +52,6 @@ PARTS_IN_FLIGHT = 4
 MISSING_OBJECT_CODES = ("NoSuchKey", "404", "NotFound")
 # Upload arguments every part request must repeat (S3: SSE-C keys, the bucket-owner check, requester pays).
 PER_PART_ARGS = ("ExpectedBucketOwner", "SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer")
-
-
-@dataclass(frozen=True)
-class StreamingOptions:
-    upload_part_bytes: int = 16 * MIB
-
-    @classmethod
-    def from_environment(cls) -> StreamingOptions:
-        raw = os.environ.get("MLFLOW_PROXY_UPLOAD_PART_MIB", "16") or "16"
-        try:
-            part_mib = int(raw)
-        except ValueError:
-            raise ValueError(f"MLFLOW_PROXY_UPLOAD_PART_MIB={raw!r}; expected a whole number of MiB") from None
-        if part_mib < S3_MIN_PART_MIB:
-            raise ValueError(f"MLFLOW_PROXY_UPLOAD_PART_MIB={part_mib}; S3 parts must be at least 5 MiB")
-        return cls(upload_part_bytes=part_mib * MIB)
 
 
 @dataclass(frozen=True)
@@ -158,85 +142,121 @@ def _upload_arguments(filename: str, extra_args: dict[str, Any]) -> dict[str, An
     return {**arguments, **extra_args}
 
 
+class MultipartUpload:
+    """One object's multipart upload: started on its first part, up to PARTS_IN_FLIGHT parts sending at once,
+    then completed or aborted. Each method has one job; the state they share is this object's."""
+
+    def __init__(self, target: S3Object, arguments: dict[str, Any], part_bytes: int) -> None:
+        self.target = target
+        self.arguments = arguments  # for the create call: content type and encoding, then MLflow's extras
+        self.per_part = {k: v for k, v in arguments.items() if k in PER_PART_ARGS}
+        self.part_bytes = part_bytes
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []  # sent, in order: what complete_multipart_upload lists
+        self.sending: deque[asyncio.Task[dict[str, Any]]] = deque()
+
+    @property
+    def started(self) -> bool:
+        return self.upload_id is not None
+
+    def _location(self) -> dict[str, Any]:
+        return {"Bucket": self.target.bucket, "Key": self.target.key, "UploadId": self.upload_id, **self.per_part}
+
+    async def _start(self) -> None:
+        target = self.target
+        created = await asyncio.to_thread(
+            target.client.create_multipart_upload, Bucket=target.bucket, Key=target.key, **self.arguments
+        )
+        self.upload_id = created["UploadId"]
+
+    def _send(self, number: int, data: bytes) -> dict[str, Any]:
+        """In a worker thread: one part to S3 (boto3 blocks)."""
+        answer = self.target.client.upload_part(PartNumber=number, Body=data, **self._location())
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    async def add_part(self, data: bytes) -> None:
+        """Start sending `data` as the next part, first waiting for the oldest part when PARTS_IN_FLIGHT are out."""
+        if not self.started:
+            await self._start()
+        if len(self.sending) >= PARTS_IN_FLIGHT:
+            self.parts.append(await self.sending.popleft())  # the body waits (TCP backpressure): memory stays bounded
+        number = len(self.parts) + len(self.sending) + 1
+        if number > S3_MAX_PARTS:
+            raise HTTPException(413, f"artifact larger than {S3_MAX_PARTS} parts of {self.part_bytes // MIB} MiB")
+        self.sending.append(asyncio.ensure_future(asyncio.to_thread(self._send, number, data)))
+
+    async def complete(self) -> None:
+        while self.sending:
+            self.parts.append(await self.sending.popleft())
+        await asyncio.to_thread(
+            self.target.client.complete_multipart_upload, MultipartUpload={"Parts": self.parts}, **self._location()
+        )
+
+    async def abort(self) -> None:
+        """Cancel the parts still sending and drop the upload: S3 keeps the key's previous object, if any."""
+        for task in self.sending:
+            task.cancel()
+        await asyncio.gather(*self.sending, return_exceptions=True)
+        if self.started:
+            await asyncio.to_thread(self.target.client.abort_multipart_upload, **self._location())
+
+
+async def _parts(body: AsyncIterator[bytes], part_bytes: int, tail: bytearray) -> AsyncGenerator[bytes]:
+    """`body` cut into parts of exactly `part_bytes`; what is left over stays in `tail` (less than one part)."""
+    async for chunk in body:
+        tail += chunk
+        while len(tail) >= part_bytes:
+            with memoryview(tail) as view:
+                part = bytes(view[:part_bytes])
+            del tail[:part_bytes]
+            yield part
+
+
 async def stream_to_s3(body: AsyncIterator[bytes], target: S3Object, filename: str, part_bytes: int) -> int:
     """Send `body` to S3 as it arrives; the number of bytes stored.
 
     Less than one part: one PutObject. Otherwise a multipart upload, up to PARTS_IN_FLIGHT parts sent while the
     next is read, aborted on any failure (a client that disconnects included): the key keeps its previous object, if any."""
     arguments = _upload_arguments(filename, target.extra_args)
-    per_part = {k: v for k, v in arguments.items() if k in PER_PART_ARGS}
-    client, bucket, key = target.client, target.bucket, target.key
-    buffer = bytearray()
-    upload_id: str | None = None
-    parts: list[dict[str, Any]] = []
-    sending: deque[asyncio.Task[dict[str, Any]]] = deque()
+    upload = MultipartUpload(target, arguments, part_bytes)
+    tail = bytearray()
     stored = 0
-
-    def send_part(number: int, data: bytes) -> dict[str, Any]:
-        answer = client.upload_part(
-            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data, **per_part
-        )
-        return {"PartNumber": number, "ETag": answer["ETag"]}
-
-    async def start_part(data: bytes) -> None:
-        nonlocal upload_id
-        if upload_id is None:
-            created = await asyncio.to_thread(client.create_multipart_upload, Bucket=bucket, Key=key, **arguments)
-            upload_id = created["UploadId"]
-        if len(sending) >= PARTS_IN_FLIGHT:
-            parts.append(await sending.popleft())  # the body waits (TCP backpressure): memory stays bounded
-        number = len(parts) + len(sending) + 1
-        if number > S3_MAX_PARTS:
-            raise HTTPException(413, f"artifact larger than {S3_MAX_PARTS} parts of {part_bytes // MIB} MiB")
-        sending.append(asyncio.ensure_future(asyncio.to_thread(send_part, number, data)))
-
     try:
-        async for chunk in body:
-            buffer += chunk
-            stored += len(chunk)
-            while len(buffer) >= part_bytes:
-                with memoryview(buffer) as view:
-                    part = bytes(view[:part_bytes])
-                del buffer[:part_bytes]
-                await start_part(part)
-        if upload_id is None:
-            await asyncio.to_thread(client.put_object, Bucket=bucket, Key=key, Body=bytes(buffer), **arguments)
+        async with aclosing(_parts(body, part_bytes, tail)) as parts:
+            async for part in parts:
+                stored += len(part)
+                await upload.add_part(part)
+        stored += len(tail)
+        if not upload.started:
+            await asyncio.to_thread(
+                target.client.put_object, Bucket=target.bucket, Key=target.key, Body=bytes(tail), **arguments
+            )
             return stored
-        if buffer:
-            await start_part(bytes(buffer))
-        while sending:
-            parts.append(await sending.popleft())
-        await asyncio.to_thread(
-            client.complete_multipart_upload,
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **per_part,
-        )  # fmt: skip
+        if tail:
+            await upload.add_part(bytes(tail))
+        await upload.complete()
         return stored
     except BaseException:
-        for task in sending:
-            task.cancel()
-        await asyncio.gather(*sending, return_exceptions=True)
-        if upload_id is not None:
-            await asyncio.to_thread(
-                client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id, **per_part
-            )
+        await upload.abort()
         raise
 
 
-def upload_route(options: StreamingOptions) -> Callable[[str, Request], Any]:
+def upload_route(part_bytes: int) -> Callable[[str, Request], Any]:
     async def upload_artifact(artifact_path: str, request: Request) -> Response:
         target = _locate_or_none(artifact_path)
         if target is None:
             return await mlflow_routes.upload_artifact(artifact_path, request)
-        await stream_to_s3(request.stream(), target, posixpath.basename(target.key), options.upload_part_bytes)
+        await stream_to_s3(request.stream(), target, posixpath.basename(target.key), part_bytes)
         return Response(status_code=200)  # what MLflow's handler answers
 
     return upload_artifact
 
 
-def stream_artifact_transfers(app: FastAPI, options: StreamingOptions | None = None) -> FastAPI:
-    """Put the streaming routes in front of MLflow's own (the first matching route wins); returns `app`."""
-    options = options or StreamingOptions.from_environment()
-    upload_artifact = upload_route(options)
+def stream_artifact_transfers(app: FastAPI, upload_part_bytes: int) -> FastAPI:
+    """Put the streaming routes in front of MLflow's own (the first matching route wins); returns `app`.
+
+    `upload_part_bytes`: Settings.upload_part_bytes (MLFLOW_PROXY_UPLOAD_PART_MIB)."""
+    upload_artifact = upload_route(upload_part_bytes)
     routes = [APIRoute(path, download_artifact, methods=["GET"]) for path in ROUTE_PATHS]
     routes += [APIRoute(path, upload_artifact, methods=["PUT"]) for path in ROUTE_PATHS]
     app.router.routes[:0] = routes

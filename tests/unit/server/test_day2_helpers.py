@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from stack_gc import parse_duration
 
 from mlflow_stack_server.request_metrics import endpoint_of
 from mlflow_stack_server.settings import SettingsError
+from mlflow_stack_server.stack_gc import parse_duration
 
 
 @pytest.mark.parametrize(

@@ -58,3 +58,66 @@ def test_the_artifact_destination_overrides_the_bucket() -> None:
     environ = {**BASE, "POSTGRES_PASSWORD": "x", "MLFLOW_ARTIFACTS_DESTINATION": "s3://shared/mlflow/"}
     settings = Settings.from_environment(environ)
     assert (settings.artifacts_destination, settings.bucket) == ("s3://shared/mlflow/", "shared")
+
+
+class RecordingEnvironment(dict[str, str]):
+    """An environment that remembers every variable asked for, set or not."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_the_reference_lists_every_variable_the_settings_read() -> None:
+    from mlflow_stack_server.settings import reference
+
+    listed = reference()
+    names = [entry["env"] for entry in listed]
+    assert len(names) == len(set(names)), "a knob is declared twice"
+    environ = RecordingEnvironment({**BASE, "POSTGRES_PASSWORD": "x"})
+    Settings.from_environment(environ)
+    secret_files = {f"{entry['env']}_FILE" for entry in listed if "_FILE" in entry["description"]}
+    assert environ.asked - set(names) - secret_files == set()
+    assert set(names) <= environ.asked  # and every listed knob is really read
+    sections = {"Server", "Database", "Artifacts", "Auth and team mode", "Fast path", "Metrics", "UI", "Secrets"}
+    for entry in listed:
+        assert set(entry) == {"env", "default", "description", "section"}
+        assert entry["section"] in sections and entry["description"].endswith("."), entry
+
+
+def test_a_bad_value_is_one_settings_error_naming_the_variable() -> None:
+    for variable, value in [("MLFLOW_WORKERS", "two"), ("MLFLOW_FAST_STORE", "fast"), ("MLFLOW_AUTH", "ldap"),
+                            ("MLFLOW_BOOTSTRAP_TIMEOUT", "-1"), ("MLFLOW_UI_WORKFLOW", "chat")]:  # fmt: skip
+        with pytest.raises(SettingsError, match=f"^{variable}="):
+            Settings.from_environment({**BASE, "POSTGRES_PASSWORD": "x", variable: value})
+
+
+def test_defaults_when_unset_or_empty() -> None:
+    settings = Settings.from_environment({**BASE, "POSTGRES_PASSWORD": "x", "MLFLOW_WORKERS": ""})
+    assert (settings.port, settings.workers, settings.request_threads, settings.pool_size) == (5000, 2, 8, 8)
+    assert (settings.fast_store, settings.metrics, settings.auth, settings.upload_part_bytes) == (
+        True, True, "none", 16 * 1024 * 1024,
+    )  # fmt: skip
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    settings = Settings.from_environment({**BASE, "POSTGRES_PASSWORD": "hunter2-secret"})
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_importing_the_settings_is_cheap_and_reads_nothing() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; os.environ.clear(); import mlflow_stack_server.settings as s; "
+        "print(len(s.reference()), sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy', 'boto3')))"
+    )
+    root = Path(__file__).resolve().parents[3] / "tracking-server"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    count, heavy = result.stdout.split(" ", 1)
+    assert int(count) >= 30 and heavy.strip() == "[]"

@@ -6,27 +6,36 @@ import datetime
 from pathlib import Path
 
 import pytest
-import stack_tls
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from mlflow_stack_server.settings import allowed_hosts
+from mlflow_stack_server import stack_tls
+from mlflow_stack_server.settings import Settings, SettingsError, is_ip
 
 TEAM = {"MLFLOW_TLS": "on", "MLFLOW_AUTH": "basic", "MLFLOW_PUBLIC_NAMES": "mlflow.team.lan, 10.0.0.5"}
 
 
+# The folders stack-tls works in, as settings (the `tls` volume, the given certificate, the project's certs/).
+FOLDERS = {"VOLUME": "STACK_TLS_DIR", "GIVEN": "STACK_TLS_GIVEN_DIR", "EXPORT": "STACK_TLS_EXPORT_DIR"}
+
+
 @pytest.fixture
-def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("VOLUME", "GIVEN", "EXPORT"):
+def dirs(tmp_path: Path) -> Path:
+    for name in FOLDERS:
         (tmp_path / name).mkdir()
-        monkeypatch.setattr(stack_tls, name, tmp_path / name)
     return tmp_path
+
+
+def team(dirs: Path, environ: dict[str, str]) -> Settings:
+    """stack-tls's settings for `environ`, working in the folders under `dirs`."""
+    folders = {variable: str(dirs / name) for name, variable in FOLDERS.items()}
+    return Settings.from_environment({**folders, **environ}, server=False)
 
 
 def verifies(ca: Path, leaf: x509.Certificate, name: str) -> bool:
     store = Store([x509.load_pem_x509_certificate(ca.read_bytes())])
     subject: x509.DNSName | x509.IPAddress
-    if stack_tls._is_ip(name):
+    if is_ip(name):
         import ipaddress
 
         subject = x509.IPAddress(ipaddress.ip_address(name))
@@ -50,18 +59,18 @@ def verifies(ca: Path, leaf: x509.Certificate, name: str) -> bool:
     ],
 )
 def test_team_mode_mistakes_are_one_line_errors(environ: dict[str, str], message: str) -> None:
-    with pytest.raises(stack_tls.TeamModeError, match=message):
-        stack_tls.TeamSettings.from_environment(environ)
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_environment(environ, server=False)
 
 
 def test_off_needs_nothing() -> None:
-    assert not stack_tls.TeamSettings.from_environment({"MLFLOW_AUTH": "none"}).tls
+    assert not Settings.from_environment({"MLFLOW_AUTH": "none"}, server=False).tls
 
 
 def test_the_generated_certificate_verifies_for_every_public_name_and_only_those(dirs: Path) -> None:
-    settings = stack_tls.TeamSettings.from_environment(TEAM)
+    settings = team(dirs, TEAM)
     stack_tls.init(settings)
-    leaf = stack_tls.served_certificate()
+    leaf = stack_tls.served_certificate(settings)
     assert leaf is not None
     exported = dirs / "EXPORT" / "ca.crt"
     for name in ("mlflow.team.lan", "10.0.0.5", "localhost"):
@@ -75,18 +84,17 @@ def test_the_generated_certificate_verifies_for_every_public_name_and_only_those
 
 
 def test_a_second_start_keeps_the_certificate_and_new_names_reissue_it_from_the_same_ca(dirs: Path) -> None:
-    stack_tls.init(stack_tls.TeamSettings.from_environment(TEAM))
-    first, ca = stack_tls.served_certificate(), (dirs / "EXPORT" / "ca.crt").read_bytes()
-    stack_tls.init(stack_tls.TeamSettings.from_environment(TEAM))
-    assert stack_tls.served_certificate() == first
-    stack_tls.init(stack_tls.TeamSettings.from_environment({**TEAM, "MLFLOW_PUBLIC_NAMES": "other.lan"}))
-    second = stack_tls.served_certificate()
+    settings = team(dirs, TEAM)
+    stack_tls.init(settings)
+    first, ca = stack_tls.served_certificate(settings), (dirs / "EXPORT" / "ca.crt").read_bytes()
+    stack_tls.init(team(dirs, TEAM))
+    assert stack_tls.served_certificate(settings) == first
+    stack_tls.init(team(dirs, {**TEAM, "MLFLOW_PUBLIC_NAMES": "other.lan"}))
+    second = stack_tls.served_certificate(settings)
     assert second != first and second is not None and stack_tls.names_of(second) >= {"other.lan"}
     assert (dirs / "EXPORT" / "ca.crt").read_bytes() == ca
-    stack_tls.init(
-        stack_tls.TeamSettings.from_environment({**TEAM, "MLFLOW_PUBLIC_NAMES": "other.lan"}), force_new=True
-    )
-    assert stack_tls.served_certificate() != second
+    stack_tls.init(team(dirs, {**TEAM, "MLFLOW_PUBLIC_NAMES": "other.lan"}), force_new=True)
+    assert stack_tls.served_certificate(settings) != second
 
 
 def _self_signed(names: tuple[str, ...]) -> tuple[bytes, bytes, bytes]:
@@ -100,7 +108,7 @@ def _self_signed(names: tuple[str, ...]) -> tuple[bytes, bytes, bytes]:
 
 def test_a_given_certificate_is_checked_against_its_key_and_the_public_names(dirs: Path) -> None:
     cert, key, other_key = _self_signed(("mlflow.team.lan", "10.0.0.5"))
-    settings = stack_tls.TeamSettings.from_environment({**TEAM, "MLFLOW_TLS_CERT": "c", "MLFLOW_TLS_KEY": "k"})
+    settings = team(dirs, {**TEAM, "MLFLOW_TLS_CERT": "c", "MLFLOW_TLS_KEY": "k"})
     (dirs / "GIVEN" / "cert.pem").write_bytes(cert)
     (dirs / "GIVEN" / "key.pem").write_bytes(other_key)
     with pytest.raises(stack_tls.TeamModeError, match="is not the key of"):
@@ -109,8 +117,9 @@ def test_a_given_certificate_is_checked_against_its_key_and_the_public_names(dir
     stack_tls.init(settings)
     assert (dirs / "VOLUME" / "server.crt").read_bytes() == cert
     assert not (dirs / "VOLUME" / "ca.key").exists()  # no private CA when a certificate is given
-    narrow = stack_tls.TeamSettings.from_environment(
-        {**TEAM, "MLFLOW_PUBLIC_NAMES": "mlflow.team.lan,other.lan", "MLFLOW_TLS_CERT": "c", "MLFLOW_TLS_KEY": "k"}
+    narrow = team(
+        dirs,
+        {**TEAM, "MLFLOW_PUBLIC_NAMES": "mlflow.team.lan,other.lan", "MLFLOW_TLS_CERT": "c", "MLFLOW_TLS_KEY": "k"},
     )
     with pytest.raises(stack_tls.TeamModeError, match=r"not for other\.lan"):
         stack_tls.init(narrow)
@@ -130,7 +139,7 @@ def test_public_names_join_the_allowed_hosts_with_any_port() -> None:
         "MLFLOW_SERVER_ALLOWED_HOSTS": "tracking-server:5000,localhost:*",
         "MLFLOW_PUBLIC_NAMES": "a.lan, 10.0.0.5",
     }
-    assert allowed_hosts(environ).split(",") == [
+    assert Settings.from_environment(environ, server=False).allowed_hosts.split(",") == [
         "tracking-server:5000", "localhost:*", "a.lan", "a.lan:*", "10.0.0.5", "10.0.0.5:*",
     ]  # fmt: skip
 
@@ -140,9 +149,7 @@ def test_the_auth_config_turns_on_mlflows_login_cache(monkeypatch: pytest.Monkey
     import configparser
     import os
 
-    import entrypoint
-
-    from mlflow_stack_server.settings import Settings
+    from mlflow_stack_server import entrypoint
 
     def read_auth_config() -> int:
         # The key MLflow 3.17 reads (mlflow/server/auth/config.py: auth_cache_ttl_seconds, default 0 = off);

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from mlflow_stack_server.streamed_artifacts import MIB, S3Object, StreamingOptions, stream_to_s3
+from mlflow_stack_server.settings import MIB, Settings, SettingsError
+from mlflow_stack_server.streamed_artifacts import S3Object, stream_to_s3
 
 
 class RecordingS3:
@@ -91,9 +92,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_no_object() -> None:
     assert kinds[-1] == "abort" and "complete" not in kinds and "put" not in kinds
 
 
-def test_the_part_size_knob_refuses_what_s3_would(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_PROXY_UPLOAD_PART_MIB", "4")
-    with pytest.raises(ValueError, match="at least 5 MiB"):
-        StreamingOptions.from_environment()
-    monkeypatch.setenv("MLFLOW_PROXY_UPLOAD_PART_MIB", "64")
-    assert StreamingOptions.from_environment().upload_part_bytes == 64 * MIB
+def test_the_part_size_knob_refuses_what_s3_would() -> None:
+    with pytest.raises(SettingsError, match="at least 5 MiB"):
+        Settings.from_environment({"MLFLOW_PROXY_UPLOAD_PART_MIB": "4"}, server=False)
+    assert Settings.from_environment({"MLFLOW_PROXY_UPLOAD_PART_MIB": "64"}, server=False).upload_part_bytes == 64 * MIB

@@ -7,12 +7,12 @@ Counted in the database (exact and fast at any size, including what is deleted b
 from __future__ import annotations
 
 import json
-import sys
 
 import mlflow
 import sqlalchemy
 
-from mlflow_stack_server.settings import Settings, SettingsError
+from mlflow_stack_server.console import USAGE_ERROR, Console
+from mlflow_stack_server.settings import Settings
 
 CHAMPION = "champion"
 # `Deleted_Internal` is the stage a deleted registered version keeps (MLflow's SQL registry).
@@ -25,12 +25,9 @@ COUNTS = {
 CHAMPIONS = sqlalchemy.text("SELECT name, version FROM registered_model_aliases WHERE alias = :alias ORDER BY name")
 
 
-def main() -> int:
-    try:
-        settings = Settings.from_environment()
-    except SettingsError as error:
-        print(f"stack-status: {error}", file=sys.stderr)
-        return 2
+def main() -> None:
+    """Console script `stack-status`."""
+    settings = Console("stack-status:", settings_error_code=USAGE_ERROR).configured(Settings.from_environment)
     engine = sqlalchemy.create_engine(settings.backend_store_uri, poolclass=sqlalchemy.pool.NullPool)
     report: dict[str, object] = {"mlflow_version": mlflow.__version__}
     with engine.connect() as connection:
@@ -43,8 +40,3 @@ def main() -> int:
         }
     engine.dispose()
     print(json.dumps(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

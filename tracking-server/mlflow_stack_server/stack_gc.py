@@ -26,7 +26,11 @@ from datetime import timedelta
 
 import sqlalchemy
 
+from mlflow_stack_server.console import USAGE_ERROR, Console
 from mlflow_stack_server.settings import Settings, SettingsError
+
+console = Console("stack-gc:", error_label="", settings_error_code=USAGE_ERROR)
+log = console.log
 
 # The same duration grammar `mlflow gc --older-than` accepts (mlflow/cli/__init__.py, gc).
 DURATION = re.compile(
@@ -55,10 +59,6 @@ ORPHANED_LOGGED_MODELS = sqlalchemy.text(
     ORDER BY lm.model_id
     """
 )
-
-
-def log(message: str) -> None:
-    print(f"stack-gc: {message}", flush=True)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -104,21 +104,18 @@ def run_mlflow_gc(settings: Settings, older_than: str | None) -> None:
             raise
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="stack-gc", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    """Console script `stack-gc [--older-than 30d]`."""
+    parser = argparse.ArgumentParser(prog="stack-gc", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--older-than", default="", help="keep what was deleted less than this long ago (30d, 12h)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
-    try:
-        age = parse_duration(args.older_than) if args.older_than else timedelta(0)
-        settings = Settings.from_environment()
-    except SettingsError as error:
-        print(f"stack-gc: {error}", file=sys.stderr)
-        return 2
+    age = console.configured(lambda: parse_duration(args.older_than) if args.older_than else timedelta(0))
+    settings = console.configured(Settings.from_environment)
     settings.export_secrets()
-    # Artifacts are deleted through this server's proxy: `mlflow-artifacts:` URIs resolve against it.
-    # STACK_GC_TRACKING_URI: the server's Service when gc runs in a pod of its own (the chart's CronJob).
-    os.environ["MLFLOW_TRACKING_URI"] = os.environ.get("STACK_GC_TRACKING_URI") or f"http://localhost:{settings.port}"
+    # Handed to MLflow's gc in this process: artifacts are deleted through a tracking server's proxy, where
+    # `mlflow-artifacts:` URIs resolve (this container's, or the Service when gc runs in a pod of its own).
+    os.environ["MLFLOW_TRACKING_URI"] = settings.gc_tracking_uri or f"http://localhost:{settings.port}"
     if settings.auth == "basic":
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.admin
     before_ms = int((time.time() - age.total_seconds()) * 1000)
@@ -126,11 +123,5 @@ def main(argv: list[str]) -> int:
         models = remove_orphaned_logged_models(settings, before_ms)
         run_mlflow_gc(settings, args.older_than or None)
     except Exception as error:  # one line for the operator; nothing is half-deleted that a rerun cannot finish
-        print(f"stack-gc: failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        console.fail(f"failed: {type(error).__name__}: {error}")
     log(f"done in {time.monotonic() - started:.1f} s ({models} orphaned logged models removed)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

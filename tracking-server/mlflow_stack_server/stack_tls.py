@@ -19,88 +19,26 @@ import datetime
 import ipaddress
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-VOLUME = Path(os.environ.get("STACK_TLS_DIR", "/run/tls"))
-GIVEN = Path(os.environ.get("STACK_TLS_GIVEN_DIR", "/run/tls-given"))
-EXPORT = Path(os.environ.get("STACK_TLS_EXPORT_DIR", "/export"))
-# The gateway's uid (compose runs HAProxy as it): the only reader of the server key.
-GATEWAY_UID = int(os.environ.get("STACK_TLS_GATEWAY_UID", "10002"))
-# Names every generated certificate carries besides MLFLOW_PUBLIC_NAMES: a browser on the server host itself.
-LOCAL_NAMES = ("localhost", "127.0.0.1")
+from mlflow_stack_server.atomic_files import write_atomically as write
+from mlflow_stack_server.console import Console
+from mlflow_stack_server.settings import Settings, SettingsError, is_ip
+
+console = Console("[tls]")
+log = console.log
 CA_DAYS = 3650
 # Under the 398 days browsers accept from public CAs, so the same policy holds if the CA is ever swapped.
 SERVER_DAYS = 397
 RENEW_BEFORE_DAYS = 30
 
 
-def log(message: str) -> None:
-    print(f"[tls] {message}", flush=True)
-
-
-def fail(message: str) -> NoReturn:
-    print(f"[tls] error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-class TeamModeError(Exception):
-    """A team-mode setting that cannot work; reported in one line."""
-
-
-@dataclass(frozen=True)
-class TeamSettings:
-    tls: bool
-    public_names: tuple[str, ...]
-    cert_given: bool
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> TeamSettings:
-        switch = environ.get("MLFLOW_TLS", "").strip().lower()
-        if switch not in ("", "on", "off"):
-            raise TeamModeError(f"MLFLOW_TLS={switch!r}; expected 'on' or 'off'")
-        names = tuple(dict.fromkeys(n.strip() for n in environ.get("MLFLOW_PUBLIC_NAMES", "").split(",") if n.strip()))
-        cert, key = environ.get("MLFLOW_TLS_CERT", ""), environ.get("MLFLOW_TLS_KEY", "")
-        if switch != "on":
-            return cls(tls=False, public_names=names, cert_given=False)
-        auth = environ.get("MLFLOW_AUTH", "none") or "none"
-        if auth != "basic":
-            # Refuse rather than switch auth on behind the user's back: the trainers and the model server need
-            # logins too (MLFLOW_TRACKING_USERNAME/PASSWORD), and a silent change would leave them failing.
-            raise TeamModeError(
-                f"MLFLOW_TLS=on needs MLFLOW_AUTH=basic (it is {auth!r}): a server reachable from the network "
-                "must ask for logins; set MLFLOW_AUTH=basic in .env (README, Team mode)"
-            )
-        if not names:
-            raise TeamModeError(
-                "MLFLOW_TLS=on needs MLFLOW_PUBLIC_NAMES: the names and addresses clients reach this host by, "
-                "e.g. MLFLOW_PUBLIC_NAMES=mlflow.team.lan,10.0.0.5"
-            )
-        for name in names:
-            if not _is_ip(name) and not all(part.replace("-", "").isalnum() for part in name.split(".") if part):
-                raise TeamModeError(f"MLFLOW_PUBLIC_NAMES: {name!r} is neither a DNS name nor an IP address")
-        if bool(cert) != bool(key):
-            raise TeamModeError("set both MLFLOW_TLS_CERT and MLFLOW_TLS_KEY (file paths), or neither")
-        return cls(tls=True, public_names=names, cert_given=bool(cert))
-
-    @property
-    def certificate_names(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*self.public_names, *LOCAL_NAMES)))
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+class TeamModeError(SettingsError):
+    """A given certificate or key that cannot work (the team-mode settings themselves are checked by Settings)."""
 
 
 def _now() -> datetime.datetime:
@@ -109,7 +47,7 @@ def _now() -> datetime.datetime:
 
 def _subject_alternative_names(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(
-        [x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n) for n in names]
+        [x509.IPAddress(ipaddress.ip_address(n)) if is_ip(n) else x509.DNSName(n) for n in names]
     )
 
 
@@ -127,18 +65,6 @@ def covers(certificate: x509.Certificate, name: str) -> bool:
         if san == name or (san.startswith("*.") and "." in name and name.split(".", 1)[1] == san[2:]):
             return True
     return False
-
-
-def write(path: Path, data: bytes, owner: int | None = None, mode: int = 0o600) -> None:
-    """Atomically, with its final mode from the first byte."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.chmod(temporary, mode)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(temporary, owner, owner)
-    os.replace(temporary, path)
 
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -202,8 +128,8 @@ def issue_server_certificate(
     return key, certificate
 
 
-def load_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    ca_key_path, ca_path = VOLUME / "ca.key", VOLUME / "ca.crt"
+def load_ca(settings: Settings) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    ca_key_path, ca_path = settings.tls_dir / "ca.key", settings.tls_dir / "ca.crt"
     if not ca_key_path.exists():
         key, certificate = create_ca()
         write(ca_key_path, private_key_pem(key))
@@ -219,31 +145,32 @@ def fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def served_certificate() -> x509.Certificate | None:
-    path = VOLUME / "server.crt"
+def served_certificate(settings: Settings) -> x509.Certificate | None:
+    path = settings.tls_dir / "server.crt"
     return x509.load_pem_x509_certificate(path.read_bytes()) if path.exists() else None
 
 
-def install_server_pem(chain: bytes, key: bytes) -> None:
+def install_server_pem(settings: Settings, chain: bytes, key: bytes) -> None:
     # HAProxy reads certificate chain and key from one file; server.crt alone is for `show` and clients.
-    write(VOLUME / "server.pem", chain.rstrip(b"\n") + b"\n" + key, owner=GATEWAY_UID)
-    write(VOLUME / "server.crt", chain, mode=0o644)
+    write(settings.tls_dir / "server.pem", chain.rstrip(b"\n") + b"\n" + key, owner=settings.gateway_uid)
+    write(settings.tls_dir / "server.crt", chain, mode=0o644)
 
 
-def export_ca(ca: x509.Certificate) -> None:
+def export_ca(settings: Settings, ca: x509.Certificate) -> None:
     """certs/ca.crt in the project folder, owned by that folder's owner: what every client needs."""
-    if not EXPORT.is_dir():
-        log(f"{EXPORT} is not mounted: the CA stays in the volume only (scripts/tls.sh ca prints it)")
+    export = settings.tls_export_dir
+    if not export.is_dir():
+        log(f"{export} is not mounted: the CA stays in the volume only (scripts/tls.sh ca prints it)")
         return
-    owner = EXPORT.stat()
-    target = EXPORT / "ca.crt"
+    owner = export.stat()
+    target = export / "ca.crt"
     write(target, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
     if os.geteuid() == 0:
         os.chown(target, owner.st_uid, owner.st_gid)
 
 
-def use_given_certificate(settings: TeamSettings) -> None:
-    cert_path, key_path = GIVEN / "cert.pem", GIVEN / "key.pem"
+def use_given_certificate(settings: Settings) -> None:
+    cert_path, key_path = settings.tls_given_dir / "cert.pem", settings.tls_given_dir / "key.pem"
     try:
         chain_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
     except OSError as error:
@@ -270,16 +197,16 @@ def use_given_certificate(settings: TeamSettings) -> None:
             f"MLFLOW_TLS_CERT is for {', '.join(sorted(names_of(leaf))) or 'no names'}, not for "
             f"{', '.join(missing)} (listed in MLFLOW_PUBLIC_NAMES)"
         )
-    current = served_certificate()
+    current = served_certificate(settings)
     if current is None or current.fingerprint(hashes.SHA256()) != leaf.fingerprint(hashes.SHA256()):
-        install_server_pem(chain_pem, key_pem)
+        install_server_pem(settings, chain_pem, key_pem)
         log(f"installed the given certificate {fingerprint(leaf)}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}")
     else:
         log("the given certificate is in place")
 
 
-def needs_new_server_certificate(settings: TeamSettings, ca: x509.Certificate) -> str | None:
-    current = served_certificate()
+def needs_new_server_certificate(settings: Settings, ca: x509.Certificate) -> str | None:
+    current = served_certificate(settings)
     if current is None:
         return "none yet"
     if current.issuer != ca.subject or _authority_key_id(current) != _key_id(ca):
@@ -304,58 +231,54 @@ def _authority_key_id(certificate: x509.Certificate) -> bytes | None:
         return None
 
 
-def issue(settings: TeamSettings, reason: str) -> None:
-    ca_key, ca = load_ca()
+def issue(settings: Settings, reason: str) -> None:
+    ca_key, ca = load_ca(settings)
     key, certificate = issue_server_certificate(ca_key, ca, settings.certificate_names)
-    install_server_pem(certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
+    install_server_pem(settings, certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
     log(
         f"issued a server certificate for {', '.join(settings.certificate_names)} ({reason}), valid until "
         f"{certificate.not_valid_after_utc:%Y-%m-%d}"
     )
 
 
-def init(settings: TeamSettings, force_new: bool = False) -> None:
+def init(settings: Settings, force_new: bool = False) -> None:
     if not settings.tls:
         log("team mode off (MLFLOW_TLS is not 'on'): the gateway serves plain HTTP")
         return
     if settings.cert_given:
         use_given_certificate(settings)
         return
-    _, ca = load_ca()
+    _, ca = load_ca(settings)
     reason = "renew asked for" if force_new else needs_new_server_certificate(settings, ca)
     if reason:
         issue(settings, reason)
     else:
         log("the server certificate is current")
-    export_ca(ca)
+    export_ca(settings, ca)
     log(f"clients verify with certs/ca.crt (SHA-256 {fingerprint(ca)})")
 
 
-def show() -> None:
-    current = served_certificate()
+def show(settings: Settings) -> None:
+    current = served_certificate(settings)
     if current is None:
-        fail("no server certificate yet (MLFLOW_TLS=on and `docker compose up` make one)")
+        console.fail("no server certificate yet (MLFLOW_TLS=on and `docker compose up` make one)")
     print(f"names: {', '.join(sorted(names_of(current)))}")
     print(f"issuer: {current.issuer.rfc4514_string()}")
     print(f"valid until: {current.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     print(f"sha256: {fingerprint(current)}")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Console script `stack-tls [init] | renew | show`."""
+    argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else "init"
+    if command not in ("init", "renew", "show") or len(argv) > 1:
+        console.fail("usage: stack-tls [init] | renew | show")
+    # No database or bucket here: the `tls` service has the team-mode variables only.
+    settings = console.configured(lambda: Settings.from_environment(server=False))
     if command == "show":
-        show()
+        show(settings)
         return
-    if command not in ("init", "renew") or len(argv) > 1:
-        fail("usage: stack-tls [init] | renew | show")
-    try:
-        settings = TeamSettings.from_environment(os.environ)
-        if command == "renew" and (not settings.tls or settings.cert_given):
-            raise TeamModeError("renew issues from the stack's own CA: needs MLFLOW_TLS=on and no MLFLOW_TLS_CERT")
-        init(settings, force_new=command == "renew")
-    except TeamModeError as error:
-        fail(str(error))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    if command == "renew" and (not settings.tls or settings.cert_given):
+        console.fail("renew issues from the stack's own CA: needs MLFLOW_TLS=on and no MLFLOW_TLS_CERT")
+    console.configured(lambda: init(settings, force_new=command == "renew"))

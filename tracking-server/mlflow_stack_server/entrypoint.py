@@ -22,45 +22,52 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
+import tenacity
+
 from mlflow_stack_server.auth_db import AuthDatabase, auth_database, create_database_statement
-from mlflow_stack_server.settings import Settings, SettingsError, allowed_hosts
+from mlflow_stack_server.console import Console
+from mlflow_stack_server.migration_lock import migration_lock
+from mlflow_stack_server.settings import Settings
 
 T = TypeVar("T")
-# Any fixed 64-bit number shared by every prepare: concurrent ones queue on it instead of migrating at once.
-MIGRATION_LOCK_KEY = 0x6D6C666C6F77  # "mlflow"
-
-
-def log(message: str) -> None:
-    print(f"[tracking-server] {message}", flush=True)
-
-
-def fail(message: str) -> NoReturn:
-    sys.exit(f"[tracking-server] error: {message}")
+console = Console("[tracking-server]")
+log = console.log
+FIRST_RETRY_SECONDS = 0.5  # doubled after each failed attempt, up to
+LONGEST_RETRY_SECONDS = 5.0
 
 
 class FatalError(Exception):
     """A failure that waiting will not fix."""
 
 
+def _reason(error: BaseException | None) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def retry(what: str, attempt: Callable[[], T], wait_seconds: float) -> T:
-    deadline, delay = time.monotonic() + wait_seconds, 0.5
-    while True:
-        try:
-            return attempt()
-        except FatalError as error:
-            fail(f"{what}: {error}")
-        except Exception as error:  # psycopg2 and botocore raise many types for "not there yet"
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            if time.monotonic() + delay > deadline:
-                fail(f"{what} failed for {wait_seconds:.0f} s ({reason})")
-            log(f"{what}: not ready ({reason}), retrying in {delay:.1f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    """`attempt()` until it succeeds, with backoff, for up to `wait_seconds`; a FatalError or the deadline ends the
+    process with one line. Any other exception is "not there yet": psycopg2 and botocore raise many types for it."""
 
+    def report(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
+        log(f"{what}: not ready ({_reason(error)}), retrying in {pause:.1f} s")
 
-def backend_store_uri() -> str:
-    """The database URI from the environment (also used by bench/server_variants.py)."""
-    return Settings.from_environment().backend_store_uri
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_not_exception_type(FatalError),
+        wait=tenacity.wait_exponential(multiplier=FIRST_RETRY_SECONDS, max=LONGEST_RETRY_SECONDS),
+        # Give up before a pause that would end past the deadline, not after it.
+        stop=tenacity.stop_before_delay(wait_seconds),
+        before_sleep=report,
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except FatalError as error:
+        console.fail(f"{what}: {error}")
+    except Exception as error:
+        console.fail(f"{what} failed for {wait_seconds:.0f} s ({_reason(error)})")
 
 
 def wait_for_database(settings: Settings) -> None:
@@ -109,9 +116,8 @@ def migrate_once(settings: Settings) -> None:
     try:
         with engine.connect() as lock_holder:
             waited = time.monotonic()
-            lock_holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            log(f"migration lock held after {time.monotonic() - waited:.1f} s of waiting")
-            try:
+            with migration_lock(lock_holder):
+                log(f"migration lock held after {time.monotonic() - waited:.1f} s of waiting")
                 current, head = schema_revisions(settings.backend_store_uri)
                 if current == head:
                     log(f"schema already at {head}: nothing to migrate")
@@ -129,8 +135,6 @@ def migrate_once(settings: Settings) -> None:
                 finally:
                     target.dispose()
                 log(f"schema migrated to {head}")
-            finally:
-                lock_holder.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
     finally:
         engine.dispose()
 
@@ -138,7 +142,7 @@ def migrate_once(settings: Settings) -> None:
 def check_schema_is_current(settings: Settings) -> None:
     current, head = schema_revisions(settings.backend_store_uri)
     if current != head:
-        fail(
+        console.fail(
             f"the database schema is at {current or 'nothing (empty database)'}, this MLflow needs {head}: "
             "run the prepare step first (compose: `docker compose up` runs tracking-server-prepare; "
             "by hand: tracking-server-entrypoint prepare)"
@@ -165,8 +169,7 @@ def ensure_bucket(settings: Settings) -> None:
 
 
 def auth_database_uri(settings: Settings) -> AuthDatabase:
-    explicit = settings.secrets.get("MLFLOW_AUTH_DATABASE_URI", "")
-    return auth_database(settings.backend_store_uri, settings.auth_database, explicit)
+    return auth_database(settings.backend_store_uri, settings.auth_database, settings.auth_database_uri_given)
 
 
 def write_auth_config(settings: Settings) -> None:
@@ -193,37 +196,32 @@ def prepare_basic_auth(settings: Settings) -> None:
 
     engine = sqlalchemy.create_engine(settings.backend_store_uri, isolation_level="AUTOCOMMIT")
     try:
-        with engine.connect() as connection:
-            # Same lock as the migration: two prepares must not both create the database or the admin.
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            try:
-                # None when MLFLOW_AUTH_DATABASE_URI names a database made beforehand (no CREATEDB needed).
-                create = auth_database_uri(settings).create
-                if (
-                    create
-                    and not connection.execute(
-                        sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": create}
-                    ).scalar()
-                ):
-                    connection.execute(sqlalchemy.text(create_database_statement(create)))
-                    log(f"created database {create} for users and permissions")
-                write_auth_config(settings)
-                from mlflow.server.auth import bootstrap_admin_user
+        # Same lock as the migration: two prepares must not both create the database or the admin.
+        with engine.connect() as connection, migration_lock(connection):
+            # None when MLFLOW_AUTH_DATABASE_URI names a database made beforehand (no CREATEDB needed).
+            create = auth_database_uri(settings).create
+            if (
+                create
+                and not connection.execute(
+                    sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": create}
+                ).scalar()
+            ):
+                connection.execute(sqlalchemy.text(create_database_statement(create)))
+                log(f"created database {create} for users and permissions")
+            write_auth_config(settings)
+            from mlflow.server.auth import bootstrap_admin_user
 
-                # Migrates the auth schema and creates the admin if missing (what `mlflow server --app-name
-                # basic-auth` does before forking workers); a no-op on the next run.
-                bootstrap_admin_user()
-                ensure_client_user(settings)
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            # Migrates the auth schema and creates the admin if missing (what `mlflow server --app-name
+            # basic-auth` does before forking workers); a no-op on the next run.
+            bootstrap_admin_user()
+            ensure_client_user(settings)
     finally:
         engine.dispose()
 
 
 def ensure_client_user(settings: Settings) -> None:
     """The login trainers and the model server use (MLFLOW_AUTH_CLIENT_USERNAME/PASSWORD), created once."""
-    username = settings.secrets.get("MLFLOW_AUTH_CLIENT_USERNAME", "")
-    password = settings.secrets.get("MLFLOW_AUTH_CLIENT_PASSWORD", "")
+    username, password = settings.client_username, settings.client_password
     if not (username and password):
         return
     from mlflow.server.auth import store
@@ -241,10 +239,10 @@ def size_connection_pool(settings: Settings) -> None:
     """
     import sqlalchemy
 
-    threads, workers = settings.request_threads, settings.workers
-    os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", str(threads))
-    os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", str(threads))
-    pool_size = int(os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"])
+    threads, workers, pool_size = settings.request_threads, settings.workers, settings.pool_size
+    # MLflow's stores read them in each worker: handed down through the environment.
+    os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(pool_size)
+    os.environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(settings.max_overflow)
     # Per worker: the tracking and registry stores (and auth's) each keep pool_size idle connections,
     # and at most two per request thread are in use at once.
     engines = 3 if settings.auth == "basic" else 2
@@ -293,9 +291,10 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
         os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
     metrics_args = prepare_metrics_dir(settings)
-    if os.environ.get("MLFLOW_PUBLIC_NAMES", "").strip():
-        os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ)
-        log(f"allowed hosts: {os.environ['MLFLOW_SERVER_ALLOWED_HOSTS']}")
+    if settings.public_names:
+        # MLflow's DNS-rebinding guard reads it in each worker.
+        os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = settings.allowed_hosts
+        log(f"allowed hosts: {settings.allowed_hosts}")
     log(f"starting mlflow server (auth: {settings.auth}, metrics: {settings.metrics})")
     command = [
         "mlflow",
@@ -303,7 +302,7 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         "--host",
         "0.0.0.0",
         "--port",
-        settings.port,
+        str(settings.port),
         "--workers",
         str(settings.workers),
         # Proxied artifacts: clients upload and download through this server and need no S3 credentials.
@@ -335,23 +334,18 @@ def prepare_metrics_dir(settings: Settings) -> list[str]:
     return ["--expose-prometheus", settings.metrics_dir]
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Console script `tracking-server-entrypoint [prepare | serve] [mlflow server options]`."""
+    argv = sys.argv[1:] if argv is None else argv
     step, rest = "serve", argv
     if argv and not argv[0].startswith("-"):
         step, rest = argv[0], argv[1:]
     if step not in ("prepare", "serve"):
-        fail(f"unknown step {step!r}; expected 'prepare' or 'serve' (or mlflow server options starting with -)")
-    try:
-        settings = Settings.from_environment()
-    except SettingsError as error:
-        fail(str(error))
+        console.fail(f"unknown step {step!r}; expected 'prepare' or 'serve' (or mlflow server options starting with -)")
+    settings = console.configured(Settings.from_environment)
     if step == "prepare":
         if rest:
-            fail(f"prepare takes no arguments (got {' '.join(rest)})")
+            console.fail(f"prepare takes no arguments (got {' '.join(rest)})")
         prepare(settings)
     else:
         serve(settings, rest)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -7,21 +7,21 @@ need them on the host.
 from __future__ import annotations
 
 import io
-import os
 import sys
 import tarfile
+from typing import Any
 
 import boto3
 
+from mlflow_stack_server.console import Console
 from mlflow_stack_server.settings import Settings
 
+console = Console("bucket-archive:")
+USAGE = "usage: bucket-archive export > artifacts.tar | bucket-archive import < artifacts.tar"
 
-def _client():  # type: ignore[no-untyped-def]
-    return boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"])
 
-
-def export(bucket: str) -> int:
-    s3, count = _client(), 0
+def export(s3: Any, bucket: str) -> int:
+    count = 0
     with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as archive:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for entry in page.get("Contents", []):
@@ -34,8 +34,8 @@ def export(bucket: str) -> int:
     return count
 
 
-def import_(bucket: str) -> int:
-    s3, count = _client(), 0
+def import_(s3: Any, bucket: str) -> int:
+    count = 0
     try:
         s3.head_bucket(Bucket=bucket)
     except s3.exceptions.ClientError:
@@ -51,15 +51,14 @@ def import_(bucket: str) -> int:
     return count
 
 
-def main() -> None:
-    if len(sys.argv) != 2 or sys.argv[1] not in ("export", "import"):
-        sys.exit("usage: bucket-archive export > artifacts.tar | bucket-archive import < artifacts.tar")
+def main(argv: list[str] | None = None) -> None:
+    """Console script `bucket-archive export|import`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in ("export", "import"):
+        sys.exit(USAGE)
+    settings = console.configured(Settings.from_environment)
     # The S3 keys arrive as files (AWS_*_FILE); boto3 reads only the plain variables.
-    Settings.from_environment().export_secrets()
-    bucket = os.environ["MLFLOW_ARTIFACTS_BUCKET"]
-    count = export(bucket) if sys.argv[1] == "export" else import_(bucket)
-    print(f"bucket-archive: {sys.argv[1]}ed {count} objects ({bucket})", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
+    settings.export_secrets()
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None)
+    count = export(s3, settings.bucket) if argv[0] == "export" else import_(s3, settings.bucket)
+    print(f"bucket-archive: {argv[0]}ed {count} objects ({settings.bucket})", file=sys.stderr)
