@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mnist_trainer import tracking
+from mnist_trainer.config import Settings
 
 
 @pytest.mark.parametrize(
@@ -49,13 +50,13 @@ def forbidding_server() -> Iterator[str]:
 
 def test_a_server_that_refuses_the_trainer_is_reported_at_once(forbidding_server: str) -> None:
     with pytest.raises(tracking.TrackingError, match=r"refused the trainer \(HTTP 403: Invalid Host header"):
-        tracking.wait_for_server(forbidding_server, timeout_seconds=30)
+        tracking.wait_for_server(Settings(tracking_uri=forbidding_server, preflight_timeout=30))
 
 
-def test_run_link_prefers_the_ui_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRAINER_UI_URL", "http://localhost:5000/")
+def test_run_link_prefers_the_ui_url() -> None:
+    settings = Settings(tracking_uri="http://tracking-server:5000", ui_url="http://localhost:5000/")
     assert (
-        tracking.run_link("http://tracking-server:5000", "3", "abc")
+        tracking.run_link(settings, "3", "abc")
         == "http://localhost:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
 
