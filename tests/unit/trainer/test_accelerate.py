@@ -10,7 +10,7 @@ import pytest
 
 from mnist_trainer import accelerate, cli, data, sweep, tracking, training
 from mnist_trainer.accelerate import Acceleration, resolve
-from mnist_trainer.config import RunConfig, TrackingConfig, TrainConfig
+from mnist_trainer.config import RunConfig, Settings, TrackingConfig, TrainConfig
 from tests.unit.trainer.conftest import write_npz
 from tests.unit.trainer.test_cli import run_trainer
 
@@ -74,10 +74,10 @@ def test_a_sweep_hands_the_flags_to_its_children(monkeypatch: pytest.MonkeyPatch
         seen.append((base, combinations))
         return 0
 
-    monkeypatch.setattr(cli, "_load_training_data", lambda options: None)
+    monkeypatch.setattr(data, "load_for_training", lambda options, tfds_dir: None)
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
     args = cli.parse_args(["sweep", "--batch-size", "auto,64", "--mixed-precision", "on", "--xla", "off"])
-    cli.command_sweep(args, "sqlite:///unused.db")
+    cli.command_sweep(args, Settings(tracking_uri="sqlite:///unused.db"))
     ((base, combinations),) = seen
     assert (base.train.mixed_precision, base.train.xla) == ("on", "off")
     assert [c.label for c in combinations] == ["lr=0.001 bs=auto", "lr=0.001 bs=64"]
@@ -124,7 +124,7 @@ def test_forced_on_a_cpu_the_run_trains_in_mixed_precision_with_xla_and_warns(
         TrainConfig(1, 3e-3, 30, 0, 0.1, 100, mixed_precision="on", xla="on", deterministic="off"),
         TrackingConfig(experiment_name="forced", run_name="forced"),
     )
-    result = training.train_and_track(config, dataset, uri)
+    result = training.train_and_track(config, dataset, Settings(tracking_uri=uri))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trainer: warning")]
     assert warnings == [
         "trainer: warning: --mixed-precision on and --xla on without a GPU: expect slower training on the CPU"

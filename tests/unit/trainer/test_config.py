@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -103,10 +106,110 @@ def test_a_sweep_varies_the_fields_marked_sweepable() -> None:
     assert config.short_label({"learning_rate": 0.003, "batch_size": 64}) == "lr=0.003 bs=64"
 
 
-def test_the_readme_table_lists_every_training_flag() -> None:
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
-    table = readme[readme.index("### Trainer options") : readme.index("### What a run records")]
+def test_the_configuration_page_lists_every_training_flag() -> None:
+    # docs/configuration.md's tables are rendered from the code by the MkDocs hook: render them as `make docs`
+    # does and look for every flag a person can pass.
+    hook_path = Path(__file__).resolve().parents[3] / "docs" / "hooks" / "configuration.py"
+    spec = importlib.util.spec_from_file_location("configuration_hook", hook_path)
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = hook  # its dataclasses look their module up there
+    spec.loader.exec_module(hook)
+    table = hook.render()["<!-- trainer-settings -->"]
     for section in (TrainConfig, TrackingConfig, RegistryConfig):
-        for spec in fields(section):
-            if spec.name != "parent_run_id":
-                assert f"| `{config.flag(spec.name)}" in table, spec.name
+        for field_spec in fields(section):
+            if field_spec.name != "parent_run_id":
+                assert f"| `{config.flag(field_spec.name)}" in table, field_spec.name
+
+
+def _declared(cls: type) -> list[str]:
+    return [spec.name for spec in fields(cls) if not config._option(spec).hidden]
+
+
+def test_the_reference_lists_every_option_and_setting_once_per_section() -> None:
+    rows = config.reference()
+    assert all(set(row) >= {"name", "env", "default", "description", "section"} for row in rows)
+    assert all(isinstance(value, str) for row in rows for value in row.values())
+    for section, cls in config.REFERENCE_SECTIONS:
+        listed = [row for row in rows if row["section"] == section]
+        for spec in fields(cls):
+            how = config._option(spec)
+            if how.hidden:
+                continue
+            name = "" if cls is config.Settings else how.positional or config.flag(spec.name)
+            matches = [row for row in listed if row["name"] == name and row["env"] == (how.env or "")]
+            assert len(matches) == 1, (section, spec.name)
+            assert matches[0]["description"].startswith(how.help), spec.name
+    # Every group a command takes is in the reference, and nothing else is.
+    groups = {cls for groups in config.COMMAND_OPTIONS.values() for cls in groups} | {config.Settings}
+    assert groups == {cls for _, cls in config.REFERENCE_SECTIONS}
+    assert len(rows) == sum(len(_declared(cls)) for _, cls in config.REFERENCE_SECTIONS)
+    data = next(row for row in rows if row["name"] == "--data" and row["section"] == "train")
+    assert (data["env"], data["default"]) == ("TRAINER_DATA", "tfds")
+    timeout = next(row for row in rows if row["env"] == "TRAINER_PREFLIGHT_TIMEOUT")
+    assert (timeout["name"], timeout["default"], timeout["section"]) == ("", "30", "environment")
+
+
+def test_every_command_option_has_its_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    for command, groups in config.COMMAND_OPTIONS.items():
+        with pytest.raises(SystemExit):
+            cli.parse_args([command, "--help"])
+        help_text = capsys.readouterr().out
+        for cls in groups:
+            for spec in fields(cls):
+                how = config._option(spec)
+                if not how.hidden:
+                    assert (how.positional or config.flag(spec.name)) in help_text, (command, spec.name)
+
+
+def test_importing_the_config_imports_no_tensorflow_or_mlflow() -> None:
+    # The docs build imports config.reference() from the host's venv: it must stay cheap.
+    code = "import sys, mnist_trainer.config; print(sorted({'tensorflow', 'mlflow', 'keras'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_settings_come_from_the_environment_given_and_empty_means_unset() -> None:
+    settings = config.Settings.from_environ(
+        {
+            "MLFLOW_TRACKING_URI": "http://tracking-server:5000",
+            "TRAINER_PREFLIGHT_TIMEOUT": "2.5",
+            "TRAINER_PENDING_DIR": "/tmp/kept",
+            "MLFLOW_TRACKING_INSECURE_TLS": "TRUE",
+            "TRAINER_GIT_SHA": "",
+            "MLFLOW_TRACKING_PASSWORD": "s3cret",
+        }
+    )
+    assert settings.tracking_uri == "http://tracking-server:5000" and settings.preflight_timeout == 2.5
+    assert settings.pending_dir == Path("/tmp/kept") and settings.tracking_insecure_tls is True
+    assert settings.git_sha is None and settings.code_digest_file == config.CODE_DIGEST_FILE
+    assert "s3cret" not in repr(settings)
+    assert config.Settings.from_environ({}) == config.Settings()
+    assert config.Settings().tracking_uri == config.DEFAULT_TRACKING_URI
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TRAINER_PREFLIGHT_TIMEOUT", "soon", "TRAINER_PREFLIGHT_TIMEOUT: 'soon' is not a number"),
+        ("TRAINER_PREFLIGHT_TIMEOUT", "0", "TRAINER_PREFLIGHT_TIMEOUT: must be a finite number above 0, got 0"),
+        ("MLFLOW_TRACKING_INSECURE_TLS", "yes", "MLFLOW_TRACKING_INSECURE_TLS: must be true or false, got 'yes'"),
+    ],
+)
+def test_a_bad_setting_names_its_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.Settings.from_environ({variable: value})
+    assert str(raised.value) == message
+
+
+def test_a_bad_setting_is_one_line_and_exit_2_before_any_run(tmp_path: Path) -> None:
+    result = run_trainer(["--epochs", "1"], tmp_path, {"TRAINER_PREFLIGHT_TIMEOUT": "soon"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["trainer: error: TRAINER_PREFLIGHT_TIMEOUT: 'soon' is not a number"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_data_flag_defaults_to_the_environment_it_is_given() -> None:
+    assert cli.parse_args([], {"TRAINER_DATA": "/data/mnist.npz"}).data == "/data/mnist.npz"
+    assert cli.parse_args([], {"TRAINER_DATA": ""}).data == "tfds"
+    assert cli.parse_args(["--data", "tfds"], {"TRAINER_DATA": "/data/mnist.npz"}).data == "tfds"

@@ -8,7 +8,7 @@ from typing import NoReturn
 import pytest
 
 from mnist_trainer import data, tracking, training
-from mnist_trainer.config import RunConfig, TrackingConfig, TrainConfig
+from mnist_trainer.config import RunConfig, Settings, TrackingConfig, TrainConfig
 from tests.unit.trainer.conftest import write_npz
 
 
@@ -34,11 +34,10 @@ def test_the_run_of_a_trainer_that_lost_the_creation_race_lands_in_its_experimen
 
     monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", not_there_at_first)
     monkeypatch.setattr(tracking, "log_model", skip_model_upload)
-    monkeypatch.setattr(training, "PENDING_DIR", tmp_path / "pending")
     dataset = data.load_npz(write_npz(tmp_path / "m.npz", train=200, test=20))
     config = RunConfig(TrainConfig(1, 3e-3, 32, 0, 0.1), TrackingConfig(experiment_name="crowd", run_name="late"))
     with pytest.raises(tracking.ModelNotStoredError):
-        training.train_and_track(config, dataset, uri)
+        training.train_and_track(config, dataset, Settings(tracking_uri=uri, pending_dir=tmp_path / "pending"))
 
     assert len(lookups) >= 2, "the race path (create fails, look up again) was not taken"
     (kept,) = (tmp_path / "pending").iterdir()

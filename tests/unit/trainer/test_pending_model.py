@@ -8,7 +8,7 @@ from typing import NoReturn
 import pytest
 
 from mnist_trainer import data, tracking, training
-from mnist_trainer.config import RunConfig, TrackingConfig, TrainConfig
+from mnist_trainer.config import RunConfig, Settings, TrackingConfig, TrainConfig
 from tests.unit.trainer.conftest import write_npz
 
 
@@ -20,7 +20,6 @@ def test_an_unstorable_model_is_kept_then_uploaded_to_its_own_run(
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setattr(training, "PENDING_DIR", tmp_path / "pending")
     dataset = data.load_npz(write_npz(tmp_path / "m.npz", train=300, test=60))
     config = RunConfig(TrainConfig(1, 3e-3, 32, 0, 0.1), TrackingConfig(experiment_name="outage", run_name="doomed"))
     real_log_model = tracking.log_model
@@ -30,7 +29,7 @@ def test_an_unstorable_model_is_kept_then_uploaded_to_its_own_run(
 
     monkeypatch.setattr(tracking, "log_model", store_is_down)
     with pytest.raises(tracking.ModelNotStoredError) as raised:
-        training.train_and_track(config, dataset, uri)
+        training.train_and_track(config, dataset, Settings(tracking_uri=uri, pending_dir=tmp_path / "pending"))
     message = str(raised.value)
     assert "S3 endpoint http://minio:9000 unreachable" in message
     assert "\n" not in message

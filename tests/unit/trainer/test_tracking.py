@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mnist_trainer import tracking
+from mnist_trainer.config import Settings
 
 
 @pytest.mark.parametrize(
@@ -25,14 +26,15 @@ def test_tracking_uris_that_are_refused(uri: str) -> None:
         tracking.check_tracking_uri(uri)
 
 
-@pytest.fixture
-def forbidding_server() -> Iterator[str]:
-    """Answers like MLflow does to a Host header it does not allow."""
+@contextlib.contextmanager
+def _server_answering(status: int, body: bytes, requests_seen: list[str] | None = None) -> Iterator[str]:
+    """A local HTTP server that answers every GET with this status and body; yields its URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b"Invalid Host header - possible DNS rebinding attack detected"
-            self.send_response(403)
+            if requests_seen is not None:
+                requests_seen.append(self.path)
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -43,19 +45,37 @@ def forbidding_server() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def forbidding_server() -> Iterator[str]:
+    """Answers like MLflow does to a Host header it does not allow."""
+    with _server_answering(403, b"Invalid Host header - possible DNS rebinding attack detected") as url:
+        yield url
+
+
+def test_a_server_that_is_not_ready_is_asked_again_until_the_timeout() -> None:
+    seen: list[str] = []
+    with _server_answering(503, b"starting", seen) as url, pytest.raises(tracking.TrackingError) as raised:
+        tracking.wait_for_server(Settings(tracking_uri=url, preflight_timeout=2))
+    assert str(raised.value) == f"tracking server at {url} did not answer within 2 s (HTTP 503)"
+    # Pauses of 0.5 s and 1 s fit in 2 s (three requests when they answer at once); a pause past it is not taken.
+    assert 2 <= len(seen) <= 3 and seen[0].startswith("/api/2.0/mlflow/experiments/search")
 
 
 def test_a_server_that_refuses_the_trainer_is_reported_at_once(forbidding_server: str) -> None:
     with pytest.raises(tracking.TrackingError, match=r"refused the trainer \(HTTP 403: Invalid Host header"):
-        tracking.wait_for_server(forbidding_server, timeout_seconds=30)
+        tracking.wait_for_server(Settings(tracking_uri=forbidding_server, preflight_timeout=30))
 
 
-def test_run_link_prefers_the_ui_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRAINER_UI_URL", "http://localhost:5000/")
+def test_run_link_prefers_the_ui_url() -> None:
+    settings = Settings(tracking_uri="http://tracking-server:5000", ui_url="http://localhost:5000/")
     assert (
-        tracking.run_link("http://tracking-server:5000", "3", "abc")
+        tracking.run_link(settings, "3", "abc")
         == "http://localhost:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
 

@@ -1,12 +1,16 @@
-"""The configuration of a training run, declared once: type, bounds, default and help of every option.
+"""The trainer's configuration, declared once: type, bounds, default and help of every option and setting.
 
 Everything else is derived from these dataclasses, in the spirit of Hugging Face's `HfArgumentParser`: the
 command-line flags (`add_options`), the object built from parsed flags (`from_namespace`), the run's params
 and its `config.json` artifact (`to_dict`), the config file a sweep hands each child and `trainer reproduce`
-reads back (`from_dict`). Adding a training option is one field in `TrainConfig` plus the code that uses it.
+reads back (`from_dict`), the environment settings read once at start (`Settings.from_environ`), and the
+reference the docs are generated from (`reference`). Adding a training option is one field in `TrainConfig`
+plus the code that uses it.
 
-Values read from a file go through the same parsers as flags, so a hand-edited config.json with
-`"epochs": 0` gets the same one-line error as `--epochs 0`.
+Values read from a file or the environment go through the same parsers as flags, so a hand-edited config.json
+with `"epochs": 0` gets the same one-line error as `--epochs 0`.
+
+Cheap to import (no TensorFlow, no MLflow): the docs build imports it from the host's venv.
 """
 
 from __future__ import annotations
@@ -15,17 +19,28 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from mnist_trainer import accelerate
+from mnist_trainer.registry import CHAMPION
 
 T = TypeVar("T")
 C = TypeVar("C")
 CONFIG_ARTIFACT = "config.json"
+# Outside Docker, with no server configured, runs land in a local SQLite store (MLflow's own default since 3.7).
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Long enough for a server that is still booting, short enough that a wrong URI is reported promptly.
+PREFLIGHT_TIMEOUT_SECONDS = 30.0
+# Written by the image build (Dockerfile: python -m mnist_trainer.lineage code-digest).
+CODE_DIGEST_FILE = Path("/opt/trainer/code-digest")
+# The trainer-data volume in Docker: where a trained model waits when the artifact store cannot take it.
+DATA_VOLUME = Path("/data")
+MODEL_URI_FORMS = "models:/NAME/N, models:/NAME@ALIAS or runs:/RUN_ID"
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_MODEL_NAME = "mnist"
 
 
 class ConfigError(ValueError):
@@ -120,6 +135,18 @@ def text(value: str) -> str:
     return value
 
 
+def path(value: str) -> Path:
+    return Path(value)
+
+
+def true_or_false(value: str) -> bool:
+    """What MLflow accepts for its boolean variables: true/false or 1/0, in any case."""
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"must be true or false, got {value!r}")
+    return lowered in ("true", "1")
+
+
 def list_of(parse: Callable[[str], T]) -> Callable[[str], list[T]]:
     def parse_list(text: str) -> list[T]:
         values = [parse(part.strip()) for part in text.split(",") if part.strip()]
@@ -146,18 +173,39 @@ class Option:
     short: str = ""
     # Not offered as a flag (set by the program itself, e.g. a sweep child's parent run).
     hidden: bool = False
-    # Environment variable that replaces the default on the command line.
+    # Environment variable that replaces the default (on the command line, or of a setting).
     env: str | None = None
+    # A positional argument shown as this name (MODEL_URI) instead of a --flag.
+    positional: str | None = None
+    nargs: str | None = None
+    # The default as the reference shows it, when it is decided at start (e.g. by what the machine has).
+    shown_default: str | None = None
 
 
 def option(default: Any, help: str, **how: Any) -> Any:
     return field(default=default, metadata={"option": Option(help, **how)})
 
 
+def required(help: str, **how: Any) -> Any:
+    """An option without a default: the user must give it (`promote --version`, a positional argument)."""
+    return field(metadata={"option": Option(help, **how)})
+
+
+def setting(default: Any, help: str, env: str, **how: Any) -> Any:
+    """An environment setting: read from `env` once at start (Settings.from_environ), never from a flag."""
+    if callable(default):
+        return field(default_factory=default, metadata={"option": Option(help, env=env, **how)})
+    return field(default=default, metadata={"option": Option(help, env=env, **how)})
+
+
 def _option(spec: dataclasses.Field[Any]) -> Option:
     found = spec.metadata.get("option")
     assert isinstance(found, Option), f"{spec.name} is declared without option()"
     return found
+
+
+def _is_required(spec: dataclasses.Field[Any]) -> bool:
+    return spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
 
 
 AUTO_BATCH_HELP = f"'auto' ({accelerate.GPU_BATCH_SIZE} with a GPU, else {accelerate.CPU_BATCH_SIZE})"
@@ -219,7 +267,9 @@ class TrackingConfig:
 class RegistryConfig:
     """What happens to the trained model in the model registry."""
 
-    registered_model_name: str = option("mnist", "the registered model that gets the new version", parse=name)
+    registered_model_name: str = option(
+        DEFAULT_MODEL_NAME, "the registered model that gets the new version", parse=name
+    )
     no_register: bool = option(False, "log the model to the run but create no version")
     promotion_metric: str = option(
         "test_accuracy", "run metric that decides @champion; names ending in 'loss' count lower as better", parse=name
@@ -324,6 +374,168 @@ def _checked(value: Any, spec: dataclasses.Field[Any], how: Option) -> Any:
     return how.parse(repr(value) if isinstance(value, float) else str(value))
 
 
+# ---- the other commands' options ----
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """`trainer train` beyond the run's configuration."""
+
+    config: str | None = option(None, "a config.json (a run's artifact); flags given here win")
+    result_file: str | None = option(None, "write the outcome as JSON here (used by sweeps)")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    parallel: int = option(1, "child runs at a time", parse=positive_int)
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    model_uri: str = required(MODEL_URI_FORMS, positional="MODEL_URI")
+    data: str | None = option(None, "the data to train on; default: the original's source")
+    allow_code_change: bool = option(
+        False, "reproduce even when the code digest, image or package lock differ from the original's"
+    )
+    tolerance: float = option(
+        DEFAULT_TOLERANCE,
+        "largest difference of a test metric that still counts as reproduced",
+        parse=non_negative_float,
+    )
+    register: bool = option(False, "also register the reproduction as a version")
+
+
+@dataclass(frozen=True)
+class LineageOptions:
+    model_uri: str = required(MODEL_URI_FORMS, positional="MODEL_URI")
+
+
+@dataclass(frozen=True)
+class ModelsOptions:
+    registered_model_name: str = option(DEFAULT_MODEL_NAME, "the registered model", parse=name)
+    metric: str = option("test_accuracy", "the run metric shown for each version")
+
+
+@dataclass(frozen=True)
+class PromoteOptions:
+    version: int = required("the version the alias moves to", parse=positive_int)
+    registered_model_name: str = option(DEFAULT_MODEL_NAME, "the registered model", parse=name)
+    alias: str = option(CHAMPION, "the alias to set", parse=name)
+    reason: str = option("promoted by hand", "recorded on the version with who set the alias")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    images: list[str] = required("PNG/JPEG/.npy files of one digit each", positional="IMAGE", nargs="+")
+    model: str = option(
+        f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION}", "the model to classify with (models:/ or runs:/ URI)"
+    )
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    path: Path = required("the folder the trainer named, e.g. /data/pending/<run id>", parse=path, positional="PATH")
+
+
+# ---- the environment, read once when a command starts ----
+
+
+def _pending_dir() -> Path:
+    return DATA_VOLUME / "pending" if DATA_VOLUME.is_dir() else Path("pending")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the trainer takes from its environment, read once by `from_environ` when a command starts and
+    passed down; nothing reads the environment anywhere else. An empty variable counts as unset.
+
+    The MLFLOW_TRACKING_* variables are MLflow's own, and its client reads them too; the trainer reads them
+    for its preflight check and its links, so that both use the same server, login and certificate.
+    """
+
+    tracking_uri: str = setting(
+        DEFAULT_TRACKING_URI, "the tracking server (http(s)://host:port) or a local store", "MLFLOW_TRACKING_URI"
+    )
+    tracking_username: str | None = setting(
+        None, "the trainer's MLflow user, with MLFLOW_AUTH=basic on the server", "MLFLOW_TRACKING_USERNAME"
+    )
+    # repr=False: a settings object printed in a traceback or a log must not show the password.
+    tracking_password: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"option": Option("the password of MLFLOW_TRACKING_USERNAME", env="MLFLOW_TRACKING_PASSWORD")},
+    )
+    tracking_server_cert_path: Path | None = setting(
+        None,
+        "CA certificate the server's TLS certificate is checked against (team mode: certs/ca.crt); default: the "
+        "system CAs",
+        "MLFLOW_TRACKING_SERVER_CERT_PATH",
+        parse=path,
+    )
+    tracking_insecure_tls: bool = setting(
+        False, "skip the TLS certificate check (never in production)", "MLFLOW_TRACKING_INSECURE_TLS",
+        parse=true_or_false,
+    )  # fmt: skip
+    preflight_timeout: float = setting(
+        PREFLIGHT_TIMEOUT_SECONDS,
+        "seconds to wait for the tracking server before giving up with one line",
+        "TRAINER_PREFLIGHT_TIMEOUT",
+        parse=positive_float,
+    )
+    ui_url: str | None = setting(
+        None,
+        "the UI's address in printed and recorded run links, when the server is known by another name outside "
+        "Docker; default: the tracking URI (http://localhost:5000 for a local store)",
+        "TRAINER_UI_URL",
+    )
+    pending_dir: Path = setting(
+        _pending_dir,
+        "where a trained model is kept when the artifact store cannot take it (`trainer upload` sends it later)",
+        "TRAINER_PENDING_DIR",
+        parse=path,
+        shown_default="/data/pending where /data exists (the image's volume), else ./pending",
+    )
+    tfds_data_dir: str | None = setting(
+        None,
+        "TensorFlow Datasets' download cache for --data tfds",
+        "TFDS_DATA_DIR",
+        shown_default="/data/tfds in the image",
+    )
+    user: str | None = setting(
+        None, "who `trainer promote` records as having set the alias", "TRAINER_USER", shown_default="the login name"
+    )
+    code_digest_file: Path = setting(
+        CODE_DIGEST_FILE,
+        "the image build's record of the code digest; where it is missing the digest is computed at run time",
+        "TRAINER_CODE_DIGEST_FILE",
+        parse=path,
+    )
+    git_sha: str | None = setting(
+        None,
+        "the commit recorded as the runs' git_sha (the image's GIT_SHA build argument); default: the checkout's",
+        "TRAINER_GIT_SHA",
+    )
+    image: str | None = setting(
+        None, "the trainer image recorded on each run (compose and the chart set it)", "TRAINER_IMAGE"
+    )
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Raises ConfigError naming the variable when a value does not parse."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            how = _option(spec)
+            assert how.env is not None, f"setting {spec.name} names no variable"
+            raw = environ.get(how.env, "")
+            if raw == "":
+                continue
+            try:
+                values[spec.name] = how.parse(raw)
+            except argparse.ArgumentTypeError as error:
+                raise ConfigError(f"{how.env}: {error}") from None
+        return cls(**values)
+
+
 # ---- the command line, generated ----
 
 
@@ -331,11 +543,16 @@ def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type[Any], *, sweep: bool = False) -> None:
-    """One flag per field of `cls`. With `sweep`, fields marked sweepable take comma-separated lists."""
+def add_options(
+    parser: argparse.ArgumentParser, cls: type[Any], *, sweep: bool = False, environ: Mapping[str, str] | None = None
+) -> None:
+    """One flag per field of `cls`. With `sweep`, fields marked sweepable take comma-separated lists. A field
+    with an `env` variable takes its default from `environ` (the environment the command started with)."""
     for spec in fields(cls):
         how = _option(spec)
-        if how.hidden:
+        if how.positional:
+            parser.add_argument(spec.name, metavar=how.positional, type=how.parse, nargs=how.nargs, help=how.help)
+        elif how.hidden:
             parser.add_argument(flag(spec.name), dest=spec.name, default=spec.default, help=argparse.SUPPRESS)
         elif isinstance(spec.default, bool):
             parser.add_argument(flag(spec.name), dest=spec.name, action="store_true", help=how.help)
@@ -344,11 +561,15 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Any], *, sweep: bool 
                 flag(spec.name), dest=spec.name, type=list_of(how.parse), default=[spec.default],
                 help=f"comma-separated values to try: {how.help}",
             )  # fmt: skip
+        elif _is_required(spec):
+            parser.add_argument(flag(spec.name), dest=spec.name, type=how.parse, required=True, help=how.help)
         else:
-            default = os.environ.get(how.env, spec.default) if how.env else spec.default
+            # argparse runs a text default through `type`, so a bad TRAINER_DATA gets the flag's own error.
+            from_env = (environ or {}).get(how.env, "") if how.env else ""
             parser.add_argument(
-                flag(spec.name), dest=spec.name, type=how.parse, choices=how.choices, default=default, help=how.help
-            )
+                flag(spec.name), dest=spec.name, type=how.parse, choices=how.choices, default=from_env or spec.default,
+                help=how.help,
+            )  # fmt: skip
 
 
 def section_from_namespace(cls: type[C], namespace: argparse.Namespace, **overrides: Any) -> C:
@@ -378,7 +599,81 @@ def short_label(values: Mapping[str, Any]) -> str:
     )
 
 
-def defaults_from_file(parser: argparse.ArgumentParser, path: str) -> None:
-    """`trainer train --config FILE`: the file's values become the defaults, so explicit flags still win."""
-    config = RunConfig.from_file(path)
-    parser.set_defaults(**{key: value for section in config.to_dict().values() for key, value in section.items()})
+def flag_defaults(config: RunConfig) -> dict[str, Any]:
+    """`trainer train --config FILE`: the file's values as the defaults of the flags, so explicit flags still win."""
+    return {key: value for section in config.to_dict().values() for key, value in section.items()}
+
+
+# ---- the reference the docs are generated from ----
+
+# Which option groups each command takes, in the order its --help lists them (cli.build_parser follows it).
+COMMAND_OPTIONS: dict[str, tuple[type[Any], ...]] = {
+    "train": (TrainConfig, TrackingConfig, RegistryConfig, TrainOptions),
+    "sweep": (TrainConfig, TrackingConfig, RegistryConfig, SweepOptions),
+    "reproduce": (ReproduceOptions,),
+    "lineage": (LineageOptions,),
+    "models": (ModelsOptions,),
+    "promote": (PromoteOptions,),
+    "predict": (PredictOptions,),
+    "upload": (UploadOptions, RegistryConfig),
+}
+# The reference's sections: the run's configuration by its config.json sections, the commands' own options
+# by command, the environment last.
+REFERENCE_SECTIONS: tuple[tuple[str, type[Any]], ...] = (
+    ("train", TrainConfig),
+    ("train", TrainOptions),
+    ("tracking", TrackingConfig),
+    ("registry", RegistryConfig),
+    ("sweep", SweepOptions),
+    ("reproduce", ReproduceOptions),
+    ("lineage", LineageOptions),
+    ("models", ModelsOptions),
+    ("promote", PromoteOptions),
+    ("predict", PredictOptions),
+    ("upload", UploadOptions),
+    ("environment", Settings),
+)
+
+
+def _shown(spec: dataclasses.Field[Any], how: Option) -> str:
+    if how.shown_default is not None:
+        return how.shown_default
+    if _is_required(spec):
+        return "(required)"
+    if spec.default is None:
+        return ""
+    if isinstance(spec.default, bool):
+        return "true" if spec.default else "false"
+    if isinstance(spec.default, float):
+        return f"{spec.default:g}"
+    return str(spec.default)
+
+
+def reference() -> list[dict[str, str]]:
+    """Every option and environment setting, for the configuration reference page: name (the flag or the
+    positional argument; "" for a setting only the environment gives), env, default, description, section
+    (config section, command or "environment") and commands (those that take it, comma-separated)."""
+    rows = []
+    for section, cls in REFERENCE_SECTIONS:
+        takers = [command for command, groups in COMMAND_OPTIONS.items() if cls in groups]
+        for spec in fields(cls):
+            how = _option(spec)
+            if how.hidden:
+                continue
+            shown_name = "" if cls is Settings else how.positional or flag(spec.name)
+            description = how.help
+            if how.env and how.env.startswith("MLFLOW_"):
+                description += " (MLflow's own variable: its client reads it too)"
+            if cls is TrainConfig and how.sweep:
+                description += " (`trainer sweep` takes a comma-separated list)"
+            rows.append(
+                {
+                    "name": shown_name,
+                    "env": how.env or "",
+                    "default": _shown(spec, how),
+                    "description": description,
+                    "section": section,
+                    "commands": ", ".join(takers),
+                }
+            )
+    return rows

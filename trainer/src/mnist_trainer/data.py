@@ -13,6 +13,8 @@ import numpy as np
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from mnist_trainer.config import TrainConfig
+
 TFDS_SOURCE = "tfds"
 TFDS_CATALOG_URL = "https://www.tensorflow.org/datasets/catalog/mnist"
 NUM_CLASSES = 10
@@ -121,6 +123,16 @@ def load_tfds(data_dir: str | None = None) -> Mnist:
 
 def load(source: str, tfds_dir: str | None = None) -> Mnist:
     return load_tfds(tfds_dir) if source == TFDS_SOURCE else load_npz(source)
+
+
+def load_for_training(options: TrainConfig, tfds_dir: str | None = None) -> Mnist:
+    """The data a run's options name, refused when the options ask for more images than it has."""
+    dataset = load(options.data, tfds_dir)
+    if options.max_train_samples is not None and options.max_train_samples > len(dataset.x_train):
+        raise DataError(
+            f"--max-train-samples {options.max_train_samples} exceeds the {len(dataset.x_train)} training images"
+        )
+    return dataset
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:

@@ -1,22 +1,24 @@
 """Where a run came from: code digest, git commit, image, package lock, determinism settings, devices.
 
 `python -m mnist_trainer.lineage code-digest` prints the digest of this package's source; the image build runs
-it and keeps the result in CODE_DIGEST_FILE. Outside Docker the same digest is computed at run time from the
+it and keeps the result in /opt/trainer/code-digest (Settings.code_digest_file). Outside Docker the same digest is computed at run time from the
 same files, so a checkout and an image built from it record the same value.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mnist_trainer.config import Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CODE_DIGEST_FILE = Path(os.environ.get("TRAINER_CODE_DIGEST_FILE", "/opt/trainer/code-digest"))
 PACKAGE_LOCK_ARTIFACT = "lineage/packages.lock.txt"
 # Tags every run carries (and its registered version copies), in the order `trainer lineage` prints them.
 CODE_DIGEST_TAG = "code_digest"
@@ -44,22 +46,22 @@ def code_digest_of(package_dir: Path = PACKAGE_DIR) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def code_digest() -> tuple[str, str]:
+def code_digest(recorded_in: Path) -> tuple[str, str]:
     """(digest, where it came from): the image build's record when there is one, else computed now."""
-    if CODE_DIGEST_FILE.is_file():
-        recorded = CODE_DIGEST_FILE.read_text().strip()
+    if recorded_in.is_file():
+        recorded = recorded_in.read_text().strip()
         if recorded:
             return recorded, "image build"
     return code_digest_of(), "computed at run time"
 
 
-def git_sha() -> str | None:
+def git_sha(built_from: str | None) -> str | None:
     """The commit the image was built from (build arg GIT_SHA), or of the checkout the package runs from.
 
     A checkout with uncommitted changes to the trainer gets '-dirty': the commit alone would not name its code.
     """
-    if os.environ.get("TRAINER_GIT_SHA"):
-        return os.environ["TRAINER_GIT_SHA"]
+    if built_from:
+        return built_from
     try:
         sha = subprocess.run(
             ["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -136,9 +138,9 @@ class Environment:
         return tags
 
 
-def current_environment() -> Environment:
-    digest, source = code_digest()
-    return Environment(digest, source, git_sha(), os.environ.get("TRAINER_IMAGE") or None, package_lock())
+def current_environment(settings: Settings) -> Environment:
+    digest, source = code_digest(settings.code_digest_file)
+    return Environment(digest, source, git_sha(settings.git_sha), settings.image, package_lock())
 
 
 def tensorflow_tags() -> dict[str, str]:

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from mnist_trainer.config import RegistryConfig
+    from mnist_trainer.config import RegistryConfig, Settings
     from mnist_trainer.tracking import TrainResult
 
 CHAMPION = "champion"
@@ -341,14 +341,12 @@ def promotion_rule(options: RegistryConfig) -> PromotionRule:
     return PromotionRule(options.promotion_metric, not lower_is_better, options.promotion_margin)
 
 
-def register_and_promote(result: TrainResult, uri: str, options: RegistryConfig) -> int:
+def register_and_promote(result: TrainResult, settings: Settings, options: RegistryConfig) -> int:
     """Register the run's model as a new version, describe it, gate it on accuracy and promote it."""
-    from mlflow import MlflowClient
-
+    from mnist_trainer import tracking
     from mnist_trainer.lineage import LINEAGE_TAGS
-    from mnist_trainer.tracking import run_link
 
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = tracking.client(settings.tracking_uri)
     name = options.registered_model_name
     run = client.get_run(result.run_id)
     accuracy = result.metrics["test_accuracy"]
@@ -359,7 +357,7 @@ def register_and_promote(result: TrainResult, uri: str, options: RegistryConfig)
         metrics=result.metrics,
         data_source=run.data.tags.get("data_source", ""),
         data_digest=run.data.tags.get("data_digest", ""),
-        run_url=run_link(uri, result.experiment_id, result.run_id),
+        run_url=tracking.run_link(settings, result.experiment_id, result.run_id),
         devices=run.data.tags.get("devices", ""),
         lineage=lineage,
     )

@@ -7,28 +7,36 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mnist_trainer import lineage
-from mnist_trainer.config import CONFIG_ARTIFACT, ConfigError, RunConfig
+from mnist_trainer import data as mnist_data
+from mnist_trainer import lineage, tracking
+from mnist_trainer.config import (
+    CONFIG_ARTIFACT,
+    MODEL_URI_FORMS,
+    ConfigError,
+    ReproduceOptions,
+    RunConfig,
+    Settings,
+    TrainConfig,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-MODEL_URI_FORMS = "models:/NAME/N, models:/NAME@ALIAS or runs:/RUN_ID"
 # Test metrics gate `reproduce`'s exit code; the last epoch's training and validation metrics are shown too.
 GATED_METRICS = ("test_accuracy", "test_loss")
 SHOWN_METRICS = (*GATED_METRICS, "val_accuracy", "val_loss", "train_accuracy", "train_loss")
-DEFAULT_TOLERANCE = 1e-4
 EXIT_NOT_REPRODUCED = 3
 # Compared between the original run and this process before a reproduction: code, image, installed packages.
 ENVIRONMENT_TAGS = (lineage.CODE_DIGEST_TAG, "image", "package_lock_digest")
 
 
 class RecordError(ValueError):
-    """The URI names nothing reproducible, or the record is incomplete; the message says which, in one line."""
+    """The URI names nothing reproducible, the record is incomplete, or the original cannot be trained again
+    here as asked (other data, other code); the message says which, in one line."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ def resolve(client: MlflowClient, uri: str) -> Origin:
             raise RecordError(f"{uri!r} is not a model URI ({MODEL_URI_FORMS})")
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            raise RecordError(f"{uri}: not found ({str(error).strip().splitlines()[0][:160]})") from None
+            raise RecordError(f"{uri}: not found ({tracking.first_line(error, 160)})") from None
         raise
     if not version.run_id:
         raise RecordError(f"{uri}: version {version.version} was not made by a run; nothing to reproduce")
@@ -173,3 +181,96 @@ def chain(client: MlflowClient, record: Record, ui_link: str) -> str:
     ]
     width = max(len(label) for label, _ in lines)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in lines)
+
+
+# ---- `trainer reproduce`: refuse first, then train ----
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A reproduction that passed every check: the original's record, the config to train, what differs."""
+
+    record: Record
+    config: RunConfig
+    dataset: mnist_data.Mnist
+    changes: list[str]  # code, image or packages that differ from the original's, one phrase each
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    original_run_id: str
+    run_id: str
+    table: str  # the original's and the reproduction's metrics side by side
+    within: bool  # every test metric within the tolerance
+
+
+def prepare(options: ReproduceOptions, settings: Settings) -> Plan:
+    """Everything that can refuse does so here, before the new run exists: URI, record, data digest, code."""
+    import mlflow
+
+    uri = settings.tracking_uri
+    client = tracking.client(uri)
+    mlflow.set_tracking_uri(uri)  # artifact downloads (config.json) go through the same server
+    record = read_record(client, resolve(client, options.model_uri))
+    original_id = record.origin.run_id
+    train = replace(record.config.train, data=options.data or record.config.train.data)
+    dataset = mnist_data.load_for_training(train, settings.tfds_data_dir)
+    digest, recorded = tracking.dataset_digest(dataset), record.tags.get("data_digest", "")
+    if digest != recorded:
+        raise RecordError(
+            f"data digest {digest} of {train.data} differs from the original's {recorded or '(none recorded)'} "
+            f"(run {original_id}); nothing was logged"
+        )
+    changes = environment_changes(record, lineage.current_environment(settings))
+    if changes and not options.allow_code_change:
+        raise RecordError(
+            f"the original ran elsewhere: {'; '.join(changes)}; pass --allow-code-change to reproduce anyway"
+        )
+    experiment_name = client.get_experiment(record.run.info.experiment_id).name
+    config = _reproduction_config(record, train, experiment_name, options.register)
+    return Plan(record, config, dataset, changes, options.tolerance)
+
+
+def _reproduction_config(record: Record, train: TrainConfig, experiment_name: str, register: bool) -> RunConfig:
+    """The original's config, trained as a top-level run next to the original, registered only if asked."""
+    return replace(
+        record.config,
+        train=train,
+        tracking=replace(
+            record.config.tracking,
+            experiment_name=experiment_name,
+            run_name=f"reproduce {record.run.info.run_name or record.origin.run_id}",
+            parent_run_id=None,
+            no_create_experiment=False,
+        ),
+        registry=replace(record.config.registry, no_register=not register),
+    )
+
+
+def reproduce(plan: Plan, settings: Settings) -> Reproduction:
+    """Train the plan's config in a new run tagged as a reproduction, register it if asked, compare metrics."""
+    from mnist_trainer.registry import register_and_promote
+    from mnist_trainer.training import train_and_track
+
+    original_id = plan.record.origin.run_id
+    extra_tags = {tracking.REPRODUCES_TAG: original_id}
+    if plan.changes:
+        extra_tags["reproduced_across"] = ", ".join(change.split()[0] for change in plan.changes)
+    result = train_and_track(plan.config, plan.dataset, settings, extra_tags)
+    if not plan.config.registry.no_register:
+        register_and_promote(result, settings, plan.config.registry)
+    reproduced = tracking.client(settings.tracking_uri).get_run(result.run_id)
+    table, within = comparison(final_metrics(plan.record.run), final_metrics(reproduced), plan.tolerance)
+    return Reproduction(original_id, result.run_id, table, within)
+
+
+def lineage_of(model_uri: str, settings: Settings) -> str:
+    """`trainer lineage MODEL_URI`: the chain of records behind a version or run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = tracking.client(settings.tracking_uri)
+    record = read_record(client, resolve(client, model_uri))
+    link = tracking.run_link(settings, record.run.info.experiment_id, record.origin.run_id)
+    return chain(client, record, link)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
@@ -12,19 +11,23 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import requests
+import tenacity
 
 if TYPE_CHECKING:
     import keras
     import numpy as np
+    from mlflow import MlflowClient
     from mlflow.models.model import ModelInfo
 
+    from mnist_trainer.config import Settings
     from mnist_trainer.data import Mnist
 
-# Outside Docker, with no server configured, runs land in a local SQLite store (MLflow's own default since 3.7).
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SUPPORTED_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
-# Long enough for a server that is still booting, short enough that a wrong URI is reported promptly.
-PREFLIGHT_TIMEOUT_SECONDS = float(os.environ.get("TRAINER_PREFLIGHT_TIMEOUT", "30"))
+# The preflight's pauses between attempts: 0.5 s, doubling up to 5 s, until the timeout would be passed.
+PREFLIGHT_FIRST_PAUSE_SECONDS = 0.5
+PREFLIGHT_LONGEST_PAUSE_SECONDS = 5.0
+# A slow answer (a busy server checking a login) still counts while the deadline allows; never less than this.
+PREFLIGHT_MIN_REQUEST_SECONDS = 5.0
 MODEL_ARTIFACT_NAME = "model"
 INPUT_EXAMPLE_SIZE = 5
 # Keras' metric names, as the UI shows them: explicit train_ prefix next to Keras' own val_ prefix.
@@ -60,8 +63,17 @@ class ModelNotStoredError(TrackingError):
     """Training finished but the model could not be stored; it was kept locally instead."""
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An error's first line (MLflow's messages are long and multi-line), or its type's name when it has none."""
+    message = str(error).strip()
+    return message.splitlines()[0][:limit] if message else type(error).__name__
+
+
+def client(uri: str) -> MlflowClient:
+    """A client of the tracking server and its model registry (the same server here)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -72,63 +84,77 @@ def check_tracking_uri(uri: str) -> None:
         )
 
 
-def _auth() -> tuple[str, str] | None:
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+class _NotAnsweredError(Exception):
+    """The server gave no usable answer yet; worth another attempt while the preflight's time lasts."""
+
+
+def _auth(settings: Settings) -> tuple[str, str] | None:
+    user, password = settings.tracking_username, settings.tracking_password
     return (user, password) if user and password else None
 
 
-def _verify() -> bool | str:
+def _verify(settings: Settings) -> bool | str:
     """What requests checks the server's certificate against: what MLflow's client uses too, so the preflight
     and the run agree (MLFLOW_TRACKING_SERVER_CERT_PATH, e.g. team mode's certs/ca.crt; else the system CAs)."""
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+    if settings.tracking_insecure_tls:
         return False
-    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    return str(settings.tracking_server_cert_path) if settings.tracking_server_cert_path else True
 
 
-def wait_for_server(uri: str, timeout_seconds: float = PREFLIGHT_TIMEOUT_SECONDS) -> None:
+def _ask_server(settings: Settings, deadline: float) -> None:
+    """One attempt: returns when the server answers a real API call, raises _NotAnsweredError when it may still come
+    up, TrackingError when waiting cannot help (an untrusted certificate, a refused login)."""
+    uri = settings.tracking_uri
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    try:
+        response = requests.get(
+            url,
+            params={"max_results": 1},
+            auth=_auth(settings),
+            timeout=max(PREFLIGHT_MIN_REQUEST_SECONDS, deadline - time.monotonic()),
+            verify=_verify(settings),
+        )
+    except requests.exceptions.SSLError as error:
+        # Waiting cannot fix an untrusted certificate; MLflow would retry it for minutes.
+        ca = settings.tracking_server_cert_path
+        hint = f"checked against {ca}" if ca else "set MLFLOW_TRACKING_SERVER_CERT_PATH to the stack's certs/ca.crt"
+        reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(error) else "TLS handshake failed"
+        raise TrackingError(f"tracking server at {uri}: {reason} ({hint})") from error
+    except requests.RequestException as error:
+        raise _NotAnsweredError(type(error).__name__) from error
+    if response.ok:
+        return
+    if response.status_code in (401, 403):
+        reason = response.text.strip().splitlines()[0][:120] if response.text.strip() else response.reason
+        raise TrackingError(f"tracking server at {uri} refused the trainer (HTTP {response.status_code}: {reason})")
+    raise _NotAnsweredError(f"HTTP {response.status_code}")
+
+
+def wait_for_server(settings: Settings) -> None:
     """Fail fast and clearly when an HTTP tracking server is absent, instead of after MLflow's ~4 min of retries.
 
     A real API call, not /health: /health is exempt from the Host-header check and from auth, so it would
     say "fine" to a client that every later call rejects.
     """
+    uri, timeout = settings.tracking_uri, settings.preflight_timeout
     if urlparse(uri).scheme not in ("http", "https"):
         return
-    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
-    ca_file = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
-    if ca_file and not os.path.isfile(ca_file):
+    ca_file = settings.tracking_server_cert_path
+    if ca_file and not ca_file.is_file():
         raise TrackingError(f"MLFLOW_TRACKING_SERVER_CERT_PATH={ca_file} is not a file (the stack's certs/ca.crt)")
-    deadline = time.monotonic() + timeout_seconds
-    delay, last_error = 0.5, "no attempt made"
-    while True:
-        try:
-            # A slow answer (a busy server checking a login) still counts while the deadline allows.
-            wait = max(5.0, deadline - time.monotonic())
-            response = requests.get(url, params={"max_results": 1}, auth=_auth(), timeout=wait, verify=_verify())
-        except requests.exceptions.SSLError as error:
-            # Waiting cannot fix an untrusted certificate; MLflow would retry it for minutes.
-            ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
-            hint = f"checked against {ca}" if ca else "set MLFLOW_TRACKING_SERVER_CERT_PATH to the stack's certs/ca.crt"
-            reason = (
-                "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(error) else "TLS handshake failed"
-            )
-            raise TrackingError(f"tracking server at {uri}: {reason} ({hint})") from error
-        except requests.RequestException as error:
-            last_error = f"{type(error).__name__}"
-        else:
-            if response.ok:
-                return
-            if response.status_code in (401, 403):
-                reason = response.text.strip().splitlines()[0][:120] if response.text.strip() else response.reason
-                raise TrackingError(
-                    f"tracking server at {uri} refused the trainer (HTTP {response.status_code}: {reason})"
-                )
-            last_error = f"HTTP {response.status_code}"
-        if time.monotonic() + delay > deadline:
-            raise TrackingError(
-                f"tracking server at {uri} did not answer within {timeout_seconds:.0f} s ({last_error})"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
+
+    def give_up(state: tenacity.RetryCallState) -> None:
+        last = state.outcome.exception() if state.outcome else None
+        raise TrackingError(f"tracking server at {uri} did not answer within {timeout:.0f} s ({last})")
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(_NotAnsweredError),
+        wait=tenacity.wait_exponential(multiplier=PREFLIGHT_FIRST_PAUSE_SECONDS, max=PREFLIGHT_LONGEST_PAUSE_SECONDS),
+        # Gives up rather than pause past the timeout, like the deadline of every attempt's request.
+        stop=tenacity.stop_before_delay(timeout),
+        retry_error_callback=give_up,
+    )
+    retrying(_ask_server, settings, time.monotonic() + timeout)
 
 
 # MLflow 3.17's UI opens in its GenAI view unless the URL (or the browser's saved choice) says otherwise; it
@@ -136,18 +162,19 @@ def wait_for_server(uri: str, timeout_seconds: float = PREFLIGHT_TIMEOUT_SECONDS
 UI_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
-def ui_url(uri: str) -> str:
+def ui_url(settings: Settings) -> str:
     """Where a person opens the run: TRAINER_UI_URL when the server is known by another name outside Docker.
 
     For a local store that is wherever `mlflow ui` serves it, by default http://localhost:5000.
     """
+    uri = settings.tracking_uri
     default = uri if urlparse(uri).scheme in ("http", "https") else "http://localhost:5000"
-    return (os.environ.get("TRAINER_UI_URL") or default).rstrip("/")
+    return (settings.ui_url or default).rstrip("/")
 
 
-def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+def run_link(settings: Settings, experiment_id: str, run_id: str) -> str:
     # The query picks the UI's model-training view (its default is GenAI; see the README, "The UI").
-    return f"{ui_url(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW_QUERY}"
+    return f"{ui_url(settings)}/#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW_QUERY}"
 
 
 def visible_devices() -> list[str]:
@@ -194,8 +221,14 @@ def dataset_digest(data: Mnist) -> str:
     return str(_dataset(data).digest)
 
 
-# Attempts at logging the data set when concurrent runs of one experiment insert the same one (see below).
+# Attempts at logging the data set when concurrent runs of one experiment insert the same one (see below),
+# 0.2 s apart, then 0.4 s.
 DATASET_LOG_ATTEMPTS = 3
+DATASET_LOG_PAUSE_SECONDS = 0.2
+
+
+def _duplicate_insert(error: BaseException) -> bool:
+    return "duplicate key" in str(error) or "UniqueViolation" in str(error)
 
 
 def log_dataset(data: Mnist) -> str:
@@ -209,15 +242,15 @@ def log_dataset(data: Mnist) -> str:
     from mlflow.exceptions import MlflowException
 
     dataset = _dataset(data)
-    for attempt in range(1, DATASET_LOG_ATTEMPTS + 1):
-        try:
-            mlflow.log_input(dataset, context="training")
-            break
-        except MlflowException as error:
-            duplicate = "duplicate key" in str(error) or "UniqueViolation" in str(error)
-            if not duplicate or attempt == DATASET_LOG_ATTEMPTS:
-                raise
-            time.sleep(0.2 * attempt)
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda error: isinstance(error, MlflowException) and _duplicate_insert(error)
+        ),
+        wait=tenacity.wait_incrementing(start=DATASET_LOG_PAUSE_SECONDS, increment=DATASET_LOG_PAUSE_SECONDS),
+        stop=tenacity.stop_after_attempt(DATASET_LOG_ATTEMPTS),
+        reraise=True,
+    )
+    retrying(mlflow.log_input, dataset, context="training")
     return str(dataset.digest)
 
 
