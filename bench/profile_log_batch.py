@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from bench.common import REPO, save
+from tests.support.waiting import wait_until
 
 sys.path.insert(0, str(REPO / "tracking-server"))
 POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "postgres:16-bookworm")
@@ -57,15 +58,20 @@ def wait_for(uri: str) -> None:
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri + "/postgres")
-    for _ in range(120):
+
+    def connects() -> bool:
         try:
             with engine.connect():
-                return
-        except sqlalchemy.exc.OperationalError:
-            time.sleep(0.5)
+                return True
         finally:
             engine.dispose()
-    raise SystemExit("bench: the profiling Postgres did not start")
+
+    wait_until(
+        connects,
+        60,
+        "bench: the profiling Postgres did not start within 60 s",
+        ignoring=(sqlalchemy.exc.OperationalError,),
+    )
 
 
 def family(location: str) -> str:

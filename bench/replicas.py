@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import time
 from pathlib import Path
@@ -26,10 +25,9 @@ import requests
 
 from bench.common import save
 from bench.server_load import load
-from tests.chart.chart import ci_values, render
-from tests.chart_live.pods import PREFIX, Pods, docker
+from tests.chart_live.pods import PREFIX, TRACKING_SERVER_IMAGE, Pods, docker, install, tracking_pods
+from tests.support.waiting import wait_until
 
-TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
 PORT = int(os.environ.get("MLFLOW_PORT", "5000"))
 LB = f"{PREFIX}-lb"
 
@@ -39,37 +37,9 @@ def load_average() -> list[float]:
 
 
 def start(replicas: int, counts: list[int]) -> tuple[Pods, dict[str, str | None]]:
-    repository, _, tag = TRACKING_SERVER_IMAGE.rpartition(":")
-    postgres_uid = docker("run", "--rm", "--entrypoint", "id", "postgres:16-bookworm", "-u", "postgres").stdout.strip()
-    manifests = render(
-        ci_values("bundled-evaluation"),
-        set_values=[
-            f"images.trackingServer.repository={repository}",
-            f"images.trackingServer.tag={tag}",
-            f"trackingServer.replicas={replicas}",
-            f"postgresql.uid={postgres_uid}",
-        ],
-    )
-    pods = Pods(
-        manifests,
-        {
-            "mlflow-postgres": {"password": secrets.token_hex(16)},
-            "mlflow-s3": {
-                "AWS_ACCESS_KEY_ID": "bench" + secrets.token_hex(4),
-                "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
-            },
-        },
-    )
-    pods.create_network()
-    postgres = pods.run(pods.workload("StatefulSet", "postgres"))
-    pods.run(pods.workload("StatefulSet", "minio"))
-    prepare = pods.run(pods.workload("Job", "prepare"))
-    assert pods.wait_exit(prepare, timeout=300) == 0, pods.logs(prepare)
-    deployment = pods.workload("Deployment", "tracking")
-    server = deployment["spec"]["template"]["spec"]["containers"][0]
-    names = [pods.run(deployment, index) for index in range(replicas)]
-    for name in names:
-        pods.wait_ready(name, server, timeout=300)
+    pods = tracking_pods("bundled-evaluation", set_values=[f"trackingServer.replicas={replicas}"])
+    installed = install(pods)
+    postgres, names = installed.postgres, installed.replicas
     time.sleep(10)  # let the workers' start-up CPU settle before measuring
     config = pods.scratch / "lb" / "haproxy.cfg"  # removed with the pods
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -99,16 +69,10 @@ def start(replicas: int, counts: list[int]) -> tuple[Pods, dict[str, str | None]
 
 def _wait_for(url: str, timeout: float = 60) -> None:
     """Until HAProxy answers through the published port (Docker's proxy accepts before it is up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
-        time.sleep(0.5)
+    wait_until(
+        lambda: requests.get(url, timeout=5).status_code == 200, timeout, f"{url} did not answer within {timeout:.0f} s",
+        ignoring=(requests.RequestException,),
+    )  # fmt: skip
 
 
 def _id(name: str) -> str:

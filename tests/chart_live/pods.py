@@ -19,23 +19,30 @@ in is computed by tests/chart/install_order.py and followed by the tests).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.chart.chart import ci_values, render
+from tests.support.waiting import wait_until
 
 Manifest = dict[str, Any]
 # Every container, network, volume and folder the harness makes is named with this prefix, and only those are
 # ever removed (a shared Docker engine can run several checkouts side by side with different prefixes).
 PREFIX = os.environ.get("CHART_PODS_PREFIX", "chart-pods")
+TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
 
 
 def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -304,13 +311,17 @@ class Pods:
         """Seconds until the startup probe, then the readiness probe, pass; AssertionError on timeout."""
         started = time.monotonic()
         for kind in ("startupProbe", "readinessProbe"):
-            if kind not in container:
-                continue
-            while not self.probe(name, container, kind):
-                if time.monotonic() - started > timeout:
-                    raise AssertionError(f"{name}: {kind} not passing after {timeout:.0f} s:\n{self.logs(name)}")
-                time.sleep(float(container[kind].get("periodSeconds", 10)) / 5)
+            if kind in container:
+                wait_until(
+                    functools.partial(self.probe, name, container, kind),
+                    max(0.0, timeout - (time.monotonic() - started)),
+                    functools.partial(self._not_passing, name, kind, timeout),
+                    interval=float(container[kind].get("periodSeconds", 10)) / 5,
+                )
         return time.monotonic() - started
+
+    def _not_passing(self, name: str, kind: str, timeout: float) -> str:
+        return f"{name}: {kind} not passing after {timeout:.0f} s:\n{self.logs(name)}"
 
     def wait_exit(self, name: str, timeout: float) -> int:
         result = docker("wait", name, timeout=timeout)
@@ -385,3 +396,56 @@ def split_image(image: str) -> tuple[str, str]:
 def postgres_uid() -> int:
     """The chart's postgresql.uid must exist in the image (initdb looks the user up); ask the image."""
     return int(docker("run", "--rm", "--entrypoint", "id", "postgres:16-bookworm", "-u", "postgres").stdout)
+
+
+def tracking_pods(
+    values: str,
+    set_values: Sequence[str] = (),
+    extra_secrets: Mapping[str, dict[str, str]] | None = None,
+    claims: dict[str, Path] | None = None,
+) -> Pods:
+    """The chart rendered with ci/<values>-values.yaml for the tracking-server image under test and this machine's
+    Postgres uid, plus `set_values`; with the Secrets a user creates before installing (no default password exists
+    in the chart), random, and `extra_secrets`. Its network is created; nothing runs yet."""
+    repository, tag = split_image(TRACKING_SERVER_IMAGE)
+    manifests = render(
+        ci_values(values),
+        set_values=[
+            f"images.trackingServer.repository={repository}",
+            f"images.trackingServer.tag={tag}",
+            f"postgresql.uid={postgres_uid()}",
+            *set_values,
+        ],
+    )
+    secret_values = {
+        "mlflow-postgres": {"password": secrets.token_hex(16)},
+        "mlflow-s3": {
+            "AWS_ACCESS_KEY_ID": "mlflow" + secrets.token_hex(4),
+            "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        },
+        **(extra_secrets or {}),
+    }
+    pods = Pods(manifests, secret_values, claims=claims or {})
+    pods.create_network()
+    return pods
+
+
+@dataclass(frozen=True)
+class Installed:
+    postgres: str  # container names
+    replicas: list[str]
+
+
+def install(pods: Pods) -> Installed:
+    """Start the bundled Postgres and MinIO and the tracking replicas, each replica's prepare init container
+    first (it waits for the database); returns once every replica passes its startup and readiness probes,
+    its prepare having exited 0."""
+    postgres = pods.run(pods.workload("StatefulSet", "postgres"))
+    pods.run(pods.workload("StatefulSet", "minio"))
+    deployment = pods.workload("Deployment", "tracking")
+    names = [pods.run(deployment, index) for index in range(deployment["spec"]["replicas"])]
+    server: dict[str, Any] = pod_template(deployment)["spec"]["containers"][0]
+    for name in names:
+        pods.wait_ready(name, server, timeout=300)
+        assert pods.init_attempts[name][-1] == 0, pods.init_logs(name)
+    return Installed(postgres, names)

@@ -13,19 +13,19 @@ both replicas stay ready: readiness no longer logs in as the admin (item 4).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
 
-from tests.chart.chart import ci_values, render
-from tests.chart_live.pods import Pods, docker, postgres_uid, split_image
+from tests.chart_live.pods import TRACKING_SERVER_IMAGE, Pods, docker, install, tracking_pods
+from tests.support.waiting import wait_until
 
-TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
 ADMIN = ("admin", secrets.token_hex(12))
 CLIENT = ("trainer", secrets.token_hex(12))
 INGRESS_HOST = "mlflow.example.com"  # from ci/auth-ingress-tls-values.yaml
@@ -33,25 +33,10 @@ INGRESS_HOST = "mlflow.example.com"  # from ci/auth-ingress-tls-values.yaml
 
 @pytest.fixture(scope="module")
 def replicas() -> Iterator[tuple[Pods, list[str]]]:
-    repository, tag = split_image(TRACKING_SERVER_IMAGE)
-    manifests = render(
-        ci_values("auth-ingress-tls"),
-        set_values=[
-            f"images.trackingServer.repository={repository}",
-            f"images.trackingServer.tag={tag}",
-            "trackingServer.replicas=2",
-            "trackingServer.service.port=80",
-            f"postgresql.uid={postgres_uid()}",
-        ],
-    )
-    pods = Pods(
-        manifests,
-        {
-            "mlflow-postgres": {"password": secrets.token_hex(16)},
-            "mlflow-s3": {
-                "AWS_ACCESS_KEY_ID": "mlflow" + secrets.token_hex(4),
-                "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
-            },
+    pods = tracking_pods(
+        "auth-ingress-tls",
+        set_values=["trackingServer.replicas=2", "trackingServer.service.port=80"],
+        extra_secrets={
             "mlflow-auth": {
                 "admin-username": ADMIN[0],
                 "admin-password": ADMIN[1],
@@ -60,17 +45,9 @@ def replicas() -> Iterator[tuple[Pods, list[str]]]:
             "mlflow-trainer-login": {"username": CLIENT[0], "password": CLIENT[1]},
         },
     )
-    pods.create_network()
     try:
-        pods.run(pods.workload("StatefulSet", "postgres"))
-        pods.run(pods.workload("StatefulSet", "minio"))
-        deployment = pods.workload("Deployment", "tracking")
-        names = [pods.run(deployment, index) for index in range(2)]
+        names = install(pods).replicas
         assert pods.start_forwarders(TRACKING_SERVER_IMAGE), "a Service on port 80 targets the container's 5000"
-        server: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
-        for name in names:
-            pods.wait_ready(name, server, timeout=300)
-            assert pods.init_attempts[name][-1] == 0, pods.init_logs(name)
         yield pods, names
     finally:
         if os.environ.get("KEEP_CHART_PODS") != "1":
@@ -156,15 +133,23 @@ def test_replicas_stay_ready_after_the_admin_password_changes(replicas: tuple[Po
     server = pods.workload("Deployment", "tracking")["spec"]["template"]["spec"]["containers"][0]
     # The Secret still holds the old password; MLflow's login cache forgets it within 60 s on other workers.
     deadline = time.monotonic() + 90
-    while call(pods, names[1], INGRESS_HOST, ADMIN).status_code != 401:
-        assert time.monotonic() < deadline, "the old admin password still logs in"
-        time.sleep(3)
+    wait_until(
+        lambda: call(pods, names[1], INGRESS_HOST, ADMIN).status_code == 401, 90,
+        "the old admin password still logs in", interval=3,
+    )  # fmt: skip
     for name in names:
         assert call(pods, name, INGRESS_HOST, (ADMIN[0], new_password)).status_code == 200
         assert pods.probe(name, server, "readinessProbe"), f"{name} became unready after the admin's password changed"
     # What the old probe did (the admin login from the Secret) now fails: the check above is not vacuous.
     for name in names:
-        while (old := docker("exec", name, "tracking-server-healthcheck", check=False)).returncode == 0:
-            assert time.monotonic() < deadline, f"{name} still accepts the old admin password"
-            time.sleep(3)
+        old = wait_until(
+            functools.partial(_failing_healthcheck, name), max(0.0, deadline - time.monotonic()),
+            f"{name} still accepts the old admin password", interval=3,
+        )  # fmt: skip
         assert "HTTP 401" in old.stderr, old.stderr
+
+
+def _failing_healthcheck(name: str) -> subprocess.CompletedProcess[str] | None:
+    """The admin-login healthcheck's outcome in container `name` once it fails; None while it still passes."""
+    result = docker("exec", name, "tracking-server-healthcheck", check=False)
+    return result if result.returncode != 0 else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import time
 import uuid
@@ -31,11 +30,10 @@ import numpy as np
 import pytest
 import requests
 
-from tests.chart.chart import ci_values, render
 from tests.chart.install_order import argo_plan, flux_plan, helm_plan, unmet_dependencies
-from tests.chart_live.pods import PREFIX, Pods, docker, pod_template, postgres_uid, split_image
+from tests.chart_live.pods import PREFIX, TRACKING_SERVER_IMAGE, Pods, docker, pod_template, split_image, tracking_pods
+from tests.support.waiting import wait_until
 
-TRACKING_SERVER_IMAGE = os.environ.get("TRACKING_SERVER_IMAGE", "mlflow-stack/tracking-server:3.17.2")
 TRAINER_IMAGE = os.environ.get("TRAINER_IMAGE", "mlflow-stack/trainer:0.1.0")
 REPLICAS = 3
 EPOCHS = 2
@@ -53,17 +51,15 @@ def mnist() -> Path:
 
 @pytest.fixture(scope="module")
 def pods(mnist: Path) -> Iterator[Pods]:
-    tracking_repo, tracking_tag = split_image(TRACKING_SERVER_IMAGE)
     trainer_repo, trainer_tag = split_image(TRAINER_IMAGE)
-    manifests = render(
-        ci_values("bundled-evaluation"),
+    job_args = ["--epochs", str(EPOCHS), "--max-train-samples", "6000", "--min-accuracy", "0.5",
+                "--experiment-name", EXPERIMENT]  # fmt: skip
+    harness = tracking_pods(
+        "bundled-evaluation",
         set_values=[
-            f"images.trackingServer.repository={tracking_repo}",
-            f"images.trackingServer.tag={tracking_tag}",
             f"images.trainer.repository={trainer_repo}",
             f"images.trainer.tag={trainer_tag}",
             f"trackingServer.replicas={REPLICAS}",
-            f"postgresql.uid={postgres_uid()}",
             "trainer.job.enabled=true",
             "trainer.gpu.count=0",
             "trainer.data.source=pvc",
@@ -72,31 +68,10 @@ def pods(mnist: Path) -> Iterator[Pods]:
             # This machine has 2 cores: Docker refuses a CPU limit above that.
             "trainer.resources.requests.cpu=1",
             "trainer.resources.limits.cpu=2",
-            "trainer.job.args="
-            + json.dumps(
-                [
-                    "--epochs",
-                    str(EPOCHS),
-                    "--max-train-samples",
-                    "6000",
-                    "--min-accuracy",
-                    "0.5",
-                    "--experiment-name",
-                    EXPERIMENT,
-                ]
-            ),
+            "trainer.job.args=" + json.dumps(job_args),
         ],
+        claims={"mnist": mnist.parent},
     )
-    # The Secrets a user creates before installing (no default password exists in the chart).
-    secret_values = {
-        "mlflow-postgres": {"password": secrets.token_hex(16)},
-        "mlflow-s3": {
-            "AWS_ACCESS_KEY_ID": "mlflow" + secrets.token_hex(4),
-            "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
-        },
-    }
-    harness = Pods(manifests, secret_values, claims={"mnist": mnist.parent})
-    harness.create_network()
     try:
         yield harness
     finally:
@@ -209,9 +184,9 @@ def test_trainer_registers_through_the_service_and_a_killed_replica_loses_no_epo
     # `kubectl create job --from=cronjob/<release>-mlflow-stack-trainer`: a Job with the CronJob's template.
     trainer = pods.run(pods.workload("CronJob", "trainer"))
     by_ip = {pods.ip(name): name for name in replicas}
-    deadline, victim = time.monotonic() + 240, None
+
     # Wait until the run exists and the trainer holds a connection to a replica, then SIGKILL that replica.
-    while victim is None and time.monotonic() < deadline:
+    def connected_replica() -> str | None:
         state = docker("inspect", "--format", "{{.State.Running}}", trainer).stdout.strip()
         assert state == "true", f"trainer ended before a replica could be killed:\n{pods.logs(trainer)}"
         survivor = next(name for name in replicas)
@@ -223,9 +198,12 @@ def test_trainer_registers_through_the_service_and_a_killed_replica_loses_no_epo
         if any(run["info"]["status"] == "RUNNING" for run in runs):
             connected = established_server_ips(pods, trainer) & set(by_ip)
             if connected:
-                victim = by_ip[sorted(connected)[0]]
-        time.sleep(0.3)
-    assert victim is not None, "the trainer never held a connection to a replica while its run was RUNNING"
+                return by_ip[sorted(connected)[0]]
+        return None
+
+    victim = wait_until(
+        connected_replica, 240, "the trainer never held a connection to a replica while its run was RUNNING", 0.3
+    )
     docker("kill", victim)
     print(f"killed {victim} while the trainer was connected to it")
     killed_at = time.monotonic()

@@ -10,7 +10,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tracking-server"))
@@ -45,17 +46,16 @@ def postgres_container() -> Iterator[str]:
         port = _docker("port", name, "5432/tcp").splitlines()[0].rsplit(":", 1)[1]
         server = f"postgresql+psycopg2://store_test:{password}@127.0.0.1:{port}"
         engine = sqlalchemy.create_engine(server + "/postgres", isolation_level="AUTOCOMMIT")
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            try:
-                with engine.connect() as connection:
-                    connection.execute(sqlalchemy.text("SELECT 1"))
-                break
-            except sqlalchemy.exc.OperationalError:
-                # The image restarts the server once after its first-start initialisation; wait that out too.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+
+        def answers() -> bool:
+            with engine.connect() as connection:
+                return connection.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
+
+        # The image restarts the server once after its first-start initialisation; wait that out too.
+        wait_until(
+            answers, READY_TIMEOUT, f"Postgres in {name} did not answer within {READY_TIMEOUT:.0f} s",
+            ignoring=(sqlalchemy.exc.OperationalError,),
+        )  # fmt: skip
         engine.dispose()
         yield server
     finally:

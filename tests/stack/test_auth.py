@@ -6,7 +6,6 @@ Restarts the tracking server in auth mode and back; runs after the modules that 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ import pytest
 import requests
 
 from tests.stack.conftest import STACK_URL, compose, parse_training, run_trainer
+from tests.support.waiting import wait_until
 
 # Fixed rather than random: the admin is created once per auth database, and a rerun on the same volumes
 # must log in with the password it was created with.
@@ -108,15 +108,11 @@ def test_a_read_only_user_can_read_but_not_register(auth_on: tuple[str, str]) ->
 def wait_until_the_gateway_reaches_the_server(login: tuple[str, str], seconds: float = 30) -> None:
     """Right after a restart the gateway may still hold the old container's address for a few seconds (it
     asks Docker's DNS again every 5 s, gateway/haproxy.cfg): the first request can meet a closed connection."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if requests.get(API + "/experiments/search?max_results=1", auth=login, timeout=10).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, f"the server did not answer through the gateway within {seconds} s"
-        time.sleep(1)
+    wait_until(
+        lambda: requests.get(API + "/experiments/search?max_results=1", auth=login, timeout=10).status_code == 200,
+        seconds, f"the server did not answer through the gateway within {seconds} s", interval=1,
+        ignoring=(requests.ConnectionError,),
+    )  # fmt: skip
 
 
 def test_a_user_without_read_permission_cannot_stream_an_artifact(auth_on: tuple[str, str]) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ import pytest
 import requests
 
 from tests.stack.conftest import MLFLOW_PORT, STACK_URL, compose
+from tests.support.prometheus import sample, scrape
+from tests.support.waiting import wait_until
 
 # The reference server's port: its own, next to the stack's (MLFLOW_PORT + 7: 5007 in CI).
 REFERENCE_PORT = int(os.environ.get("FAST_HTTP_REFERENCE_PORT", str(MLFLOW_PORT + 7)))
@@ -84,15 +84,11 @@ def servers() -> Iterator[tuple[Server, Server]]:
     )  # fmt: skip
     try:
         reference_url = f"http://localhost:{REFERENCE_PORT}"
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if requests.get(reference_url + "/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, _docker("logs", "--tail", "40", REFERENCE_NAME).stdout
-            time.sleep(1)
+        wait_until(
+            lambda: requests.get(reference_url + "/health", timeout=5).status_code == 200, 240,
+            lambda: _docker("logs", "--tail", "40", REFERENCE_NAME).stdout, interval=1,
+            ignoring=(requests.RequestException,),
+        )  # fmt: skip
         yield _prepared(STACK_URL), _prepared(reference_url)
     finally:
         _docker("rm", "-f", REFERENCE_NAME)
@@ -228,19 +224,6 @@ def test_runs_left_in_the_same_state(servers: tuple[Server, Server]) -> None:
     assert histories[0] == histories[1]
 
 
-def _scrape() -> str:
-    return requests.get(STACK_URL + "/metrics", timeout=30).text
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
-            total += float(match.group(2))
-    return total
-
-
 def test_fast_path_answers_and_is_counted_per_endpoint(servers: tuple[Server, Server]) -> None:
     """The stack's per-endpoint metrics count the fast path's answers; MLflow's Flask exporter does not see them,
     which shows they were not answered by Flask."""
@@ -249,21 +232,21 @@ def test_fast_path_answers_and_is_counted_per_endpoint(servers: tuple[Server, Se
                         json={"experiment_id": fast.experiment_id, "start_time": NOW}, timeout=60).json()  # fmt: skip
     run_id = run["run"]["info"]["run_id"]
     labels = {"method": "POST", "endpoint": "/api/2.0/mlflow/runs/log-batch", "status": "200"}
-    before = _scrape()
+    before = scrape(STACK_URL)
     for step in range(40):
         assert fast.post("/runs/log-batch", {"run_id": run_id, "metrics": [_metric(step=step)]}).status_code == 200
-    deadline = time.monotonic() + 10
-    while True:  # a worker counts a request after its last byte: wait for the last increments
-        after = _scrape()
-        counted = _sample(after, "mlflow_stack_http_requests_total", **labels)
-        if counted - _sample(before, "mlflow_stack_http_requests_total", **labels) >= 40 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+
+    def all_counted() -> str | None:  # a worker counts a request after its last byte: wait for the last increments
+        text = scrape(STACK_URL)
+        counted = sample(text, "mlflow_stack_http_requests_total", **labels)
+        return text if counted - sample(before, "mlflow_stack_http_requests_total", **labels) >= 40 else None
+
+    after = wait_until(all_counted, 10, "the fast path's 40 writes are not all counted within 10 s")
     assert (
-        _sample(after, "mlflow_stack_http_requests_total", **labels)
-        - _sample(before, "mlflow_stack_http_requests_total", **labels)
+        sample(after, "mlflow_stack_http_requests_total", **labels)
+        - sample(before, "mlflow_stack_http_requests_total", **labels)
         == 40
     )
     # Flask saw at most the healthchecks and the scrapes in between, not the 40 writes.
-    flask = _sample(after, "mlflow_http_request_total") - _sample(before, "mlflow_http_request_total")
+    flask = sample(after, "mlflow_http_request_total") - sample(before, "mlflow_http_request_total")
     assert flask < 20, f"Flask answered {flask} requests during 40 fast-path writes"

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage
 
 from tests.stack.conftest import REPO, Names, TrainerProcess, parse_training, registry_snapshot, run_trainer, s3_keys
+from tests.support.waiting import wait_until
 
 
 def make_gc(*older_than: str, check: bool = True) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -142,9 +143,10 @@ def test_gc_while_a_trainer_runs(client: MlflowClient, names: Names) -> None:
     trainer = threading.Thread(target=train)
     trainer.start()
     # gc while the trainer's run is open: wait until it exists, then collect.
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not client.search_runs([experiment_id], "attributes.run_name = 'during-gc'"):
-        time.sleep(2)
+    wait_until(
+        lambda: client.search_runs([experiment_id], "attributes.run_name = 'during-gc'"), 240,
+        "the trainer's run did not appear within 240 s", interval=2,
+    )  # fmt: skip
     make_gc()
     trainer.join(timeout=600)
     training = parse_training(outcome["result"])

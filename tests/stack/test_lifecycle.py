@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from mnist_trainer import registry
 from tests.stack.conftest import SERVING_PORT, Training, compose, mnist_npz, parse_training, run_trainer
+from tests.support.registration import register_and_promote_at_once, scored_runs
 
 SERVING_URL = f"http://localhost:{SERVING_PORT}"
 
@@ -105,33 +104,9 @@ def test_concurrent_registrations_get_distinct_versions_and_the_champion_ends_on
     model = f"{lifecycle.model}-race"
     client.create_registered_model(model)
     accuracies = [0.981, 0.987, 0.983, 0.985]
-    runs = []
-    for accuracy in accuracies:
-        run = client.create_run(experiment.experiment_id, run_name=f"race-{accuracy}")
-        client.log_metric(run.info.run_id, "test_accuracy", accuracy)
-        # Only the registry is under test here: a stand-in artifact is enough for a version's source.
-        client.log_text(run.info.run_id, "stand-in for a model", "model/MLmodel")
-        client.set_terminated(run.info.run_id)
-        runs.append(run.info.run_id)
-    versions: dict[str, int] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(runs))
-
-    def register_and_promote(run_id: str) -> None:
-        try:
-            start.wait()
-            version = int(client.create_model_version(model, f"runs:/{run_id}/model", run_id=run_id).version)
-            versions[run_id] = version
-            registry.promote(client, model, version, registry.PromotionRule())
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=register_and_promote, args=(run_id,)) for run_id in runs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
+    scores = scored_runs(client, experiment.experiment_id, accuracies)
+    runs = list(scores)
+    versions = register_and_promote_at_once(client, model, runs)
     assert sorted(versions.values()) == [1, 2, 3, 4]
     best_run = runs[accuracies.index(max(accuracies))]
     assert _alias(client, model, "champion") == versions[best_run]

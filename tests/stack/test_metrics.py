@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,26 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.stack.conftest import STACK_URL, compose
+from tests.support.prometheus import sample, scrape
+from tests.support.waiting import wait_until
 
 PROMETHEUS_PORT = int(os.environ.get("PROMETHEUS_PORT", "9090"))
 METRICS_DIR = "/tmp/mlflow-metrics"  # Settings.metrics_dir's default
 PROBE = "/api/2.0/mlflow/experiments/get-by-name"
-
-
-def scrape() -> str:
-    with urllib.request.urlopen(f"{STACK_URL}/metrics", timeout=30) as response:
-        assert response.status == 200
-        return str(response.read().decode())
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The sum of every series of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def probe(_: int) -> int:
@@ -48,27 +33,31 @@ def probe(_: int) -> int:
 
 
 def test_metrics_count_requests_of_every_worker() -> None:
-    before = scrape()
+    before = scrape(STACK_URL)
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(probe, range(60)))
     assert statuses == [404] * 60  # the probe names experiments that do not exist: errors, per endpoint
     labels = {"method": "GET", "endpoint": PROBE, "status": "404"}
     # A worker counts a request after its last byte has left and its handler has returned (MLflow's WSGI bridge
     # may still wait for a worker thread then), so a scrape right after the answers can miss the last few
-    # increments: scrape until all 60 are there (or 60 s have passed), then compare exactly.
-    deadline, seen = time.monotonic() + 60, []
-    while True:
-        after = scrape()
-        counted = sample(after, "mlflow_stack_http_requests_total", **labels)
-        seen.append(counted - sample(before, "mlflow_stack_http_requests_total", **labels))
-        if seen[-1] >= 60 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    # increments: scrape until all 60 are there (for up to 60 s), then compare exactly.
+    seen: list[float] = []
+
+    def all_counted() -> str | None:
+        text = scrape(STACK_URL)
+        seen.append(
+            sample(text, "mlflow_stack_http_requests_total", **labels)
+            - sample(before, "mlflow_stack_http_requests_total", **labels)
+        )
+        return text if seen[-1] >= 60 else None
+
+    missing = "the 60 requests are not all counted (a worker's values missing from /metrics?); counted over time: "
+    after = wait_until(all_counted, 60, lambda: f"{missing}{seen}")
     assert (
         sample(after, "mlflow_stack_http_requests_total", **labels)
         - sample(before, "mlflow_stack_http_requests_total", **labels)
         == 60
-    ), f"the 60 requests are not all counted (a worker's values missing from /metrics?); counted over time: {seen}"
+    ), f"{missing}{seen}"
     count = "mlflow_stack_http_request_duration_seconds_count"
     assert sample(after, count, endpoint=PROBE) - sample(before, count, endpoint=PROBE) == 60
     assert sample(after, "mlflow_http_request_total") > 0, "MLflow's own exporter metrics are missing"
@@ -96,16 +85,20 @@ def prometheus_api(base: str, path: str) -> dict[str, object]:
 
 
 def test_prometheus_scrapes_the_tracking_server(prometheus: str) -> None:
-    deadline, health, last_error = time.monotonic() + 120, "", ""
-    while time.monotonic() < deadline and health != "up":
-        try:
-            targets = prometheus_api(prometheus, "/api/v1/targets")["data"]
-            active = [t for t in targets["activeTargets"] if t["labels"]["job"] == "tracking-server"]  # type: ignore[index]
-            health, last_error = (active[0]["health"], active[0].get("lastError", "")) if active else ("", "")
-        except (urllib.error.URLError, ConnectionError):
-            pass  # Prometheus still starting
-        time.sleep(2)
-    assert health == "up", f"tracking-server target: {health or 'absent'} {last_error}"
+    target = {"health": "", "last_error": ""}
+
+    def target_up() -> bool:
+        targets = prometheus_api(prometheus, "/api/v1/targets")["data"]
+        active = [t for t in targets["activeTargets"] if t["labels"]["job"] == "tracking-server"]  # type: ignore[index]
+        first = active[0] if active else {}
+        target.update(health=first.get("health", ""), last_error=first.get("lastError", ""))
+        return target["health"] == "up"
+
+    wait_until(
+        target_up, 120,
+        lambda: f"tracking-server target: {target['health'] or 'absent'} {target['last_error']}",
+        interval=2, ignoring=(urllib.error.URLError, ConnectionError),  # Prometheus still starting
+    )  # fmt: skip
     query = urllib.parse.urlencode({"query": "sum(mlflow_stack_http_requests_total)"})
     result = prometheus_api(prometheus, f"/api/v1/query?{query}")["data"]["result"]  # type: ignore[index]
     assert result and float(result[0]["value"][1]) > 0

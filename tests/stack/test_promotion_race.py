@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 
 from mnist_trainer import registry
 from tests.stack.conftest import STACK_URL
+from tests.support.registration import register_and_promote_at_once, scored_runs
 
 TRAINERS = 8
 REPETITIONS = 3  # each is 8 registrations through the 1-2 s delay, ~24 s; 3 keeps CI's time in budget
@@ -83,67 +84,35 @@ class DelayingProxy:
 
 
 @pytest.fixture(scope="module")
-def scored_runs(client: MlflowClient) -> dict[str, float]:
+def race_runs(client: MlflowClient) -> dict[str, float]:
     """Eight finished runs, each with a distinct test accuracy and a stand-in model artifact."""
     experiment_id = client.create_experiment(f"promotion-race-{uuid.uuid4().hex[:8]}")
-    runs = {}
-    for index in range(TRAINERS):
-        accuracy = 0.95 + index * 0.005
-        run = client.create_run(experiment_id, run_name=f"race-{accuracy:.3f}")
-        client.log_metric(run.info.run_id, "test_accuracy", accuracy)
-        client.log_text(run.info.run_id, "stand-in for a model", "model/MLmodel")
-        client.set_terminated(run.info.run_id)
-        runs[run.info.run_id] = accuracy
-    return runs
-
-
-def _race(slow: MlflowClient, model: str, run_ids: list[str]) -> dict[str, int]:
-    """Each run registered and promoted by its own thread, all released at once; run id -> version."""
-    versions: dict[str, int] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(run_ids))
-
-    def register_and_promote(run_id: str) -> None:
-        try:
-            start.wait()
-            created = slow.create_model_version(
-                model, f"runs:/{run_id}/model", run_id=run_id, tags={"validation_status": "passed"}
-            )
-            versions[run_id] = int(created.version)
-            registry.promote(slow, model, int(created.version), registry.PromotionRule())
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=register_and_promote, args=(run_id,)) for run_id in run_ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert not errors, errors
-    return versions
+    return scored_runs(client, experiment_id, [0.95 + index * 0.005 for index in range(TRAINERS)])
 
 
 def test_champion_ends_on_the_best_version_with_every_request_delayed(
-    client: MlflowClient, scored_runs: dict[str, float]
+    client: MlflowClient, race_runs: dict[str, float]
 ) -> None:
-    best = max(scored_runs, key=scored_runs.__getitem__)
+    best = max(race_runs, key=race_runs.__getitem__)
     outcomes = []
     with DelayingProxy(STACK_URL) as proxy:
         slow = MlflowClient(tracking_uri=proxy.url, registry_uri=proxy.url)
         for repetition in range(REPETITIONS):
             model = f"race-{uuid.uuid4().hex[:8]}-{repetition}"
             client.create_registered_model(model)
-            order = list(scored_runs)
+            order = list(race_runs)
             random.shuffle(order)  # a different run tends to arrive first each time
             started = time.perf_counter()
-            versions = _race(slow, model, order)
+            versions = register_and_promote_at_once(
+                slow, model, order, tags={"validation_status": "passed"}, timeout=300
+            )
             seconds = time.perf_counter() - started
             assert sorted(versions.values()) == list(range(1, TRAINERS + 1))
             champion = int(client.get_model_version_by_alias(model, registry.CHAMPION).version)
             challenger = int(client.get_model_version_by_alias(model, registry.CHALLENGER).version)
             # The challenger too is what the rule calls for over all eight, whatever the arrival order.
             expected = registry.decide(
-                [registry.Candidate(versions[run], score) for run, score in scored_runs.items()],
+                [registry.Candidate(versions[run], score) for run, score in race_runs.items()],
                 registry.PromotionRule(),
             )
             outcomes.append((repetition, champion == versions[best], round(seconds, 1)))

@@ -25,6 +25,7 @@ from tests.stack.conftest import (
     registry_snapshot,
     trainer_argv,
 )
+from tests.support.waiting import wait_until
 
 EPOCHS = 4
 # Small enough for seconds per epoch, large enough that a restart lands mid-training.
@@ -46,16 +47,16 @@ def _start_trainer(experiment: str, model: str) -> tuple[subprocess.Popen[str], 
 
 
 def _wait_for_first_epoch(client: MlflowClient, experiment: str, trainer: subprocess.Popen[str]) -> str:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    def run_with_an_epoch() -> str | None:
         assert trainer.poll() is None, trainer.stdout.read() if trainer.stdout else ""
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             for run in client.search_runs([found.experiment_id]):
                 if client.get_metric_history(run.info.run_id, "val_accuracy"):
                     return str(run.info.run_id)
-        time.sleep(1)
-    raise AssertionError("the trainer logged no epoch within 300 s")
+        return None
+
+    return wait_until(run_with_an_epoch, 300, "the trainer logged no epoch within 300 s", interval=1)
 
 
 def _survives(client: MlflowClient, restart: Callable[[], object]) -> None:

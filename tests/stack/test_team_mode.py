@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.stack.conftest import MLFLOW_PORT, NPZ_IN_CONTAINER, REPO, mnist_npz
 from tests.stack.fresh_stack import FreshStack, copy_repository
+from tests.support.waiting import wait_until
 
 PROJECT = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'mlflow-stack')}-team"
 NETWORK = f"{PROJECT}-remote"
@@ -297,9 +297,10 @@ def test_replacing_the_certificate_restarts_only_the_gateway_and_trainers_keep_w
         text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while not team.runs(experiment) and trainer.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_until(
+            lambda: team.runs(experiment) or trainer.poll() is not None, 240,
+            "the trainer's run did not appear within 240 s",
+        )  # fmt: skip
         assert trainer.poll() is None, "the trainer ended before the certificate could be replaced"
         renewed = team.stack.run("scripts/tls.sh", "renew", timeout=120)
         assert renewed.returncode == 0, renewed.stderr[-2000:]

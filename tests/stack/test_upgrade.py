@@ -34,6 +34,7 @@ from mlflow import MlflowClient
 
 from tests.stack.conftest import TRACKING_SERVER_IMAGE, TrainerProcess, mnist_npz, parse_training, trainer_argv
 from tests.stack.fresh_stack import FreshStack, copy_repository
+from tests.support.waiting import wait_until
 
 PREVIOUS_MLFLOW = "3.16.1"
 PREVIOUS_IMAGE = os.environ.get("UPGRADE_FROM_IMAGE", f"mlflow-stack/tracking-server:{PREVIOUS_MLFLOW}")
@@ -151,16 +152,16 @@ def served_version(url: str, wait_seconds: float = 60) -> str:
     """The MLflow version the gateway's server answers with. Right after `up --wait` a newly created gateway may
     not have probed the server yet (it waits for a passing /health before sending it anything: README, Team
     mode) and closes connections until it has; that is seconds, so retry for up to a minute."""
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            response = requests.get(f"{url}/version", timeout=10)
-            response.raise_for_status()
-            return response.text.strip()
-        except requests.RequestException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+
+    def version() -> str:
+        response = requests.get(f"{url}/version", timeout=10)
+        response.raise_for_status()
+        return response.text.strip()
+
+    return wait_until(
+        version, wait_seconds, f"{url}/version did not answer within {wait_seconds:.0f} s", interval=1,
+        ignoring=(requests.RequestException,),
+    )  # fmt: skip
 
 
 def run_steps(stack: UpgradeStack, *commands: list[str]) -> list[str]:

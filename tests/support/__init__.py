@@ -1,0 +1,1 @@
+"""Code the test suites and the benchmarks share: waiting, Prometheus scraping, concurrent registration."""
