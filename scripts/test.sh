@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The one test command, for people and CI alike (`make test`):
-#   host venv (if missing) -> MNIST (if MNIST_NPZ is unset) -> lint and type checks -> build the images ->
-#   start the stack -> unit + stack tests -> stop the stack.
+# The one test command, for people and CI alike (`make test`). Fastest feedback first:
+#   host venv (if missing) -> lint and types -> unit tests (`make test-unit`, no Docker) -> chart (offline)
+#   -> MLflow's own store tests (skip offline) -> MNIST (if MNIST_NPZ is unset) -> build the images
+#   -> the chart's pods, live on Docker -> start the stack -> fast-store and stack tests -> stop the stack.
 # Needs only Docker with Compose v2 and Python 3.11. No .env: the stack generates its secrets.
 # MNIST_NPZ names a Keras-format mnist.npz; unset, Keras' own file is downloaded once (needs internet) into
 # ${XDG_CACHE_HOME:-~/.cache}/mlflow-stack/datasets/mnist.npz and used from there.
 # KEEP_STACK=1 leaves the stack running afterwards (its volumes are always kept unless CLEAN_STACK=1).
+# CHECKED=1 skips lint and unit tests (CI runs `make lint test-unit` before it prepares Docker).
+# Arguments go to the last pytest (fast-store and stack tests), e.g. scripts/test.sh -k metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,33 @@ if [ ! -x .venv/bin/python ]; then
   make venv PYTHON="${PYTHON:-python3}"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
+
+if [ "${CHECKED:-0}" != 1 ]; then
+  step "lint and types"
+  make lint
+
+  # No Docker, no services: the trainer's and the server's unit tests, on two workers.
+  step "unit tests"
+  start=$(date +%s)
+  make test-unit
+  echo "unit tests took $(( $(date +%s) - start )) s"
+fi
+
+# Offline, before anything starts: helm lint --strict, every ci/*.yaml and an umbrella chart rendered and
+# validated against Kubernetes 1.30 and 1.35, the install order of Helm, Flux and Argo CD, and the chart's
+# promises read from the rendered objects (needs helm and kubernetes-validate: ../shared/ci/k8s-tools.sh).
+step "helm chart (offline)"
+start=$(date +%s)
+pytest tests/chart -q
+echo "chart checks took $(( $(date +%s) - start )) s"
+
+# MLflow's own store tests of the pinned release, downloaded from GitHub into a cache outside the repository,
+# against MLflow's store and ours, each on a throwaway Postgres (scripts/upstream-store-tests.sh). Without
+# GitHub (this project's CI reaches only package mirrors) it SKIPS and prints the reason: nothing proven then.
+step "MLflow's own store tests (upstream, needs github.com)"
+start=$(date +%s)
+pytest tests/upstream -q
+echo "upstream store tests took $(( $(date +%s) - start )) s"
 
 if [ -z "${MNIST_NPZ:-}" ]; then
   step "MNIST (MNIST_NPZ unset)"
@@ -41,33 +71,6 @@ print(path)') || { echo "test: could not download MNIST; set MNIST_NPZ to a Kera
   export MNIST_NPZ
   echo "MNIST_NPZ=$MNIST_NPZ"
 fi
-
-
-step "lint and types"
-ruff check .
-ruff format --check .
-mypy
-hadolint trainer/Dockerfile tracking-server/Dockerfile
-for script in scripts/*.sh .ci/run; do bash -n "$script"; done
-yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml docker-compose.trainer.yml .yamllint \
-  deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml deploy/helm/mlflow-stack/ci tests/chart/umbrella
-NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet  # the docs site (docs/configuration.md's tables come from the code)
-
-# Offline, before anything starts: helm lint --strict, every ci/*.yaml and an umbrella chart rendered and
-# validated against Kubernetes 1.30 and 1.35, the install order of Helm, Flux and Argo CD, and the chart's
-# promises read from the rendered objects (needs helm and kubernetes-validate: ../shared/ci/k8s-tools.sh).
-step "helm chart (offline)"
-start=$(date +%s)
-pytest tests/chart -q
-echo "chart checks took $(( $(date +%s) - start )) s"
-
-# MLflow's own store tests of the pinned release, downloaded from GitHub into a cache outside the repository,
-# against MLflow's store and ours, each on a throwaway Postgres (scripts/upstream-store-tests.sh). Without
-# GitHub (this project's CI reaches only package mirrors) it SKIPS and prints the reason: nothing proven then.
-step "MLflow's own store tests (upstream, needs github.com)"
-start=$(date +%s)
-pytest tests/upstream -q
-echo "upstream store tests took $(( $(date +%s) - start )) s"
 
 step "build images"
 start=$(date +%s)
@@ -93,7 +96,7 @@ start=$(date +%s)
 docker compose up -d --wait --wait-timeout 180
 echo "stack healthy $(( $(date +%s) - start )) s after 'up'"
 
-step "tests"
+step "fast-store and stack tests"
 # tests/fast_store starts a throwaway Postgres of its own (the stack image) on a random loopback port.
 # --durations: the slowest tests' times, so CI's time budget can be watched from its log.
-pytest tests/unit tests/fast_store tests/stack --durations=30 "$@"
+pytest tests/fast_store tests/stack --durations=30 "$@"

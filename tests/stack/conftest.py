@@ -95,14 +95,13 @@ def run_trainer(
     return process
 
 
-# Modules that restart services or replace the stack's data: after every other module, in this order.
-DISRUPTIVE_MODULES = ("test_auth.py", "test_restarts.py", "test_backup_restore.py")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `disruptive(order=N)` restart services or replace the stack's data: they run after every
+    other test, by N."""
+
     def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return DISRUPTIVE_MODULES.index(name) + 1 if name in DISRUPTIVE_MODULES else 0
+        marker = item.get_closest_marker("disruptive")
+        return int(marker.kwargs["order"]) if marker else 0
 
     items.sort(key=rank)  # stable: the order within each group stays as collected
 

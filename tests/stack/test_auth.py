@@ -15,6 +15,9 @@ import requests
 from tests.stack.conftest import STACK_URL, compose, parse_training, run_trainer
 from tests.support.waiting import wait_until
 
+# Restarts services or replaces the stack's data: after every other test (tests/stack/conftest.py).
+pytestmark = pytest.mark.disruptive(order=1)
+
 # Fixed rather than random: the admin is created once per auth database, and a rerun on the same volumes
 # must log in with the password it was created with.
 ADMIN = ("admin", "stack-test-admin-password")

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
 from tests.stack.conftest import (
@@ -18,6 +19,9 @@ from tests.stack.conftest import (
     registry_snapshot,
     run_trainer,
 )
+
+# Restarts services or replaces the stack's data: after every other test (tests/stack/conftest.py).
+pytestmark = pytest.mark.disruptive(order=3)
 
 
 def test_backup_wipe_restore_brings_everything_back(client: MlflowClient, tmp_path: Path) -> None:

@@ -27,6 +27,9 @@ from tests.stack.conftest import (
 )
 from tests.support.waiting import wait_until
 
+# Restarts services or replaces the stack's data: after every other test (tests/stack/conftest.py).
+pytestmark = pytest.mark.disruptive(order=2)
+
 EPOCHS = 4
 # Small enough for seconds per epoch, large enough that a restart lands mid-training.
 TRAIN_SAMPLES = "12000"

@@ -84,6 +84,7 @@ def test_a_sweep_hands_the_flags_to_its_children(monkeypatch: pytest.MonkeyPatch
     assert sweep._grid_param([128, "auto", 64]) == "auto,64,128"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_on_this_cpu_machine_auto_records_float32_no_xla_and_batch_128(tmp_path: Path) -> None:
     from mlflow import MlflowClient
@@ -101,6 +102,7 @@ def test_on_this_cpu_machine_auto_records_float32_no_xla_and_batch_128(tmp_path:
     assert run.data.tags["devices"] == "CPU"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_forced_on_a_cpu_the_run_trains_in_mixed_precision_with_xla_and_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

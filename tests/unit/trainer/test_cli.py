@@ -77,6 +77,7 @@ def test_a_tracking_uri_that_is_not_one_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2 and "is not a tracking URI" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_unknown_experiment_is_refused_when_creation_is_off(tmp_path: Path) -> None:
     npz = write_npz(tmp_path / "m.npz", train=50, test=10)
     result = run_trainer(["--data", str(npz), "--experiment-name", "typo", "--no-create-experiment"], tmp_path)

@@ -10,6 +10,7 @@ from tests.unit.trainer.conftest import write_npz
 from tests.unit.trainer.test_cli import run_trainer
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_a_local_run_logs_everything_and_registers_versions(tmp_path: Path) -> None:
     from mlflow import MlflowClient

@@ -12,6 +12,7 @@ from mnist_trainer.config import RunConfig, Settings, TrackingConfig, TrainConfi
 from tests.unit.trainer.conftest import write_npz
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_the_run_of_a_trainer_that_lost_the_creation_race_lands_in_its_experiment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -12,6 +12,7 @@ from mnist_trainer.config import RunConfig, Settings, TrackingConfig, TrainConfi
 from tests.unit.trainer.conftest import write_npz
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_an_unstorable_model_is_kept_then_uploaded_to_its_own_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -38,6 +38,7 @@ def _runs(folder: Path) -> list[Any]:
     return list(client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_a_run_records_its_config_lineage_and_package_lock(trained: tuple[Path, Path, str]) -> None:
     from mlflow import MlflowClient
@@ -58,6 +59,7 @@ def test_a_run_records_its_config_lineage_and_package_lock(trained: tuple[Path, 
     assert "**Lineage**" in (version.description or "") and tags["code_digest"][:19] in (version.description or "")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_reproduce_from_a_run_gives_the_same_test_metrics_and_registers_nothing(
     trained: tuple[Path, Path, str],
@@ -77,6 +79,7 @@ def test_reproduce_from_a_run_gives_the_same_test_metrics_and_registers_nothing(
     assert len(client.search_model_versions("name = 'mnist'")) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_reproduce_refuses_other_data_with_exit_2_and_logs_nothing(trained: tuple[Path, Path, str]) -> None:
     folder, _, _ = trained
@@ -89,12 +92,14 @@ def test_reproduce_refuses_other_data_with_exit_2_and_logs_nothing(trained: tupl
     assert len(_runs(folder)) == before
 
 
+@pytest.mark.slow
 def test_reproduce_refuses_a_uri_it_cannot_read(tmp_path: Path) -> None:
     result = run_trainer(["reproduce", "mnist-3"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("trainer: error: 'mnist-3' is not a model URI")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_lineage_names_every_link(trained: tuple[Path, Path, str]) -> None:
     folder, npz, run_id = trained
@@ -121,6 +126,7 @@ def test_the_comparison_gates_on_test_metrics_only() -> None:
     assert not within
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_other_code_is_refused_unless_allowed_and_then_recorded(trained: tuple[Path, Path, str]) -> None:
     folder, _, run_id = trained

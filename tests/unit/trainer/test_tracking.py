@@ -116,6 +116,7 @@ def _fit_two_epochs_with_epoch_logger(tmp_path: Path, delete_run_first: bool) ->
     return run.info.run_id, fit_error
 
 
+@pytest.mark.slow
 def test_epoch_metrics_are_all_stored_when_training_ends(tmp_path: Path) -> None:
     import mlflow
 
@@ -126,6 +127,7 @@ def test_epoch_metrics_are_all_stored_when_training_ends(tmp_path: Path) -> None
     assert {"train_loss", "epoch_seconds"} <= set(mlflow.get_run(run_id).data.metrics)
 
 
+@pytest.mark.slow
 def test_a_failed_asynchronous_metric_write_fails_the_training(tmp_path: Path) -> None:
     """Async logging must not swallow errors: a run that cannot take metrics fails fit at the end."""
     _, fit_error = _fit_two_epochs_with_epoch_logger(tmp_path, delete_run_first=True)
