@@ -7,7 +7,7 @@
 # MNIST_NPZ names a Keras-format mnist.npz; unset, Keras' own file is downloaded once (needs internet) into
 # ${XDG_CACHE_HOME:-~/.cache}/mlflow-stack/datasets/mnist.npz and used from there.
 # KEEP_STACK=1 leaves the stack running afterwards (its volumes are always kept unless CLEAN_STACK=1).
-# CHECKED=1 skips lint and unit tests (CI runs `make lint test-unit` before it prepares Docker).
+# LINT_AND_UNIT_DONE=1 skips lint and unit tests (CI runs `make lint test-unit` before it prepares Docker).
 # Arguments go to the last pytest (fast-store and stack tests), e.g. scripts/test.sh -k metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 
-if [ "${CHECKED:-0}" != 1 ]; then
+if [ "${LINT_AND_UNIT_DONE:-0}" != 1 ]; then
   step "lint and types"
   make lint
 
