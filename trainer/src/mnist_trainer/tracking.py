@@ -299,9 +299,20 @@ def epoch_logger(epochs: int) -> keras.callbacks.Callback:
 def log_model(model: keras.Model, example_images: np.ndarray) -> ModelInfo:
     """Log with the tensorflow flavor: mlflow.keras.log_model crashes with an input_example (mlflow#16183)."""
     import mlflow
+    import numpy
     from mlflow.models import infer_signature
 
     quiet_progress_bars_off_a_terminal()
     example = example_images[:INPUT_EXAMPLE_SIZE]
     signature = infer_signature(example, model.predict(example, verbose=0))
-    return mlflow.tensorflow.log_model(model, name=MODEL_ARTIFACT_NAME, signature=signature, input_example=example)
+    # The requirements stated, not inferred: inferring them starts a second Python that imports TensorFlow and
+    # loads the model only to list its imports (~8 s a model on 2 cores). It finds these two pins, mlflow's
+    # (which MLflow adds itself), cloudpickle (a dependency of mlflow's) and, on a CPU-only build,
+    # tensorflow-cpu, which no GPU host should install. The run's whole package lock is in its lineage.
+    return mlflow.tensorflow.log_model(
+        model,
+        name=MODEL_ARTIFACT_NAME,
+        signature=signature,
+        input_example=example,
+        pip_requirements=[*mlflow.tensorflow.get_default_pip_requirements(), f"numpy=={numpy.__version__}"],
+    )
