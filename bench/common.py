@@ -14,7 +14,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", Path(__file__).resolve().parents[1] / "docs" / "bench-results"))
-STACK_URL = os.environ.get("STACK_URL", "http://localhost:5000")
+STACK_URL = os.environ.get("STACK_URL", f"http://localhost:{os.environ.get('MLFLOW_PORT', '5000')}")
 
 
 def machine() -> dict[str, Any]:
