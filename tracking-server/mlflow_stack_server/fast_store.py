@@ -13,8 +13,8 @@ What stays MLflow's:
 - Validation: the very functions MLflow's store calls (same limits, messages, error codes), in the same order,
   before anything is written.
 - Every error about the run's or experiment's state, every conflict (a changed param value, a duplicate metric,
-  a concurrent insert), every deadlock, every database error: this store rolls its transaction back and hands
-  the call, untouched, to MLflow's own method, which then raises or resolves exactly as it always does. The fast
+  a concurrent insert), every deadlock, every database error, every value the driver refuses (a NUL, a lone
+  surrogate): this store rolls its transaction back and hands the call, untouched, to MLflow's own method, which then raises or resolves exactly as it always does. The fast
   path only ever completes the common case in which MLflow would have succeeded without surprises.
 - Anything unusual: metrics linked to a LoggedModel, the run-name tag, renaming a run: MLflow's method.
 - Every read (get_run, search_runs, metric history) and every other write: inherited unchanged.
@@ -37,7 +37,7 @@ import sqlalchemy
 from mlflow.entities import LifecycleStage, Metric, Param, Run, RunData, RunInfo, RunInputs, RunStatus, RunTag
 from mlflow.entities.source_type import SourceType
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils import validation
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, _get_run_name_from_tags
@@ -106,8 +106,11 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
     def _transaction(self) -> Iterator[Any]:
         """A cursor on one pooled connection in one transaction; commit on success.
 
-        Any database error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on
-        a fresh session and answers as MLflow does (a conflict it resolves, an error in its words).
+        Any error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on a fresh
+        session and answers as MLflow does (a conflict it resolves, an error in its words, in its order). Not only
+        database errors: psycopg2 refuses some values before sending them (ValueError for a NUL, UnicodeEncodeError
+        for a lone surrogate), and MLflow answers those with its own run-state error first (a deleted or unknown
+        run), else with the INTERNAL_ERROR its session makes of them.
         """
         try:
             connection: Any = self.engine.raw_connection()
@@ -119,7 +122,10 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
             with connection.cursor() as cursor:
                 yield cursor
             connection.commit()
-        except psycopg2.Error as error:
+        except MlflowException:
+            _roll_back(connection)
+            raise
+        except Exception as error:
             _roll_back(connection)
             raise _MlflowPathNeededError from error
         except BaseException:
@@ -150,10 +156,6 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
             self._write(run_id, metrics, params, tags)
         except _MlflowPathNeededError:
             super().log_batch(run_id, metrics, params, tags)
-        except MlflowException:
-            raise
-        except Exception as error:
-            raise MlflowException(str(error), INTERNAL_ERROR) from error
 
     def log_metric(self, run_id: str, metric: Metric) -> None:
         if metric.model_id is not None:
