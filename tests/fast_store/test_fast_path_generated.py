@@ -19,6 +19,7 @@ with are replayed first, by name, in REGRESSIONS.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -50,7 +51,7 @@ START_TIMEOUT = 120.0
 NOW = 1_700_000_000_000
 UNKNOWN_RUN_ID = "0" * 32
 RANDOM_ID = re.compile(r"\b[0-9a-f]{32}\b")
-RANDOM_NAME = re.compile(r"\b[a-z]+-[a-z]+-[0-9]{1,3}\b")  # mlflow.utils.name_utils._generate_random_name
+RANDOM_NAME = re.compile(r"\b[a-z]+-[a-z]+-[0-9]{1,4}\b")  # mlflow.utils.name_utils._generate_random_name
 METRIC_KEYS = ("loss", "acc", "val/loss")
 ENDPOINTS = (
     "/runs/create", "/runs/log-batch", "/runs/log-metric", "/runs/log-parameter", "/runs/set-tag",
@@ -117,6 +118,14 @@ def _start(name: str, database: str, fast: bool, folder: Path) -> Server:
     return Server(name, f"http://localhost:{port}", process, log)
 
 
+def _healthy(server: Server) -> bool:
+    return bool(server.session.get(server.url + "/health", timeout=5).status_code == 200)
+
+
+def _log_tail(server: Server) -> str:
+    return server.log.read_text(errors="replace")[-3000:]
+
+
 @pytest.fixture(scope="module")
 def servers(migrated_server: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     folder = tmp_path_factory.mktemp("generated")
@@ -124,9 +133,8 @@ def servers(migrated_server: tuple[str, str], tmp_path_factory: pytest.TempPathF
     try:
         for server in started:
             wait_until(
-                lambda server=server: server.session.get(server.url + "/health", timeout=5).status_code == 200,
-                START_TIMEOUT, lambda server=server: server.log.read_text(errors="replace")[-3000:], interval=0.5,
-                ignoring=(requests.RequestException,),
+                functools.partial(_healthy, server), START_TIMEOUT, functools.partial(_log_tail, server),
+                interval=0.5, ignoring=(requests.RequestException,),
             )  # fmt: skip
         yield started[0], started[1]
     finally:

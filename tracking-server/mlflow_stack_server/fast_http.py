@@ -17,7 +17,8 @@ What stays MLflow's:
   out-of-range numbers, a run rename), and any unexpected error while answering: the request, body replayed,
   goes to MLflow's app untouched, which answers or rejects it in its own words. So this layer never answers
   with a plain-text or HTML error of its own.
-- Switched off (everything through Flask) with MLFLOW_FAST_STORE=off, with workspaces (not the fast store), on an
+- Switched off (everything through Flask) with MLFLOW_FAST_STORE=off, on an MLflow release it was not verified
+  against (fast_path_guard.py), with workspaces (not the fast store), on an
   artifacts-only server, and with MLFLOW_AUTH=basic: the basic-auth app authorizes inside Flask (a permission per
   run's experiment, per user), so authenticated deployments keep going through it (proxied_artifacts.py).
 
@@ -46,6 +47,7 @@ from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.validation import _validate_batch_log_api_req
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.settings import Settings, handed_down
 
 # What a handler answers: (status, JSON body), or None for "MLflow's app answers this one".
@@ -197,7 +199,7 @@ HANDLERS: dict[str, Handler] = {
 
 def fast_path_enabled(settings: Settings) -> bool:
     return (
-        settings.fast_store
+        fast_path_state(settings.fast_store).enabled  # MLFLOW_FAST_STORE, on a verified MLflow (fast_path_guard.py)
         and not MLFLOW_ENABLE_WORKSPACES.get()
         and not handed_down(ARTIFACTS_ONLY_ENV_VAR)  # MLflow's handlers then answer 503
     )
