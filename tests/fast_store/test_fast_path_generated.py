@@ -654,8 +654,6 @@ def test_regressions(
             data = data.replace(b"<deleted>", prepared[side]["deleted"].encode())
             answers.append(pair.outcome(side, server.post(request.path, data, request.content_type)))
         assert answers[0] == answers[1], f"{name}\nfast path: {answers[0]}\nMLflow:    {answers[1]}"
-        # Never a plain-text or HTML answer of the fast path's own.
-        assert answers[0][1] not in ("text/plain", "text/html") or answers[0] == answers[1]
     pair.check_runs()
 
 
