@@ -37,7 +37,7 @@ import sqlalchemy
 from mlflow.entities import LifecycleStage, Metric, Param, Run, RunData, RunInfo, RunInputs, RunStatus, RunTag
 from mlflow.entities.source_type import SourceType
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import BAD_REQUEST
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils import validation
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, _get_run_name_from_tags
@@ -106,11 +106,12 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
     def _transaction(self) -> Iterator[Any]:
         """A cursor on one pooled connection in one transaction; commit on success.
 
-        Any error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on a fresh
-        session and answers as MLflow does (a conflict it resolves, an error in its words, in its order). Not only
-        database errors: psycopg2 refuses some values before sending them (ValueError for a NUL, UnicodeEncodeError
-        for a lone surrogate), and MLflow answers those with its own run-state error first (a deleted or unknown
-        run), else with the INTERNAL_ERROR its session makes of them.
+        A database error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on a
+        fresh session and answers as MLflow does (a conflict it resolves, an error in its words, in its order). So
+        does a value psycopg2 refuses before sending it (ValueError for a NUL, UnicodeEncodeError for a lone
+        surrogate): MLflow answers those with its run-state error first (a deleted or unknown run), else with the
+        INTERNAL_ERROR its session makes of them. Any other exception is a fault: INTERNAL_ERROR, as MLflow's
+        session answers one (mlflow/store/db/utils.py), never a bare exception (Flask's HTML 500).
         """
         try:
             connection: Any = self.engine.raw_connection()
@@ -122,12 +123,16 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
             with connection.cursor() as cursor:
                 yield cursor
             connection.commit()
-        except MlflowException:
+        except (_MlflowPathNeededError, MlflowException):
             _roll_back(connection)
             raise
-        except Exception as error:
+        except (psycopg2.Error, ValueError) as error:  # UnicodeEncodeError is a ValueError
             _roll_back(connection)
             raise _MlflowPathNeededError from error
+        except Exception as error:
+            _roll_back(connection)
+            # Anything else is a fault, not an answer to redo: MLflow's session makes it INTERNAL_ERROR.
+            raise MlflowException(str(error), INTERNAL_ERROR) from error
         except BaseException:
             _roll_back(connection)
             raise
