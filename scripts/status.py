@@ -132,6 +132,8 @@ def main() -> int:
             print(f"  {name:<24} {counts['live']} (+{counts['deleted']} deleted)")
         # A deleted version's row stays in MLflow's registry (stage Deleted_Internal); its files go with gc.
         print("  (deleted runs, experiments and logged models stay until `make gc`)")
+        fast_path = held.get("fast_path", {})
+        print(f"  fast path                {fast_path.get('summary', '?').removeprefix('fast path ')}")
         champions = held["champions"]
         print("  champion                 " + (", ".join(f"{m} v{v}" for m, v in champions.items()) or "none"))
     backup = newest_backup()

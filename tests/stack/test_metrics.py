@@ -32,6 +32,18 @@ def probe(_: int) -> int:
         return error.code
 
 
+def test_metrics_show_the_fast_path() -> None:
+    # The version guard's gauge (fast_path_guard.py): the stack's MLflow is a verified one, so the fast path is on,
+    # shown once (not once per worker).
+    from mlflow_stack_server.fast_path_guard import VERIFIED_MLFLOW_VERSIONS
+
+    with urllib.request.urlopen(f"{STACK_URL}/version", timeout=30) as response:
+        version = response.read().decode().strip()
+    assert version in VERIFIED_MLFLOW_VERSIONS
+    lines = [line for line in scrape(STACK_URL).splitlines() if line.startswith("mlflow_stack_fast_path_enabled{")]
+    assert lines == [f'mlflow_stack_fast_path_enabled{{mlflow_version="{version}",reason="on"}} 1.0'], lines
+
+
 def test_metrics_count_requests_of_every_worker() -> None:
     before = scrape(STACK_URL)
     with ThreadPoolExecutor(8) as pool:

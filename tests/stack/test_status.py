@@ -41,6 +41,7 @@ def test_status_reports_the_running_stack(client: MlflowClient, names: Names, tm
     for volume in ("postgres-data", "minio-data", "secrets"):
         assert re.search(rf"^  {project}_{volume} +\d+(\.\d)? (B|KiB|MiB|GiB)$", out, re.MULTILINE), out
     assert f"{model} v1" in out
+    assert re.search(r"^  fast path +on \(MLflow 3\.17\.2, a verified version\)$", out, re.MULTILINE), out
     assert f"newest                   {two_hours_ago} (2.0 h old)" in out
 
     # The counts are the server's own (compared with the API, right after, nothing else deleting meanwhile).

@@ -26,6 +26,7 @@ import tenacity
 
 from mlflow_stack_server.auth_db import AuthDatabase, auth_database, create_database_statement
 from mlflow_stack_server.console import Console
+from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.migration_lock import migration_lock
 from mlflow_stack_server.settings import Settings
 
@@ -295,6 +296,7 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         # MLflow's DNS-rebinding guard reads it in each worker.
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = settings.allowed_hosts
         log(f"allowed hosts: {settings.allowed_hosts}")
+    log(fast_path_state(settings.fast_store).describe())
     log(f"starting mlflow server (auth: {settings.auth}, metrics: {settings.metrics})")
     command = [
         "mlflow",

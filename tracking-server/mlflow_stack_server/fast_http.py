@@ -12,10 +12,13 @@ What stays MLflow's:
   puts in front of Flask (built by MLflow's own `init_fastapi_security`, from the same settings).
 - Validation and errors: the store validates with MLflow's functions (fast_store.py) and raises MLflow's
   exceptions; they are answered exactly as MLflow's `catch_mlflow_exception` does (same body, same status).
-- Anything not plainly shaped (another content type, a body that is not a JSON object, an unknown or aliased
-  field, a value of an unexpected type, NaN or infinite metric values, an out-of-range integer, a run rename):
-  the request, body replayed, goes to MLflow's app untouched, which answers or rejects it in its own words.
-- Switched off (everything through Flask) with MLFLOW_FAST_STORE=off, with workspaces (not the fast store), on an
+- Anything not plainly shaped (another content type, a body that is not a JSON object or fails to parse, an
+  unknown or aliased field, a value of an unexpected type, a string with a lone surrogate, NaN, infinite or
+  out-of-range numbers, a run rename), and any unexpected error while answering: the request, body replayed,
+  goes to MLflow's app untouched, which answers or rejects it in its own words. So this layer never answers
+  with a plain-text or HTML error of its own.
+- Switched off (everything through Flask) with MLFLOW_FAST_STORE=off, on an MLflow release it was not verified
+  against (fast_path_guard.py), with workspaces (not the fast store), on an
   artifacts-only server, and with MLFLOW_AUTH=basic: the basic-auth app authorizes inside Flask (a permission per
   run's experiment, per user), so authenticated deployments keep going through it (proxied_artifacts.py).
 
@@ -36,7 +39,6 @@ import anyio.to_thread
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.protos.service_pb2 import UpdateRun
 from mlflow.server import handlers
 from mlflow.server.constants import ARTIFACTS_ONLY_ENV_VAR
@@ -45,6 +47,7 @@ from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.validation import _validate_batch_log_api_req
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.settings import Settings, handed_down
 
 # What a handler answers: (status, JSON body), or None for "MLflow's app answers this one".
@@ -66,9 +69,31 @@ def _is_int64(value: Any) -> bool:
     return type(value) is int and INT64[0] <= value <= INT64[1]
 
 
-def _is_finite_number(value: Any) -> bool:
+def _finite_double(value: Any) -> float | None:
+    """The double protobuf's parser makes of a JSON number, if it is plain; else None (MLflow's app decides)."""
     # bool is an int in Python but not a number to protobuf; NaN/Infinity arrive as strings and go to MLflow.
-    return type(value) in (int, float) and math.isfinite(value)
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double's range, e.g. 400 digits
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_text(value: Any) -> bool:
+    """A non-empty str protobuf can hold. A lone surrogate (JSON's "\\ud800") is not UTF-8: protobuf's parser
+    stops there and MLflow's handler goes on with what it parsed so far (the field left ""), so MLflow's app
+    answers those."""
+    if type(value) is not str or not value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _string_pairs(items: Any, entity: type[Param] | type[RunTag]) -> list[Any] | None:
@@ -80,9 +105,8 @@ def _string_pairs(items: Any, entity: type[Param] | type[RunTag]) -> list[Any] |
         if (
             type(item) is not dict
             or item.keys() != {"key", "value"}
-            or type(item["key"]) is not str
-            or not item["key"]
-            or type(item["value"]) is not str
+            or not _is_text(item["key"])
+            or not (item["value"] == "" or _is_text(item["value"]))
         ):
             return None
         pairs.append(entity(item["key"], item["value"]))
@@ -96,13 +120,13 @@ def _metrics(items: Any) -> list[Metric] | None:
     for item in items:
         if type(item) is not dict or not {"key", "value", "timestamp"} <= item.keys() <= METRIC_FIELDS:
             return None
-        key, value, timestamp, step = item["key"], item["value"], item["timestamp"], item.get("step", 0)
-        if type(key) is not str or not key or not _is_finite_number(value):
+        key, value, timestamp, step = item["key"], _finite_double(item["value"]), item["timestamp"], item.get("step", 0)
+        if not _is_text(key) or value is None:
             return None
         if not _is_int64(timestamp) or not _is_int64(step):
             return None
         # As Metric.from_proto: a double value, no model, dataset or run id.
-        metrics.append(Metric(key, float(value), timestamp, step))
+        metrics.append(Metric(key, value, timestamp, step))
     return metrics
 
 
@@ -121,7 +145,7 @@ def log_batch(request: dict[str, Any]) -> Callable[[], Answer] | None:
     metrics = _metrics(request.get("metrics", []))
     params = _string_pairs(request.get("params", []), Param)
     tags = _string_pairs(request.get("tags", []), RunTag)
-    if type(run_id) is not str or not run_id or metrics is None or params is None or tags is None:
+    if not _is_text(run_id) or metrics is None or params is None or tags is None:
         return None
 
     def call() -> Answer:
@@ -136,7 +160,7 @@ def set_tag(request: dict[str, Any]) -> Callable[[], Answer] | None:
     if request.keys() != {"run_id", "key", "value"}:
         return None
     run_id, key, value = request["run_id"], request["key"], request["value"]
-    if type(run_id) is not str or not run_id or type(key) is not str or not key or type(value) is not str:
+    if not _is_text(run_id) or not _is_text(key) or not (value == "" or _is_text(value)):
         return None
 
     def call() -> Answer:
@@ -151,7 +175,7 @@ def update_run(request: dict[str, Any]) -> Callable[[], Answer] | None:
     if not request.keys() <= {"run_id", "status", "end_time"}:
         return None
     run_id, status_name, end_time = request.get("run_id"), request.get("status"), request.get("end_time")
-    if type(run_id) is not str or not run_id:
+    if not _is_text(run_id):
         return None
     if status_name is not None and (type(status_name) is not str or status_name not in STATUS_NAMES):
         return None
@@ -175,7 +199,7 @@ HANDLERS: dict[str, Handler] = {
 
 def fast_path_enabled(settings: Settings) -> bool:
     return (
-        settings.fast_store
+        fast_path_state(settings.fast_store).enabled  # MLFLOW_FAST_STORE, on a verified MLflow (fast_path_guard.py)
         and not MLFLOW_ENABLE_WORKSPACES.get()
         and not handed_down(ARTIFACTS_ONLY_ENV_VAR)  # MLflow's handlers then answer 503
     )
@@ -210,10 +234,11 @@ class FastTrackingWrites:
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, complete = await _read_body(receive, MAX_FAST_BODY)
         call = self._fast_call(scope, body) if complete else None
-        if call is None:
+        answer = None if call is None else await anyio.to_thread.run_sync(_run, call)
+        if answer is None:
             await self.app(scope, _replay(body, receive, complete), send)
             return
-        status, payload = await anyio.to_thread.run_sync(_run, call)
+        status, payload = answer
         headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
@@ -224,21 +249,23 @@ class FastTrackingWrites:
             return None  # MLflow's app answers its "Content-Type must be ..." error
         try:
             request = json.loads(body)
-        except ValueError:
+            if type(request) is not dict:
+                return None  # empty, double-encoded (older clients) or not an object: MLflow's app
+            return self.routes[scope["path"]](request)
+        except Exception:  # not UTF-8, not JSON, nested too deep (RecursionError), anything odd: MLflow's app
             return None
-        if type(request) is not dict:
-            return None  # empty, double-encoded (older clients) or not an object: MLflow's app
-        return self.routes[scope["path"]](request)
 
 
-def _run(call: Callable[[], Answer]) -> Answer:
+def _run(call: Callable[[], Answer]) -> Answer | None:
+    """The answer, MLflow's error in MLflow's words, or None: an unexpected error, which MLflow's app then answers
+    (the store's transaction was rolled back, and every write here is idempotent: replaying it is safe)."""
     try:
         return call()
     except MlflowException as error:
         return _mlflow_error(error)
-    except Exception as error:  # as MLflow's store does with an unexpected error: a 500 in JSON
-        _logger.exception("Unexpected error in a fast tracking write")
-        return _mlflow_error(MlflowException(str(error), INTERNAL_ERROR))
+    except Exception:
+        _logger.exception("Unexpected error in a fast tracking write; MLflow's app answers it")
+        return None
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:

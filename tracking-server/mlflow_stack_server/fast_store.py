@@ -13,8 +13,8 @@ What stays MLflow's:
 - Validation: the very functions MLflow's store calls (same limits, messages, error codes), in the same order,
   before anything is written.
 - Every error about the run's or experiment's state, every conflict (a changed param value, a duplicate metric,
-  a concurrent insert), every deadlock, every database error: this store rolls its transaction back and hands
-  the call, untouched, to MLflow's own method, which then raises or resolves exactly as it always does. The fast
+  a concurrent insert), every deadlock, every database error, every value the driver refuses (a NUL, a lone
+  surrogate): this store rolls its transaction back and hands the call, untouched, to MLflow's own method, which then raises or resolves exactly as it always does. The fast
   path only ever completes the common case in which MLflow would have succeeded without surprises.
 - Anything unusual: metrics linked to a LoggedModel, the run-name tag, renaming a run: MLflow's method.
 - Every read (get_run, search_runs, metric history) and every other write: inherited unchanged.
@@ -106,8 +106,12 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
     def _transaction(self) -> Iterator[Any]:
         """A cursor on one pooled connection in one transaction; commit on success.
 
-        Any database error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on
-        a fresh session and answers as MLflow does (a conflict it resolves, an error in its words).
+        A database error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on a
+        fresh session and answers as MLflow does (a conflict it resolves, an error in its words, in its order). So
+        does a value psycopg2 refuses before sending it (ValueError for a NUL, UnicodeEncodeError for a lone
+        surrogate): MLflow answers those with its run-state error first (a deleted or unknown run), else with the
+        INTERNAL_ERROR its session makes of them. Any other exception is a fault: INTERNAL_ERROR, as MLflow's
+        session answers one (mlflow/store/db/utils.py), never a bare exception (Flask's HTML 500).
         """
         try:
             connection: Any = self.engine.raw_connection()
@@ -119,9 +123,16 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
             with connection.cursor() as cursor:
                 yield cursor
             connection.commit()
-        except psycopg2.Error as error:
+        except (_MlflowPathNeededError, MlflowException):
+            _roll_back(connection)
+            raise
+        except (psycopg2.Error, ValueError) as error:  # UnicodeEncodeError is a ValueError
             _roll_back(connection)
             raise _MlflowPathNeededError from error
+        except Exception as error:
+            _roll_back(connection)
+            # Anything else is a fault, not an answer to redo: MLflow's session makes it INTERNAL_ERROR.
+            raise MlflowException(str(error), INTERNAL_ERROR) from error
         except BaseException:
             _roll_back(connection)
             raise
@@ -150,10 +161,6 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
             self._write(run_id, metrics, params, tags)
         except _MlflowPathNeededError:
             super().log_batch(run_id, metrics, params, tags)
-        except MlflowException:
-            raise
-        except Exception as error:
-            raise MlflowException(str(error), INTERNAL_ERROR) from error
 
     def log_metric(self, run_id: str, metric: Metric) -> None:
         if metric.model_id is not None:

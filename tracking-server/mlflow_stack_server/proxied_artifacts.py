@@ -31,6 +31,7 @@ import anyio.to_thread
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
+from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
 from mlflow_stack_server.streamed_artifacts import stream_artifact_transfers
@@ -130,7 +131,8 @@ def _wrap(mlflow_app: ASGIApp, settings: Settings, fast_writes: bool) -> Request
     (streamed_artifacts.py, added to `mlflow_app` by the caller). Innermost of our wrappers: the hot tracking
     writes answered without Flask (fast_http.py), inside the thread cap set above."""
     inner = FastTrackingWrites(mlflow_app, fast_path_enabled(settings)) if fast_writes else mlflow_app
-    return RequestMetrics(ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow))
+    outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
+    return RequestMetrics(outer, fast_path_state(settings.fast_store))
 
 
 def create_app() -> RequestMetrics:

@@ -9,6 +9,7 @@ per-endpoint metrics into the same DIR, so MLflow's /metrics exports them too:
 
     mlflow_stack_http_requests_total{method, endpoint, status}            counter
     mlflow_stack_http_request_duration_seconds{method, endpoint}          histogram (until the last byte)
+    mlflow_stack_fast_path_enabled{mlflow_version, reason}                 gauge: 1 on, 0 off (fast_path_guard.py)
 
 `endpoint` is the path with its free parts folded (artifact paths, static files), so the number of series
 stays bounded. Nothing is recorded unless PROMETHEUS_MULTIPROC_DIR is set (the entrypoint sets it when
@@ -22,6 +23,7 @@ import time
 from typing import Any
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.fast_path_guard import FastPathState
 from mlflow_stack_server.settings import handed_down
 
 # Prefixes after which the rest of the path is data (a run's artifact path, a file name), not an endpoint.
@@ -46,10 +48,10 @@ def endpoint_of(path: str) -> str:
 
 
 @functools.cache
-def _instruments() -> tuple[Any, Any]:
+def _instruments() -> tuple[Any, Any, Any]:
     """One counter and one histogram per process: prometheus_client refuses a second registration of a name,
     and one process may build more than one app (the app factories in proxied_artifacts.py each wrap theirs)."""
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     requests = Counter(
         "mlflow_stack_http_requests_total", "HTTP requests answered, by endpoint and status",
@@ -59,16 +61,24 @@ def _instruments() -> tuple[Any, Any]:
         "mlflow_stack_http_request_duration_seconds", "Time from request to the response's last byte",
         ["method", "endpoint"], buckets=BUCKETS,
     )  # fmt: skip
-    return requests, duration
+    # Every worker sets the same value; "livemax" shows it once, without a pid label, for live workers only.
+    fast_path = Gauge(
+        "mlflow_stack_fast_path_enabled",
+        "1 when the fast store and HTTP path answer run writes, 0 when MLflow's own do; reason: on, switched_off or "
+        "unverified_mlflow_version", ["mlflow_version", "reason"], multiprocess_mode="livemax",
+    )  # fmt: skip
+    return requests, duration, fast_path
 
 
 class RequestMetrics:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, fast_path: FastPathState | None = None) -> None:
         self.app = app
         # Set by the entrypoint when MLFLOW_METRICS is on (entrypoint.prepare_metrics_dir).
         self.enabled = bool(handed_down("PROMETHEUS_MULTIPROC_DIR"))
         if self.enabled:
-            self.requests, self.duration = _instruments()
+            self.requests, self.duration, fast_path_gauge = _instruments()
+            if fast_path is not None:
+                fast_path_gauge.labels(fast_path.mlflow_version, fast_path.reason).set(int(fast_path.enabled))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.enabled or scope["type"] != "http":

@@ -12,6 +12,7 @@ import mlflow
 import sqlalchemy
 
 from mlflow_stack_server.console import USAGE_ERROR, Console
+from mlflow_stack_server.fast_path_guard import VERIFIED_MLFLOW_VERSIONS, fast_path_state
 from mlflow_stack_server.settings import Settings
 
 CHAMPION = "champion"
@@ -29,7 +30,16 @@ def main() -> None:
     """Console script `stack-status`."""
     settings = Console("stack-status:", settings_error_code=USAGE_ERROR).configured(Settings.from_environment)
     engine = sqlalchemy.create_engine(settings.backend_store_uri, poolclass=sqlalchemy.pool.NullPool)
-    report: dict[str, object] = {"mlflow_version": mlflow.__version__}
+    fast_path = fast_path_state(settings.fast_store, mlflow.__version__)
+    report: dict[str, object] = {
+        "mlflow_version": mlflow.__version__,
+        "fast_path": {
+            "enabled": fast_path.enabled,
+            "reason": fast_path.reason,
+            "verified_mlflow_versions": list(VERIFIED_MLFLOW_VERSIONS),
+            "summary": fast_path.describe(),
+        },
+    }
     with engine.connect() as connection:
         report["postgres_version"] = connection.execute(sqlalchemy.text("SHOW server_version")).scalar()
         for name, query in COUNTS.items():

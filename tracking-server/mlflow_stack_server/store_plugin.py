@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.settings import SettingsError, fast_store_enabled, handed_down
 
 
@@ -24,7 +25,8 @@ def _fast_store_enabled() -> bool:
 
 
 def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
-    """Entry point for the `postgresql` scheme: MLflow's own builder, with the fast store unless switched off.
+    """Entry point for the `postgresql` scheme: MLflow's own builder, with the fast store unless switched off or
+    on an MLflow release it was not verified against (fast_path_guard.py).
 
     Registered after MLflow's built-in builders, so it replaces theirs for postgresql URIs only; the model
     registry, the auth database and `mlflow db upgrade` do not use this registry.
@@ -43,6 +45,6 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
     read_db_uri = handed_down(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR) or None
     if MLFLOW_ENABLE_WORKSPACES.get():
         return WorkspaceAwareSqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)
-    if _fast_store_enabled():
+    if fast_path_state(_fast_store_enabled()).enabled:
         return FastSqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)
     return SqlAlchemyStore(store_uri, artifact_uri, read_db_uri=read_db_uri)

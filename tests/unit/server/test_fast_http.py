@@ -30,6 +30,10 @@ FOR_MLFLOW: list[Any] = [
     {"run_id": "r", "params": [{"key": "p", "value": 1}]},
     {"run_id": "r", "params": [{"key": "p"}]},
     {"run_id": "r", "tags": {"key": "t", "value": "v"}},
+    {"run_id": "r", "metrics": [{"key": "x", "value": 10**400, "timestamp": 1}]},  # beyond a double
+    {"run_id": "r", "tags": [{"key": "t", "value": "a\ud800"}]},  # a lone surrogate: protobuf stops there
+    {"run_id": "r", "params": [{"key": "\udfff", "value": "v"}]},
+    {"run_id": "r\ud800"},
     {"run_uuid": "r"},
     {"run_id": ""},
     {"run_id": 5},
@@ -73,5 +77,22 @@ def test_update_statuses_are_protobufs() -> None:
 
 def test_set_tag_needs_all_three_strings() -> None:
     assert fast_http.set_tag({"run_id": "r", "key": "k", "value": ""}) is not None
-    for odd in ({"run_id": "r", "key": "k"}, {"run_id": "r", "key": "k", "value": 1}, {"run_uuid": "r", "key": "k"}):
+    for odd in ({"run_id": "r", "key": "k"}, {"run_id": "r", "key": "k", "value": 1}, {"run_uuid": "r", "key": "k"},
+                {"run_id": "r", "key": "k", "value": "a\ud800b"}):  # fmt: skip
         assert fast_http.set_tag(odd) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,  # RecursionError in json.loads
+        b'{"run_id": "r", "metrics": [{"key": "k", "value": 1' + b"0" * 400 + b', "timestamp": 1}]}',
+        b'{"run_id": "\xff"}',  # not UTF-8
+        b'{"run_id": "r", "tags": [{"key": "t", "value": "\\ud800"}]}',
+    ],
+    ids=["nested too deep", "400 digits", "not UTF-8", "lone surrogate"],
+)
+def test_bodies_it_cannot_read_plainly_go_to_mlflows_app(body: bytes) -> None:
+    writes = fast_http.FastTrackingWrites(None, enabled=True)  # type: ignore[arg-type]
+    scope = {"headers": [(b"content-type", b"application/json")], "path": "/api/2.0/mlflow/runs/log-batch"}
+    assert writes._fast_call(scope, body) is None
