@@ -11,7 +11,9 @@ for file in postgres.dump artifacts.tar; do
   [ -s "$source/$file" ] || { echo "restore: $source/$file is missing or empty" >&2; exit 2; }
 done
 started=$(date +%s)
-docker compose up -d --wait postgres minio
+# The artifact store: seaweedfs when docker-compose.seaweedfs.yml is in COMPOSE_FILE, else minio.
+store=$(docker compose config --services | grep -x -m 1 seaweedfs || echo minio)
+docker compose up -d --wait postgres "$store"
 docker compose stop tracking-server
 docker compose exec -T postgres sh -c \
   'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --clean --if-exists --no-owner --exit-on-error' \
