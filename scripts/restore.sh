@@ -12,7 +12,9 @@ for file in postgres.dump artifacts.tar; do
 done
 started=$(date +%s)
 # The artifact store: seaweedfs when docker-compose.seaweedfs.yml is in COMPOSE_FILE, else minio.
-store=$(docker compose config --services | grep -x -m 1 seaweedfs || echo minio)
+services=$(docker compose config --services)
+store=minio
+if grep -qx seaweedfs <<<"$services"; then store=seaweedfs; fi
 docker compose up -d --wait postgres "$store"
 docker compose stop tracking-server
 docker compose exec -T postgres sh -c \
