@@ -50,3 +50,7 @@ trap - ERR
 COMPOSE_FILE=$during docker compose up -d --wait
 both stop minio
 echo "migrate-objects: the stack now runs on SeaweedFS ($(( $(date +%s) - started )) s); MinIO's volume is kept"
+if [ -n "${COMPOSE_FILE:-}" ]; then
+  # A COMPOSE_FILE in the environment wins over .env's in every later command.
+  echo "migrate-objects: COMPOSE_FILE is set in your environment; set it to $after (or unset it)" >&2
+fi
