@@ -93,7 +93,8 @@ stop_stack() {
 seaweedfs_project="${COMPOSE_PROJECT_NAME:-mlflow-stack}-seaweedfs"
 stop_stacks() {
   stop_stack
-  COMPOSE_PROJECT_NAME=$seaweedfs_project docker compose --profile minio down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  COMPOSE_PROJECT_NAME=$seaweedfs_project COMPOSE_FILE=docker-compose.yml:docker-compose.seaweedfs.yml \
+    docker compose --profile minio --profile train down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 }
 trap stop_stacks EXIT
 
