@@ -4,12 +4,12 @@ TF_CPU := tensorflow-cpu==2.21.0
 # The commit the trainer image records (runs' git_sha tag); docker compose reads it for the build arg.
 export GIT_SHA ?= $(shell scripts/git-sha.sh)
 
-.PHONY: env up down train test test-unit lint venv logs clean backup restore bench secrets gc status docs
+.PHONY: env up down train test test-unit lint venv logs clean backup restore migrate-objects bench secrets gc status docs
 
 env:  ## optional: write your own .env (random secrets) instead of the generated ones
 	scripts/init-env.sh
 
-up:  ## start Postgres, MinIO and the tracking server; wait until healthy (secrets generated at the first start)
+up:  ## start Postgres, the object store (MinIO or SeaweedFS) and the tracking server; wait until healthy (secrets generated at the first start)
 	docker compose up -d --wait
 
 secrets:  ## print the generated secrets (e.g. the MinIO console login); rotate: scripts/secrets.sh rotate NAME
@@ -37,7 +37,7 @@ lint:  ## ruff, formatting, mypy, hadolint, bash -n, yamllint and the docs site;
 	.venv/bin/hadolint trainer/Dockerfile tracking-server/Dockerfile
 	for script in scripts/*.sh .ci/run; do bash -n "$$script" || exit 1; done
 	.venv/bin/yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml \
-	  docker-compose.trainer.yml .yamllint deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml \
+	  docker-compose.trainer.yml docker-compose.seaweedfs.yml tests/stack/seaweedfs-standin.yml .yamllint deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml \
 	  deploy/helm/mlflow-stack/ci tests/chart/umbrella
 	# the docs site (docs/configuration.md's tables come from the code)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
@@ -61,6 +61,9 @@ backup:  ## Postgres dump + artifact bucket to backups/<timestamp>/
 
 restore:  ## make restore BACKUP=backups/<timestamp>: replace the stack's data with a backup
 	scripts/restore.sh "$(BACKUP)"
+
+migrate-objects:  ## make migrate-objects TARGET=seaweedfs: copy the bucket from MinIO (SHA-256 checked), switch over
+	scripts/migrate-objects.sh "$(TARGET)"
 
 clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
 	docker compose down -v --remove-orphans

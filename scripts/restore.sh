@@ -11,7 +11,11 @@ for file in postgres.dump artifacts.tar; do
   [ -s "$source/$file" ] || { echo "restore: $source/$file is missing or empty" >&2; exit 2; }
 done
 started=$(date +%s)
-docker compose up -d --wait postgres minio
+# The artifact store: seaweedfs when docker-compose.seaweedfs.yml is in COMPOSE_FILE, else minio.
+services=$(docker compose config --services)
+store=minio
+if grep -qx seaweedfs <<<"$services"; then store=seaweedfs; fi
+docker compose up -d --wait postgres "$store"
 docker compose stop tracking-server
 docker compose exec -T postgres sh -c \
   'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --clean --if-exists --no-owner --exit-on-error' \

@@ -43,7 +43,11 @@ rotate() {
     minio_root_password)
       refuse_if_set_in_env MINIO_ROOT_PASSWORD
       in_volume set minio_root_password </dev/null
-      docker compose restart minio tracking-server
+      # The stack's S3 key pair, whichever store serves it (docker-compose.seaweedfs.yml reads it too).
+      local services store=minio
+      services=$(docker compose config --services)
+      if grep -qx seaweedfs <<<"$services"; then store=seaweedfs; fi
+      docker compose restart "$store" tracking-server
       ;;
     mlflow_flask_server_secret_key)
       refuse_if_set_in_env MLFLOW_FLASK_SERVER_SECRET_KEY

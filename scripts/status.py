@@ -40,6 +40,12 @@ def exec_in(service: str, *command: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+def seaweedfs_version() -> str:
+    """`weed version` says "version 8000GB 4.48 linux amd64": "seaweedfs 4.48" (empty if it cannot say)."""
+    words = exec_in("seaweedfs", "weed", "version").split()
+    return f"seaweedfs {words[2]}" if len(words) > 2 and words[0] == "version" else ""
+
+
 def project() -> str:
     result = run("docker", "compose", "config", "--format", "json")
     name = json.loads(result.stdout).get("name", "") if result.returncode == 0 else ""
@@ -102,6 +108,7 @@ def main() -> int:
         "postgres": exec_in("postgres", "postgres", "--version") if "postgres" in running else "",
         # Its first line ("minio version RELEASE..."); empty (then the image's tag) if it cannot say.
         "minio": (exec_in("minio", "minio", "--version").splitlines() or [""])[0] if "minio" in running else "",
+        "seaweedfs": seaweedfs_version() if "seaweedfs" in running else "",
     }
     held: dict[str, Any] = {}
     if "tracking-server" in running:

@@ -85,10 +85,33 @@ class Use:
     required: bool = False
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as Compose reads it: its merge tags `!reset` and `!override` (docker-compose.seaweedfs.yml) load
+    as the value they carry."""
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(
+        _tag,
+        lambda loader, node: (
+            loader.construct_mapping(node, deep=True)
+            if isinstance(node, yaml.MappingNode)
+            else loader.construct_sequence(node, deep=True)
+            if isinstance(node, yaml.SequenceNode)
+            else loader.construct_scalar(node)
+        ),
+    )
+
+
+def load_compose(path: Path) -> dict[str, Any]:
+    # A SafeLoader subclass: no arbitrary objects.
+    return yaml.load(path.read_text(), Loader=ComposeLoader) or {}
+
+
 def compose_uses() -> list[Use]:
     uses: list[Use] = []
     for path in COMPOSE_FILES:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = load_compose(path)
         for service, spec in (document.get("services") or {}).items():
             environment = spec.get("environment") or {}
             if isinstance(environment, list):
@@ -194,7 +217,7 @@ def _how(path: Path, env: str, services: tuple[str, ...], uses: list[Use]) -> st
 
 def _literal_environment(path: Path, services: tuple[str, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
-    document = yaml.safe_load(path.read_text()) or {}
+    document = load_compose(path)
     for service, spec in (document.get("services") or {}).items():
         environment = spec.get("environment") or {}
         if service in services and isinstance(environment, dict):

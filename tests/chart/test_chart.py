@@ -33,6 +33,7 @@ EXTERNAL = ci_values("external-postgres-s3")
 AUTH_INGRESS = ci_values("auth-ingress-tls")
 GPU = ci_values("gpu-trainer-job")
 OPENSHIFT = ci_values("openshift")
+SEAWEEDFS = ci_values("bundled-seaweedfs")
 # Every component at once: bundled stores, model server, a trainer Job.
 EVERYTHING = (BUNDLED, GPU)
 ids = [path.stem for path in CI_VALUES]
@@ -226,6 +227,50 @@ def test_bundled_stores_are_single_replica_statefulsets_with_the_compose_images(
         assert "clusterIP" not in clients[workload["metadata"]["name"]]["spec"]
     assert env["POSTGRES_HOST"] == clients[postgres["metadata"]["name"]]["metadata"]["name"]
     assert env["MLFLOW_S3_ENDPOINT_URL"] == f"http://{clients[minio['metadata']['name']]['metadata']['name']}:9000"
+
+
+def test_bundled_seaweedfs_replaces_minio_with_the_compose_image_and_flags() -> None:
+    manifests = render(SEAWEEDFS)
+    assert not [m for m in manifests if "minio" in m["metadata"]["name"]]
+    seaweedfs = one(manifests, "StatefulSet", "seaweedfs")
+    assert seaweedfs["spec"]["replicas"] == 1
+    container = containers(seaweedfs)[0]
+    overlay = (CHART.parents[2] / "docker-compose.seaweedfs.yml").read_text()
+    assert f":-{container['image']}}}" in overlay, container["image"]  # compose's ${SEAWEEDFS_IMAGE:-...}
+    # The same weed flags as compose (telemetry off, no recursive bucket delete, ...), in the same order.
+    compose_flags = [
+        line.strip()[2:] for line in overlay.split("    command:\n", 1)[1].split("    stop_grace")[0].splitlines()
+    ]
+    assert container["args"] == compose_flags
+    env = env_of(container)
+    assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "mlflow-s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": "mlflow-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "s3"}
+    assert pod_spec(seaweedfs)["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    services = {m["metadata"]["name"]: m for m in find(manifests, "Service")}
+    client = services[seaweedfs["spec"]["serviceName"].removesuffix("-headless")]
+    assert client["spec"]["ports"] == [{"name": "s3", "port": 8333, "targetPort": "s3", "protocol": "TCP"}]
+    tracking_env = env_of(containers(one(manifests, "Deployment", "tracking"))[0])
+    assert tracking_env["MLFLOW_S3_ENDPOINT_URL"] == f"http://{client['metadata']['name']}:8333"
+
+
+def test_only_the_tracking_server_reaches_the_bundled_seaweedfs() -> None:
+    manifests = render(SEAWEEDFS, GPU)
+    pods, policies = _pods(manifests), _policies(manifests)
+    allowed = {
+        source
+        for source in pods
+        if source != "seaweedfs" and can_connect(policies, pods[source], pods["seaweedfs"], 8333)
+    }
+    assert allowed == {"tracking"}, allowed
+    assert not can_connect(policies, pods["seaweedfs"], pods["postgres"], 5432)
+    assert not can_connect(policies, pods["seaweedfs"], pods["other-namespace"], 12345)
+    assert not can_connect(policies, pods["other-namespace"], pods["seaweedfs"], 12345)
+
+
+def test_an_unknown_bundled_store_is_refused() -> None:
+    assert "bundledStore" in render_error(BUNDLED, set_values=["s3.bundledStore=ceph"])
 
 
 def test_clients_hold_no_store_credentials() -> None:

@@ -6,6 +6,7 @@ stack that keeps its volumes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -44,6 +45,12 @@ def compose(
     if check and result.returncode != 0:
         raise AssertionError(f"docker compose {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
+
+
+@functools.cache
+def object_store() -> str:
+    """The stack's artifact store service: `seaweedfs` when COMPOSE_FILE adds docker-compose.seaweedfs.yml."""
+    return "seaweedfs" if "seaweedfs" in compose("config", "--services").stdout.split() else "minio"
 
 
 def mnist_npz() -> Path:

@@ -21,6 +21,7 @@ from tests.stack.conftest import (
     TrainerProcess,
     compose,
     mnist_npz,
+    object_store,
     parse_training,
     registry_snapshot,
     trainer_argv,
@@ -149,7 +150,7 @@ def test_a_missing_tracking_server_is_one_line_and_exit_1_within_the_preflight_t
 def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(client: MlflowClient) -> None:
     suffix = uuid.uuid4().hex[:8]
     experiment, model = f"outage-{suffix}", f"mnist-outage-{suffix}"
-    compose("stop", "minio")
+    compose("stop", object_store())
     try:
         result = compose(
             # One retry instead of seven: the outage is certain here, the test need not wait out the backoff.
@@ -161,7 +162,7 @@ def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(clie
             check=False,
         )  # fmt: skip
     finally:
-        compose("start", "minio")
+        compose("start", object_store())
         # The stand-in object store forgets its bucket on restart; `up` runs tracking-server-prepare again,
         # which re-creates it.
         compose("up", "-d", "--wait", "--wait-timeout", "180")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.stack.conftest import REPO, Names, compose
+from tests.stack.conftest import REPO, Names, compose, object_store
 
 
 def test_status_reports_the_running_stack(client: MlflowClient, names: Names, tmp_path: Path) -> None:
@@ -33,12 +33,15 @@ def test_status_reports_the_running_stack(client: MlflowClient, names: Names, tm
     print(f"make status: {time.monotonic() - started:.1f} s")
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    for service in ("postgres", "minio", "tracking-server"):
+    store = object_store()
+    for service in ("postgres", store, "tracking-server"):
         assert re.search(rf"^  {service} +running +healthy ", out, re.MULTILINE), out
     assert re.search(r"^  tracking-server +running +healthy +mlflow 3\.17\.2$", out, re.MULTILINE), out
     assert re.search(r"^  postgres +running +healthy +postgres \(PostgreSQL\) \d+\.", out, re.MULTILINE), out
     project = os.environ.get("COMPOSE_PROJECT_NAME", "mlflow-stack")
-    for volume in ("postgres-data", "minio-data", "secrets"):
+    if store == "seaweedfs":
+        assert re.search(r"^  seaweedfs +running +healthy +seaweedfs \d+\.\d+$", out, re.MULTILINE), out
+    for volume in ("postgres-data", f"{store}-data", "secrets"):
         assert re.search(rf"^  {project}_{volume} +\d+(\.\d)? (B|KiB|MiB|GiB)$", out, re.MULTILINE), out
     assert f"{model} v1" in out
     assert re.search(r"^  fast path +on \(MLflow 3\.17\.2, a verified version\)$", out, re.MULTILINE), out

@@ -83,11 +83,16 @@ mlflow-stack/tracking-client: "true"
 {{- end -}}
 {{- end -}}
 
+{{/* The bundled object store's S3 port: MinIO's 9000 or SeaweedFS's 8333 (s3.bundledStore). */}}
+{{- define "mlflow-stack.s3Port" -}}
+{{- ternary "8333" "9000" (eq .Values.s3.bundledStore "seaweedfs") -}}
+{{- end -}}
+
 {{- define "mlflow-stack.s3Secret" -}}
 {{- if and .Values.s3.bundled .Values.s3.workloadIdentity -}}
-{{- fail "s3.workloadIdentity is for an external S3: the bundled MinIO needs s3.existingSecret (its root user)" -}}
+{{- fail "s3.workloadIdentity is for an external S3: the bundled object store needs s3.existingSecret (its S3 identity)" -}}
 {{- end -}}
-{{- required "s3.existingSecret is required: a Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the bundled MinIO they become its root user), or s3.workloadIdentity=true with an external S3" .Values.s3.existingSecret -}}
+{{- required "s3.existingSecret is required: a Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the bundled MinIO or SeaweedFS they become its S3 identity), or s3.workloadIdentity=true with an external S3" .Values.s3.existingSecret -}}
 {{- end -}}
 
 {{- define "mlflow-stack.authSecret" -}}
@@ -123,7 +128,7 @@ mlflow-stack/tracking-client: "true"
 {{- end }}
 {{- if .Values.s3.bundled }}
 - name: MLFLOW_S3_ENDPOINT_URL
-  value: http://{{ include "mlflow-stack.name" (dict "root" . "component" "minio") }}:9000
+  value: http://{{ include "mlflow-stack.name" (dict "root" . "component" .Values.s3.bundledStore) }}:{{ include "mlflow-stack.s3Port" . }}
 {{- else if .Values.s3.endpointUrl }}
 - name: MLFLOW_S3_ENDPOINT_URL
   value: {{ .Values.s3.endpointUrl | quote }}
@@ -288,9 +293,9 @@ capabilities:
 - to:
     - podSelector:
         matchLabels:
-          {{- include "mlflow-stack.selectorLabels" (dict "root" $root "component" "minio") | nindent 10 }}
+          {{- include "mlflow-stack.selectorLabels" (dict "root" $root "component" .Values.s3.bundledStore) | nindent 10 }}
   ports:
-    - {protocol: TCP, port: 9000}
+    - {protocol: TCP, port: {{ include "mlflow-stack.s3Port" . }}}
 {{- else }}
 - to:
     {{- toYaml .Values.s3.external.networkPolicyPeers | nindent 4 }}
