@@ -30,13 +30,15 @@ from collections.abc import Callable
 import anyio.to_thread
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
-from mlflow_stack_server.streamed_artifacts import stream_artifact_transfers
+from mlflow_stack_server.streamed_artifacts import CUT_SHORT, stream_artifact_transfers
 
 SERVER_INFO_SUFFIX = "/mlflow/server-info"
 DIRECT_TRANSFER_CAPABILITIES = ("multipart_uploads_enabled", "multipart_downloads_enabled")
+ARTIFACTS_PATH_MARKER = "/mlflow-artifacts/artifacts/"
 PRESIGNED_PATH_MARKERS = ("/mlflow-artifacts/presigned/", "/artifacts/presigned-", "/mlflow-artifacts/mpu/")
 PROXY_ONLY = "This server proxies all artifact transfers; its object store is not reachable by clients."
 # MLflow's client (MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true) falls back to one proxied PUT when the answer's
@@ -100,8 +102,26 @@ class ProxiedArtifactsOnly:
             await _answer_not_implemented(send, path)
         elif path.endswith(SERVER_INFO_SUFFIX):
             await self._rewrite_body(scope, receive, send, _without_direct_transfers)
+        elif ARTIFACTS_PATH_MARKER in path:
+            await self._artifact_transfer(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _artifact_transfer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A download whose bytes no longer match their SHA-256 is stopped before its last chunk (streamed_artifacts.py,
+        which logs and counts it and marks the scope CUT_SHORT). From then on nothing more is sent: MLflow's
+        BaseHTTPMiddleware layers would otherwise end the body as if it were whole, which uvicorn refuses with a
+        traceback. Returning without the body's end makes uvicorn close the connection short of Content-Length,
+        so the client's read fails."""
+
+        async def send_until_cut_short(message: Message) -> None:
+            if not scope.get(CUT_SHORT):
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_until_cut_short)
+        except ArtifactChangedError:
+            return
 
     async def _rewrite_body(
         self, scope: Scope, receive: Receive, send: Send, rewrite: Callable[[bytes], bytes]
