@@ -9,7 +9,9 @@ import hashlib
 import io
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from mlflow_stack_server.checksummed_s3_repo import ChecksummedS3ArtifactReposit
 from mlflow_stack_server.proxied_artifacts import ProxiedArtifactsOnly
 from mlflow_stack_server.settings import MIB
 from mlflow_stack_server.streamed_artifacts import S3Object, stream_artifact_transfers, stream_to_s3
+
+STORED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def sha256(data: bytes) -> str:
@@ -80,8 +84,9 @@ class MemoryS3:
         objects = self.objects
 
         class Pages:
-            def paginate(self, Bucket: str, Prefix: str) -> list[dict[str, Any]]:  # noqa: N803
-                return [{"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}]
+            def paginate(self, Bucket: str, Prefix: str = "") -> list[dict[str, Any]]:  # noqa: N803
+                listed = [{"Key": k, "LastModified": STORED_AT} for k in sorted(objects) if k.startswith(Prefix)]
+                return [{"Contents": listed}]
 
         return Pages()
 
@@ -287,3 +292,31 @@ def test_stack_verify_names_what_changed_and_counts_the_rest() -> None:
     }  # fmt: skip
     assert results["1/b"].detail == f"SHA-256 {sha256(s3.objects['1/b'][0])}, recorded {sha256(original)}"
     assert stack_verify.check(s3, "b", "1/deleted-since-listed").result == "gone"
+
+
+# Backups ----------------------------------------------------------------------------------------------------
+
+
+def test_a_backup_keeps_each_digest_and_its_import_names_changed_bytes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow_stack_server import bucket_archive
+
+    source = MemoryS3()
+    source.objects["1/a"] = (b"kept", {"sha256": sha256(b"kept")})
+    source.objects["1/old"] = (b"from before checksums", {})
+    archive = io.BytesIO()
+    monkeypatch.setattr("sys.stdout", SimpleNamespace(buffer=archive))
+    assert bucket_archive.export(source, "b") == 2
+    monkeypatch.undo()
+    tar = bytearray(archive.getvalue())
+    at = tar.find(b"kept")
+    tar[at] ^= 1  # the bytes change inside the backup file
+
+    target = MemoryS3()
+    target.head_bucket = lambda Bucket: None  # type: ignore[attr-defined]  # noqa: N803
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(bytes(tar))))
+    assert bucket_archive.import_(target, "b") == 2
+    assert target.objects["1/a"][1] == {"sha256": sha256(b"kept")} and target.objects["1/a"][0] != b"kept"
+    assert target.objects["1/old"] == (b"from before checksums", {})
+    assert "CHANGED 1/a" in capsys.readouterr().out
