@@ -6,7 +6,9 @@ the UI then do so. Those URLs name the server's S3 endpoint, here http://minio:9
 reachable from inside the backend network only: a client on the host waits out minutes of retries and the
 UI's download button fails. This wrapper makes the server advertise what it can really offer, proxied
 transfers, and answers the presigned-URL endpoints with 501, on which MLflow's client falls back to the
-proxy. Everything else passes through untouched.
+proxy. A download stopped because its bytes no longer match their SHA-256 (streamed_artifacts.py,
+checksums.py) ends here without a traceback: the connection closes short of Content-Length. Everything else
+passes through untouched.
 
 MLflow runs its Flask handlers in anyio worker threads, 40 at a time by default, while its SQLAlchemy
 pool holds 5 + 10 connections, and `log_batch` keeps one connection while each of its steps takes a

@@ -12,7 +12,9 @@ FastAPI routes (mlflow/server/artifact_router.py), but for an S3 destination bot
 These routes replace MLflow's two for an S3 destination: a download sends the object's bytes as S3 sends them
 (1 MiB at a time, with the size known up front), an upload sends the body on to S3 as a multipart upload of
 MLFLOW_PROXY_UPLOAD_PART_MIB parts (up to PARTS_IN_FLIGHT parts uploading while the next is read: memory
-bounded by a few parts per upload, whatever the artifact's size). Everything else is MLflow's own code: a missing object,
+bounded by a few parts per upload, whatever the artifact's size). Both ways the bytes are hashed as they pass:
+an upload stores its SHA-256 with the object, a download checks it and is refused or cut short when the
+bytes changed (checksums.py). Everything else is MLflow's own code: a missing object,
 a directory, an unsafe path, artifact serving turned off, another kind of destination go to MLflow's handlers,
 which answer as they always did.
 
@@ -265,7 +267,7 @@ async def stream_to_s3(body: AsyncIterator[bytes], target: S3Object, filename: s
                 await asyncio.to_thread(digest.update, part)
                 await upload.add_part(part)
         stored += len(tail)
-        digest.update(tail)
+        await asyncio.to_thread(digest.update, tail)
         if not upload.started:
             await asyncio.to_thread(
                 target.client.put_object, Bucket=target.bucket, Key=target.key, Body=bytes(tail),
