@@ -4,7 +4,7 @@ TF_CPU := tensorflow-cpu==2.21.0
 # The commit the trainer image records (runs' git_sha tag); docker compose reads it for the build arg.
 export GIT_SHA ?= $(shell scripts/git-sha.sh)
 
-.PHONY: env up down train test test-unit lint venv logs clean backup restore migrate-objects bench secrets gc status docs
+.PHONY: env up down train test test-unit lint venv logs clean backup restore migrate-objects bench secrets gc status verify docs
 
 env:  ## optional: write your own .env (random secrets) instead of the generated ones
 	scripts/init-env.sh
@@ -70,6 +70,9 @@ clean:  ## stop the stack and DELETE its volumes (runs, models, artifacts)
 
 gc:  ## permanently remove deleted runs, experiments, logged models and their files; OLDER_THAN=30d keeps recent deletions
 	docker compose exec -T tracking-server stack-gc $(if $(OLDER_THAN),--older-than "$(OLDER_THAN)")
+
+verify:  ## check every artifact against the SHA-256 recorded when it was stored; names any whose bytes changed
+	docker compose exec -T tracking-server stack-verify
 
 status:  ## services' health and versions, volumes' disk use, what the server holds, the champion, newest backup
 	$(PYTHON) scripts/status.py

@@ -1,11 +1,14 @@
 """Copy the artifact bucket to or from a tar stream: `bucket-archive export > f.tar`, `... import < f.tar`.
 
 Runs inside the tracking-server container, the one place that holds the S3 credentials, so backups never
-need them on the host.
+need them on the host. Each object's recorded SHA-256 (checksums.py) travels in its tar entry's PAX header
+MLFLOW_STACK.sha256; an import stores it again as the object's metadata and names every object whose bytes
+no longer match it (the server then refuses them and `make verify` names them too).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
 import tarfile
@@ -13,20 +16,25 @@ from typing import Any
 
 import boto3
 
+from mlflow_stack_server.checksums import METADATA_KEY, recorded_digest
 from mlflow_stack_server.console import Console
 from mlflow_stack_server.settings import Settings
 
 console = Console("bucket-archive:")
+PAX_SHA256 = "MLFLOW_STACK.sha256"  # a vendor PAX keyword: other tar readers ignore it
 USAGE = "usage: bucket-archive export > artifacts.tar | bucket-archive import < artifacts.tar"
 
 
 def export(s3: Any, bucket: str) -> int:
     count = 0
-    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as archive:
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for entry in page.get("Contents", []):
-                body = s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+                found = s3.get_object(Bucket=bucket, Key=entry["Key"])
+                body = found["Body"].read()
                 info = tarfile.TarInfo(entry["Key"])
+                if digest := recorded_digest(found.get("Metadata")):
+                    info.pax_headers = {PAX_SHA256: digest}
                 info.size = len(body)
                 info.mtime = int(entry["LastModified"].timestamp())
                 archive.addfile(info, io.BytesIO(body))
@@ -46,7 +54,12 @@ def import_(s3: Any, bucket: str) -> int:
                 continue
             content = archive.extractfile(member)
             if content is not None:
-                s3.put_object(Bucket=bucket, Key=member.name, Body=content.read())
+                body = content.read()
+                digest = recorded_digest({METADATA_KEY: member.pax_headers.get(PAX_SHA256, "")})
+                metadata = {METADATA_KEY: digest} if digest else {}
+                if digest and hashlib.sha256(body).hexdigest() != digest:
+                    console.log(f"CHANGED {member.name}: its bytes in the archive do not match its recorded SHA-256")
+                s3.put_object(Bucket=bucket, Key=member.name, Body=body, Metadata=metadata)
                 count += 1
     return count
 

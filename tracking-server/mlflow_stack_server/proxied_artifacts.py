@@ -6,7 +6,9 @@ the UI then do so. Those URLs name the server's S3 endpoint, here http://minio:9
 reachable from inside the backend network only: a client on the host waits out minutes of retries and the
 UI's download button fails. This wrapper makes the server advertise what it can really offer, proxied
 transfers, and answers the presigned-URL endpoints with 501, on which MLflow's client falls back to the
-proxy. Everything else passes through untouched.
+proxy. A download stopped because its bytes no longer match their SHA-256 (streamed_artifacts.py,
+checksums.py) ends here without a traceback: the connection closes short of Content-Length. Everything else
+passes through untouched.
 
 MLflow runs its Flask handlers in anyio worker threads, 40 at a time by default, while its SQLAlchemy
 pool holds 5 + 10 connections, and `log_batch` keeps one connection while each of its steps takes a
@@ -30,14 +32,16 @@ from collections.abc import Callable
 import anyio.to_thread
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
-from mlflow_stack_server.streamed_artifacts import stream_artifact_transfers
+from mlflow_stack_server.streamed_artifacts import CUT_SHORT, stream_artifact_transfers
 
 SERVER_INFO_SUFFIX = "/mlflow/server-info"
 DIRECT_TRANSFER_CAPABILITIES = ("multipart_uploads_enabled", "multipart_downloads_enabled")
+ARTIFACTS_PATH_MARKER = "/mlflow-artifacts/artifacts/"
 PRESIGNED_PATH_MARKERS = ("/mlflow-artifacts/presigned/", "/artifacts/presigned-", "/mlflow-artifacts/mpu/")
 PROXY_ONLY = "This server proxies all artifact transfers; its object store is not reachable by clients."
 # MLflow's client (MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true) falls back to one proxied PUT when the answer's
@@ -101,8 +105,26 @@ class ProxiedArtifactsOnly:
             await _answer_not_implemented(send, path)
         elif path.endswith(SERVER_INFO_SUFFIX):
             await self._rewrite_body(scope, receive, send, _without_direct_transfers)
+        elif ARTIFACTS_PATH_MARKER in path:
+            await self._artifact_transfer(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _artifact_transfer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A download whose bytes no longer match their SHA-256 is stopped before its last chunk (streamed_artifacts.py,
+        which logs and counts it and marks the scope CUT_SHORT). From then on nothing more is sent: MLflow's
+        BaseHTTPMiddleware layers would otherwise end the body as if it were whole, which uvicorn refuses with a
+        traceback. Returning without the body's end makes uvicorn close the connection short of Content-Length,
+        so the client's read fails."""
+
+        async def send_until_cut_short(message: Message) -> None:
+            if not scope.get(CUT_SHORT):
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_until_cut_short)
+        except ArtifactChangedError:
+            return
 
     async def _rewrite_body(
         self, scope: Scope, receive: Receive, send: Send, rewrite: Callable[[bytes], bytes]

@@ -12,7 +12,9 @@ FastAPI routes (mlflow/server/artifact_router.py), but for an S3 destination bot
 These routes replace MLflow's two for an S3 destination: a download sends the object's bytes as S3 sends them
 (1 MiB at a time, with the size known up front), an upload sends the body on to S3 as a multipart upload of
 MLFLOW_PROXY_UPLOAD_PART_MIB parts (up to PARTS_IN_FLIGHT parts uploading while the next is read: memory
-bounded by a few parts per upload, whatever the artifact's size). Everything else is MLflow's own code: a missing object,
+bounded by a few parts per upload, whatever the artifact's size). Both ways the bytes are hashed as they pass:
+an upload stores its SHA-256 with the object, a download checks it and is refused or cut short when the
+bytes changed (checksums.py). Everything else is MLflow's own code: a missing object,
 a directory, an unsafe path, artifact serving turned off, another kind of destination go to MLflow's handlers,
 which answer as they always did.
 
@@ -24,6 +26,7 @@ these paths before routing) runs in front of them exactly as it runs in front of
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import mimetypes
 import posixpath
 from collections import deque
@@ -33,11 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from mlflow.exceptions import MlflowException
 from mlflow.server import artifact_router as mlflow_routes
 
+from mlflow_stack_server import checksums
 from mlflow_stack_server.settings import MIB
 
 ROUTE_PATHS = (
@@ -49,6 +53,8 @@ S3_MAX_PARTS = 10_000
 # Parts sent to S3 at once per upload: one stream to S3 is slower than the client's (measured: 24 MB/s with one
 # part in flight against the S3 stand-in, loaded machine). Memory per upload: about this + 1 parts.
 PARTS_IN_FLIGHT = 4
+# Set in a request's ASGI scope when its download was stopped because the bytes changed (proxied_artifacts.py).
+CUT_SHORT = "mlflow_stack.cut_short"
 MISSING_OBJECT_CODES = ("NoSuchKey", "404", "NotFound")
 # Upload arguments every part request must repeat (S3: SSE-C keys, the bucket-owner check, requester pays).
 PER_PART_ARGS = ("ExpectedBucketOwner", "SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer")
@@ -96,7 +102,7 @@ def _is_missing(error: Exception) -> bool:
     return isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in MISSING_OBJECT_CODES
 
 
-async def download_artifact(artifact_path: str) -> Response:
+async def download_artifact(artifact_path: str, request: Request) -> Response:
     target = _locate_or_none(artifact_path)
     if target is None:
         return await mlflow_routes.download_artifact(artifact_path)
@@ -109,11 +115,38 @@ async def download_artifact(artifact_path: str) -> Response:
             return await mlflow_routes.download_artifact(artifact_path)
         raise
     body = found["Body"]
+    reader = checksums.CheckedReader(
+        body, target.key, checksums.recorded_digest(found.get("Metadata")), found["ContentLength"]
+    )
+    try:
+        first = await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK)
+        if reader.complete:  # the whole object (most artifacts are smaller than a chunk): checked before answering
+            reader.finish()
+    except checksums.ArtifactChangedError as changed:
+        body.close()
+        return JSONResponse({"error_code": "DATA_LOSS", "message": str(changed)}, status_code=500)
+    except BaseException:
+        body.close()
+        raise
 
     async def chunks() -> AsyncIterator[bytes]:
+        """Each chunk is sent once the next one is read; the last one only once the digest matches (else
+        ArtifactChangedError ends the response before its Content-Length: the client sees a cut transfer. The
+        error is logged and counted where it is found; the scope's CUT_SHORT mark tells ProxiedArtifactsOnly to
+        send nothing more and end the request quietly)."""
         try:
-            while chunk := await asyncio.to_thread(body.read, DOWNLOAD_CHUNK):
+            chunk = first
+            while not reader.complete:
+                following = await asyncio.to_thread(reader.read, DOWNLOAD_CHUNK)
                 yield chunk
+                chunk = following
+            if reader.read_bytes > len(first):
+                try:
+                    reader.finish()
+                except checksums.ArtifactChangedError:
+                    request.scope[CUT_SHORT] = True
+                    raise
+            yield chunk
         finally:
             body.close()
 
@@ -185,12 +218,14 @@ class MultipartUpload:
             raise HTTPException(413, f"artifact larger than {S3_MAX_PARTS} parts of {self.part_bytes // MIB} MiB")
         self.sending.append(asyncio.ensure_future(asyncio.to_thread(self._send, number, data)))
 
-    async def complete(self) -> None:
+    async def complete(self) -> str:
+        """The stored object's ETag."""
         while self.sending:
             self.parts.append(await self.sending.popleft())
-        await asyncio.to_thread(
+        answer = await asyncio.to_thread(
             self.target.client.complete_multipart_upload, MultipartUpload={"Parts": self.parts}, **self._location()
         )
+        return str(answer["ETag"])
 
     async def abort(self) -> None:
         """Cancel the parts still sending and drop the upload: S3 keeps the key's previous object, if any."""
@@ -213,32 +248,45 @@ async def _parts(body: AsyncIterator[bytes], part_bytes: int, tail: bytearray) -
 
 
 async def stream_to_s3(body: AsyncIterator[bytes], target: S3Object, filename: str, part_bytes: int) -> int:
-    """Send `body` to S3 as it arrives; the number of bytes stored.
+    """Send `body` to S3 as it arrives, with its SHA-256 as the object's metadata; the number of bytes stored.
 
-    Less than one part: one PutObject. Otherwise a multipart upload, up to PARTS_IN_FLIGHT parts sent while the
-    next is read, aborted on any failure (a client that disconnects included): the key keeps its previous object, if any."""
+    Less than one part: one PutObject that carries the digest. Otherwise a multipart upload, up to
+    PARTS_IN_FLIGHT parts sent while the next is read, aborted on any failure (a client that disconnects
+    included): the key keeps its previous object, if any. Its digest is known after the last part only and is
+    attached by an in-place copy inside S3 (checksums.record_after_multipart says why)."""
     arguments = _upload_arguments(filename, target.extra_args)
     upload = MultipartUpload(target, arguments, part_bytes)
+    digest = hashlib.sha256()
     tail = bytearray()
     stored = 0
     try:
         async with aclosing(_parts(body, part_bytes, tail)) as parts:
             async for part in parts:
                 stored += len(part)
+                # In a worker thread: hashlib lets go of the GIL for large buffers, the event loop does not wait.
+                await asyncio.to_thread(digest.update, part)
                 await upload.add_part(part)
         stored += len(tail)
+        await asyncio.to_thread(digest.update, tail)
         if not upload.started:
             await asyncio.to_thread(
-                target.client.put_object, Bucket=target.bucket, Key=target.key, Body=bytes(tail), **arguments
-            )
+                target.client.put_object, Bucket=target.bucket, Key=target.key, Body=bytes(tail),
+                **checksums.with_digest(arguments, digest.hexdigest()),
+            )  # fmt: skip
+            checksums.count("recorded")
             return stored
         if tail:
             await upload.add_part(bytes(tail))
-        await upload.complete()
-        return stored
+        etag = await upload.complete()
     except BaseException:
         await upload.abort()
         raise
+    completed = {"ETag": etag, "Size": stored}
+    await asyncio.to_thread(
+        checksums.record_after_multipart, target.client, target.bucket, target.key, completed, arguments,
+        digest.hexdigest(),
+    )  # fmt: skip
+    return stored
 
 
 def upload_route(part_bytes: int) -> Callable[[str, Request], Any]:

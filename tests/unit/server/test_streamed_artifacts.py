@@ -5,6 +5,7 @@ when the client goes away. The S3 side is a recorder of boto3 calls; the stack t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,8 +30,12 @@ class RecordingS3:
         self.parts[kwargs["PartNumber"]] = kwargs["Body"]
         return {"ETag": f"etag-{kwargs['PartNumber']}"}
 
-    def complete_multipart_upload(self, **kwargs: Any) -> None:
+    def complete_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(("complete", kwargs))
+        return {"ETag": '"etag-all"'}
+
+    def copy_object(self, **kwargs: Any) -> None:  # the digest, attached after completion (test_checksums.py)
+        self.calls.append(("copy", kwargs))
 
     def abort_multipart_upload(self, **kwargs: Any) -> None:
         self.calls.append(("abort", kwargs))
@@ -57,10 +62,10 @@ def test_a_body_larger_than_a_part_goes_up_in_parts_in_order() -> None:
     stored = asyncio.run(stream_to_s3(chunked(data, 65536), target(s3), "model.bin", 5 * MIB))
     assert stored == len(data)
     kinds = [kind for kind, _ in s3.calls]
-    assert kinds[0] == "create" and kinds[-1] == "complete" and "abort" not in kinds and "put" not in kinds
+    assert kinds[0] == "create" and kinds[-2:] == ["complete", "copy"] and "abort" not in kinds and "put" not in kinds
     assert b"".join(s3.parts[n] for n in sorted(s3.parts)) == data
     assert [len(s3.parts[n]) for n in sorted(s3.parts)] == [5 * MIB, 5 * MIB, 5 * MIB, 4 * MIB + 4]
-    completed = s3.calls[-1][1]["MultipartUpload"]["Parts"]
+    completed = s3.calls[-2][1]["MultipartUpload"]["Parts"]
     assert [p["PartNumber"] for p in completed] == list(range(1, len(s3.parts) + 1))
     assert [p["ETag"] for p in completed] == [f"etag-{n}" for n in range(1, len(s3.parts) + 1)]
 
@@ -73,7 +78,7 @@ def test_a_small_body_is_one_put_with_mlflows_upload_arguments() -> None:
     assert stored == 2 and s3.parts[0] == b"{}"
     assert s3.calls == [
         ("put", {"Bucket": "b", "Key": "1/run/artifacts/model.bin", "ContentType": "application/json",
-                 "ServerSideEncryption": "AES256"}),
+                 "ServerSideEncryption": "AES256", "Metadata": {"sha256": hashlib.sha256(b"{}").hexdigest()}}),
     ]  # fmt: skip
 
 
