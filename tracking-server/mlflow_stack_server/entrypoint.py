@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import tenacity
 
@@ -150,23 +150,95 @@ def check_schema_is_current(settings: Settings) -> None:
         )
 
 
-def ensure_bucket(settings: Settings) -> None:
-    import boto3
+# What S3 answers when the keys themselves are wrong: no wait fixes these.
+REFUSED_CREDENTIALS = {
+    "InvalidAccessKeyId": "the store knows no such access key",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    "AccessDenied": "the key may not use this bucket",
+    "InvalidToken": "the session token is not valid",
+    "ExpiredToken": "the session token has expired",
+}
+MISSING_BUCKET_CODES = ("404", "NoSuchBucket", "NotFound")
+# serve's look at the bucket: one short attempt, so that a store that is down or paused delays no start.
+SERVE_CHECK_SECONDS = 5
+
+
+def _s3_error_code(error: BaseException) -> str:
     from botocore.exceptions import ClientError
 
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None)
+    return str(error.response.get("Error", {}).get("Code", "")) if isinstance(error, ClientError) else ""
+
+
+def credentials_refused(s3: Any, error: BaseException, settings: Settings) -> str | None:
+    """The one line to stop on when `error`, HeadBucket's, says the store refuses the server's S3 keys; else None
+    (unreachable, 5xx, a missing bucket: for the caller).
+
+    A 403 on HeadBucket carries no code (a HEAD answer has no body): one GET asks the store for its reason."""
+    from botocore.exceptions import ClientError
+
+    code = _s3_error_code(error)
+    if code not in ("403", "Forbidden", *REFUSED_CREDENTIALS):
+        return None
+    if code not in REFUSED_CREDENTIALS:
+        try:
+            s3.list_objects_v2(Bucket=settings.bucket, MaxKeys=1)
+        except ClientError as listing:
+            code = _s3_error_code(listing)
+        except Exception:
+            pass  # the 403 stands, without a reason
+    reason = f"{code}: {REFUSED_CREDENTIALS[code]}" if code in REFUSED_CREDENTIALS else "403 Forbidden"
+    return (
+        f"the object store at {settings.s3_endpoint_url or 'AWS S3'} refused the tracking server's S3 credentials "
+        f"on bucket {settings.bucket} ({reason}): AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or their _FILE forms) "
+        "must be a key the store accepts; in compose MinIO reads minio_root_user / minio_root_password only when "
+        "it starts, so after a change restart both: scripts/secrets.sh rotate minio_root_password "
+        "(docs: Troubleshooting)"
+    )
+
+
+def _s3_client(settings: Settings, config: Any = None) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
+
+
+def ensure_bucket(settings: Settings) -> None:
+    s3 = _s3_client(settings)
     bucket = settings.bucket
 
     def create_if_missing() -> None:
         try:
             s3.head_bucket(Bucket=bucket)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+        except Exception as error:
+            refused = credentials_refused(s3, error, settings)
+            if refused:
+                raise FatalError(refused) from error
+            if _s3_error_code(error) not in MISSING_BUCKET_CODES:
                 raise
             s3.create_bucket(Bucket=bucket)
             log(f"created bucket {bucket}")
 
     retry(f"checking bucket {bucket}", create_if_missing, settings.wait_seconds)
+
+
+def check_bucket_before_serving(settings: Settings) -> None:
+    """One quick look at the bucket before serving. Keys the store refuses end the start in one line: a server
+    that can neither store nor read an artifact must not report healthy (`docker compose restart tracking-server`
+    runs no prepare). A store that is down, paused or slow gets a log line only: everything but artifacts works
+    without it, and it may come back."""
+    from botocore.config import Config
+
+    seconds = SERVE_CHECK_SECONDS
+    s3 = _s3_client(
+        settings, Config(connect_timeout=seconds, read_timeout=seconds, retries={"max_attempts": 1, "mode": "standard"})
+    )
+    try:
+        s3.head_bucket(Bucket=settings.bucket)
+    except Exception as error:
+        refused = credentials_refused(s3, error, settings)
+        if refused:
+            console.fail(f"checking bucket {settings.bucket}: {refused}")
+        log(f"bucket {settings.bucket} not checked ({_reason(error)}): serving; artifacts fail until the store answers")
 
 
 def auth_database_uri(settings: Settings) -> AuthDatabase:
@@ -283,6 +355,7 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
     wait_for_database(settings)
     log(f"database reachable after {time.monotonic() - started:.1f} s")
     check_schema_is_current(settings)
+    check_bucket_before_serving(settings)
     size_connection_pool(settings)
     if settings.auth == "basic":
         write_auth_config(settings)
