@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import mimetypes
 import posixpath
 from collections import deque
@@ -58,6 +59,13 @@ CUT_SHORT = "mlflow_stack.cut_short"
 MISSING_OBJECT_CODES = ("NoSuchKey", "404", "NotFound")
 # Upload arguments every part request must repeat (S3: SSE-C keys, the bucket-owner check, requester pays).
 PER_PART_ARGS = ("ExpectedBucketOwner", "SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "RequestPayer")
+# An upload cut by an object store that is down cannot be aborted then; its parts (invisible under the key, but
+# stored) would stay until the store's own expiry, if it has one. The abort is retried this long, backing off.
+ABORT_RETRY_SECONDS = 600.0
+ABORT_RETRY_LONGEST_PAUSE = 30.0
+
+_logger = logging.getLogger(__name__)
+_aborts_pending: set[asyncio.Task[None]] = set()  # referenced until done (the event loop keeps weak references)
 
 
 @dataclass(frozen=True)
@@ -228,12 +236,60 @@ class MultipartUpload:
         return str(answer["ETag"])
 
     async def abort(self) -> None:
-        """Cancel the parts still sending and drop the upload: S3 keeps the key's previous object, if any."""
+        """Cancel the parts still sending and drop the upload: S3 keeps the key's previous object, if any.
+
+        Never raises: the caller re-raises what cut the upload. A store that cannot be asked now (down, or
+        failing) is asked again in the background, for up to ABORT_RETRY_SECONDS."""
         for task in self.sending:
             task.cancel()
         await asyncio.gather(*self.sending, return_exceptions=True)
-        if self.started:
-            await asyncio.to_thread(self.target.client.abort_multipart_upload, **self._location())
+        if not self.started:
+            return
+        try:
+            await self._abort_once()
+        except Exception as error:
+            _logger.warning(
+                "could not abort the cut upload of s3://%s/%s (%s); retrying for up to %.0f s",
+                self.target.bucket, self.target.key, _first_line(error), ABORT_RETRY_SECONDS,
+            )  # fmt: skip
+            later = asyncio.ensure_future(self._abort_later())
+            _aborts_pending.add(later)
+            later.add_done_callback(_aborts_pending.discard)
+
+    async def _abort_once(self) -> None:
+        await asyncio.to_thread(self.target.client.abort_multipart_upload, **self._location())
+
+    async def _abort_later(self) -> None:
+        deadline = asyncio.get_running_loop().time() + ABORT_RETRY_SECONDS
+        pause = 1.0
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self._abort_once()
+            except Exception as error:
+                if _is_missing(error) or _code(error) == "NoSuchUpload":
+                    return  # gone already (the store expired it, or an earlier attempt went through)
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    _logger.error(
+                        "gave up aborting the cut upload of s3://%s/%s (%s): its parts stay in the store until "
+                        "its stale-upload expiry", self.target.bucket, self.target.key, _first_line(error),
+                    )  # fmt: skip
+                    return
+                pause = min(pause * 2, ABORT_RETRY_LONGEST_PAUSE)
+                continue
+            _logger.warning("aborted the cut upload of s3://%s/%s", self.target.bucket, self.target.key)
+            return
+
+
+def _code(error: Exception) -> str:
+    from botocore.exceptions import ClientError
+
+    return str(error.response.get("Error", {}).get("Code", "")) if isinstance(error, ClientError) else ""
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 async def _parts(body: AsyncIterator[bytes], part_bytes: int, tail: bytearray) -> AsyncGenerator[bytes]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mlflow_stack_server import streamed_artifacts
 from mlflow_stack_server.settings import MIB, Settings, SettingsError
 from mlflow_stack_server.streamed_artifacts import S3Object, stream_to_s3
 
@@ -95,6 +96,39 @@ def test_a_client_that_goes_away_mid_upload_leaves_no_object() -> None:
         asyncio.run(stream_to_s3(chunked(data, MIB, fail_after=11 * MIB), target(s3), "model.bin", 5 * MIB))
     kinds = [kind for kind, _ in s3.calls]
     assert kinds[-1] == "abort" and "complete" not in kinds and "put" not in kinds
+
+
+class StoreGoneDown(RecordingS3):
+    """Fails a part, then the abort (the store is down), then answers again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_aborts = 0
+
+    def upload_part(self, **kwargs: Any) -> dict[str, Any]:
+        if kwargs["PartNumber"] == 2:
+            raise ConnectionError("store down")
+        return super().upload_part(**kwargs)
+
+    def abort_multipart_upload(self, **kwargs: Any) -> None:
+        if not self.failed_aborts:
+            self.failed_aborts += 1
+            raise ConnectionError("store still down")
+        super().abort_multipart_upload(**kwargs)
+
+
+def test_an_upload_cut_by_the_store_raises_the_stores_error_and_is_aborted_once_the_store_is_back() -> None:
+    s3 = StoreGoneDown()
+
+    async def upload_then_wait_for_the_abort() -> None:
+        with pytest.raises(ConnectionError, match="store down"):  # not the abort's error
+            await stream_to_s3(chunked(os.urandom(12 * MIB), MIB), target(s3), "model.bin", 5 * MIB)
+        assert "abort" not in [kind for kind, _ in s3.calls]
+        await asyncio.gather(*streamed_artifacts._aborts_pending)  # the background retry, 1 s later
+
+    asyncio.run(upload_then_wait_for_the_abort())
+    kinds = [kind for kind, _ in s3.calls]
+    assert s3.failed_aborts == 1 and kinds[-1] == "abort" and "complete" not in kinds
 
 
 def test_the_part_size_knob_refuses_what_s3_would() -> None:
