@@ -48,7 +48,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.disruptive(order=2)
 
 SIZE = int(os.environ.get("LARGE_ARTIFACT_MIB", "1024")) * MIB
-FAULT_AT = SIZE // 4  # bytes sent or received when the fault is injected: 256 MiB of a GiB
+FAULT_AT = SIZE * 3 // 16  # bytes sent or received when the fault is injected: 192 MiB of a GiB
 # Growth of the server container's memory (cgroup, page cache included) during a faulty transfer: parts in
 # flight and buffers, never the artifact (see tests/stack/test_large_artifacts.py).
 CEILING_MIB = min(400, SIZE // MIB // 2)

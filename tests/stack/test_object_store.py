@@ -77,6 +77,14 @@ def errors(output: str) -> list[str]:
     return [line for line in output.splitlines() if "error:" in line]
 
 
+def serves() -> bool:
+    """Whether a tracking server answers behind the gateway (with none, HAProxy answers 503 or closes)."""
+    try:
+        return requests.get(STACK_URL + "/health", timeout=10).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
 def test_the_object_store_accepts_only_the_generated_credentials() -> None:
     assert store_answers() == {
         "generated": 200,
@@ -122,11 +130,11 @@ def test_a_store_password_the_store_does_not_hold_stops_the_stack_at_prepare_not
         assert REFUSED in line and "(SignatureDoesNotMatch: " in line, prepare
         # Not started, so not serving: the gateway has no server behind it.
         assert "running" not in compose("ps", "-a", "--format", "{{.State}}", "tracking-server").stdout
-        assert requests.get(STACK_URL + "/health", timeout=10).status_code == 503
+        assert not serves(), "a tracking server answers although prepare failed"
     finally:
         set_secret("minio_root_password", old)
         compose("up", "-d", "--wait", "--wait-timeout", "180")
-    assert requests.get(STACK_URL + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=30).ok
+    assert serves()
 
 
 @pytest.mark.disruptive(order=2)
