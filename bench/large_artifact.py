@@ -6,8 +6,8 @@ Reports MB/s each way, the time to the first byte of the download, how long the 
 after the upload's last byte, the SHA-256 both ways, and the tracking-server container's memory (cgroup
 peak, with and without page cache: bench/container_memory.py) during each transfer. The bytes are random
 (incompressible) and written to a temporary file first, as a model file would be; the download is hashed
-as it arrives and not written. The artifact is deleted afterwards: the ephemeral S3 stand-in keeps objects
-in memory. MLFLOW_TRACKING_USERNAME/PASSWORD are sent when set (team mode).
+as it arrives and not written. The artifact is deleted afterwards, so that runs leave nothing in the store.
+MLFLOW_TRACKING_USERNAME/PASSWORD are sent when set (team mode).
 """
 
 from __future__ import annotations

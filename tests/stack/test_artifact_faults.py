@@ -184,6 +184,13 @@ def growth_mib(memory: PeakMemory) -> float:
     return (memory.highest.usage - memory.before.usage) / MIB
 
 
+def report(what: str, outcome: Outcome, memory: PeakMemory) -> None:
+    """One line in the test's captured output (pytest -rA shows it): what the client got, what memory did."""
+    error = outcome.error
+    said = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}" if error else "no error"
+    print(f"{what}: client got {said}; server memory +{growth_mib(memory):.0f} MiB ({memory.summary()})")
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_an_upload_cut_by_the_store_fails_leaves_the_key_as_it_was_and_a_retry_stores_it_whole(
     fault: str, source: Source, run: Run, one_attempt: None
@@ -193,6 +200,7 @@ def test_an_upload_cut_by_the_store_fails_leaves_the_key_as_it_was_and_a_retry_s
     outcome, memory = transfer_with_fault(
         lambda: run.client.log_artifact(run.run_id, str(source.path), "faults"), lambda: position_in(source.path), fault
     )
+    report(f"upload, store {fault}", outcome, memory)
     assert outcome.error is not None, f"the upload succeeded although the store was {fault}ed"
     assert growth_mib(memory) < CEILING_MIB, memory.summary()
     # The key holds what it held before: no object made of the parts that arrived.
@@ -218,6 +226,7 @@ def test_a_download_cut_by_the_store_is_an_error_never_a_short_file_and_a_retry_
     outcome, memory = transfer_with_fault(
         lambda: run.client.download_artifacts(run.run_id, WHOLE, str(landing)), lambda: size_of(target), fault
     )
+    report(f"download, store {fault}, {size_of(target)} bytes written", outcome, memory)
     assert outcome.error is not None, f"the download 'succeeded' with {size_of(target)} of {SIZE} bytes"
     assert growth_mib(memory) < CEILING_MIB, memory.summary()
 
@@ -261,6 +270,7 @@ def test_a_model_logged_while_the_store_is_killed_is_whole_or_its_run_fails_and_
     found = client.get_experiment_by_name(experiment)
     assert found is not None
     (trained,) = client.search_runs([found.experiment_id])
+    print(f"trainer exit {trainer.returncode}; last lines: {output.strip().splitlines()[-3:]}")
     if trainer.returncode == 0:
         process = TrainerProcess(argv, 0, output, "")
         process.result_file = result_file

@@ -1,8 +1,8 @@
 """A fresh clone with no .env: `docker compose up`, train, and the secrets that made it possible.
 
 Each test here runs against a second stack started from a fresh copy of the repository (fresh_stack.py), so
-its volumes start empty; the session's stack is left alone. Not tested here: that MinIO refuses any but the
-generated credentials (it reads MINIO_ROOT_PASSWORD_FILE under /run/secrets).
+its volumes start empty; the session's stack is left alone. That the object store refuses any but the
+generated credentials is tested on the session's stack (tests/stack/test_object_store.py).
 """
 
 from __future__ import annotations
