@@ -7,7 +7,7 @@ sklearn model logged and registered by MLflow 3.16.1's own client. Everything is
 stack is upgraded exactly as README, Upgrades says (`make backup`, the new image, `docker compose up -d --wait`),
 and then: the schema is at the new MLflow's alembic head, everything reads back equal (artifacts by checksum),
 the champion predicts the same digits as before, and the 3.16.1 client's model loads with the current client
-and gives the same probabilities. The object store (MinIO; in CI an in-memory stand-in) and Postgres must not
+and gives the same probabilities. The object store (MinIO, or its stand-in in CI) and Postgres must not
 be restarted by the upgrade: only the services on the tracking-server image are recreated. Last, the rollback
 the README documents (the previous image, `make clean`, `make restore` of the backup taken before the upgrade)
 brings back a 3.16.1 server at the old schema with everything equal to before the upgrade.
@@ -308,7 +308,7 @@ def test_upgrade_from_the_previous_mlflow_keeps_everything(stack: UpgradeStack, 
     timings += run_steps(stack, ["docker", "compose", "build"], ["docker", "compose", "up", "-d", "--wait"])
     print(f"[upgrade] upgraded in {time.monotonic() - upgrade_started:.0f} s: {'; '.join(timings)}")
 
-    # Only the tracking server's services were recreated: the in-memory object store kept its objects.
+    # Only the tracking server's services were recreated: the object store and Postgres kept running.
     assert {service: stack.container(service) for service in kept} == kept
     new_server = stack.container("tracking-server")
     assert new_server["id"] != old_server["id"]
