@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -134,10 +135,11 @@ def test_a_password_the_store_does_not_hold_stops_the_stack_at_prepare_and_rotat
     rotated = None
     try:
         compose("stop", "tracking-server")
+        started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # the one-shot's log spans every `up`
         up = compose("up", "-d", "--wait", "--wait-timeout", "120", check=False)
         assert up.returncode != 0, up.stderr[-2000:]
         assert "tracking-server-prepare" in up.stderr, up.stderr[-2000:]
-        prepare = compose("logs", "--no-log-prefix", "--tail", "20", "tracking-server-prepare").stdout
+        prepare = compose("logs", "--no-log-prefix", "--since", started, "tracking-server-prepare").stdout
         (line,) = errors(prepare)
         assert REFUSED in line and "(SignatureDoesNotMatch: " in line, prepare
         # Not started, so not serving: the gateway has no server behind it.
