@@ -53,6 +53,19 @@ def object_store() -> str:
     return "seaweedfs" if "seaweedfs" in compose("config", "--services").stdout.split() else "minio"
 
 
+@functools.cache
+def seaweedfs_standin_overlay() -> str:
+    """tests/stack/seaweedfs-standin.yml where the local SeaweedFS image has no curl (CI's stand-in from
+    ../shared/ci/offline-docker.sh): it asks the same /healthz with bash. The real image has curl and runs
+    docker-compose.seaweedfs.yml's own check. scripts/test.sh makes the same choice for its SeaweedFS stage."""
+    image = os.environ.get("SEAWEEDFS_IMAGE", "chrislusf/seaweedfs:4.48")
+    probe = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "sh", image, "-c", "command -v curl"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return "" if probe.returncode == 0 else "tests/stack/seaweedfs-standin.yml"
+
+
 def mnist_npz() -> Path:
     path = os.environ.get("MNIST_NPZ")
     if not path or not Path(path).is_file():
