@@ -14,6 +14,7 @@ import posixpath
 from io import BytesIO
 from typing import Any
 
+from botocore.exceptions import ClientError
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
 from mlflow_stack_server.checksums import (
@@ -71,7 +72,15 @@ class ChecksummedS3ArtifactRepository(S3ArtifactRepository):
 
         bucket, root = self.parse_s3_compliant_uri(self.artifact_uri)
         key = posixpath.join(root, remote_file_path)
-        found = self._get_s3_client().get_object(Bucket=bucket, Key=key, **self._bucket_owner_params)
+        try:
+            found = self._get_s3_client().get_object(Bucket=bucket, Key=key, **self._bucket_owner_params)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            # A missing file: MLflow's own download (boto3's download_file, which asks HEAD first) raises the
+            # error MLflow answers and its clients expect ("... HeadObject operation: Not Found"), not GET's.
+            super()._download_file(remote_file_path, local_path)
+            return
         reader = CheckedReader(found["Body"], key, recorded_digest(found.get("Metadata")), found["ContentLength"])
         try:
             with open(local_path, "wb") as out:
