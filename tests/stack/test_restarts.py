@@ -207,7 +207,21 @@ def test_an_object_store_restart_keeps_the_bucket_artifacts_and_models(client: M
     client.log_text(run.info.run_id, "after", "after.txt")  # the bucket is still there: new files go in
 
 
+# What the down/up test below stored before `down`, for the artifacts test after it: (model URI, content).
+KEPT_ACROSS_DOWN_AND_UP: list[tuple[str, str]] = []
+
+
 def test_down_and_up_keeps_runs_metrics_versions_and_aliases(client: MlflowClient) -> None:
+    # A file and a registered version of our own, so the artifacts test below has something to read back on any
+    # stack (the SeaweedFS stage of scripts/test.sh trains nothing before it).
+    suffix = uuid.uuid4().hex[:8]
+    run = client.create_run(client.create_experiment(f"down-and-up-{suffix}"))
+    content = os.urandom(10 * 2**20).hex()  # 20 MiB: a multipart upload
+    client.log_text(run.info.run_id, content, "model/weights.hex")
+    model = f"down-and-up-{suffix}"
+    client.create_registered_model(model)
+    version = client.create_model_version(model, f"runs:/{run.info.run_id}/model", run.info.run_id).version
+    KEPT_ACROSS_DOWN_AND_UP.append((f"models:/{model}/{version}", content))
     before = registry_snapshot(client)
     assert before["runs"]
     assert before["aliases"]
@@ -217,18 +231,10 @@ def test_down_and_up_keeps_runs_metrics_versions_and_aliases(client: MlflowClien
 
 
 def test_down_and_up_keeps_the_artifacts(client: MlflowClient) -> None:
-    # After the test above, which ran `down` and `up` with the volumes kept.
-    # A version the trainer registered (its run logged the trainer's params): other tests register versions
-    # with no files (test_status.py), and which model sorts first depends on the tests selected.
-    trained = [
-        v
-        for m in client.search_registered_models()
-        for v in client.search_model_versions(f"name = '{m.name}'")
-        if v.run_id and "epochs" in client.get_run(v.run_id).data.params
-    ]
-    assert trained, "no version registered by the trainer to read back"
+    assert KEPT_ACROSS_DOWN_AND_UP, "runs after the down/up test above, which stores the file"
     import mlflow
 
     mlflow.set_tracking_uri(client.tracking_uri)
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{trained[0].name}/{trained[0].version}")
-    assert os.path.isfile(os.path.join(path, "MLmodel"))
+    for uri, content in KEPT_ACROSS_DOWN_AND_UP:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+        assert Path(path, "weights.hex").read_text() == content, uri
