@@ -36,7 +36,7 @@ def added_routes() -> list[tuple[str, str]]:
     app = stream_artifact_transfers(FastAPI(), 5 * 1024 * 1024, [Depends(oidc_authorization)])
     routes = [route for route in app.router.routes if isinstance(route, APIRoute)]
     for route in routes:
-        assert [dependency.call for dependency in route.dependant.dependencies][0] is oidc_authorization
+        assert next(dependency.call for dependency in route.dependant.dependencies) is oidc_authorization
     # Uploads first, so that each download then finds its file.
     return sorted(((method, route.path) for route in routes for method in route.methods), reverse=True)
 
@@ -95,9 +95,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "_MLFLOW_SERVER_ARTIFACT_DESTINATION": str(folder / "artifacts"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SERVER_PACKAGE), os.environ.get("PYTHONPATH", "")])),
     }
+    factory = "mlflow_stack_server.proxied_artifacts:create_app_with_oidc"
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "mlflow_stack_server.proxied_artifacts:create_app_with_oidc",
-         "--host", "127.0.0.1", "--port", str(port)],  # fmt: skip
+        command,
         env=environ,
         cwd=folder,
         stdout=open(folder / "server.log", "wb"),  # noqa: SIM115 (closed with the process)
@@ -180,7 +181,10 @@ def test_the_token_cli_lists_and_refuses_clearly(server: Server) -> None:
         text=True,
         timeout=120,
     )
-    assert (missing.returncode, missing.stderr.strip().splitlines()[-1]) == (1, "mlflow-stack-token: error: no user 'nobody'")
+    assert (missing.returncode, missing.stderr.strip().splitlines()[-1]) == (
+        1,
+        "mlflow-stack-token: error: no user 'nobody'",
+    )
     usage = subprocess.run(
         [sys.executable, "-c", "from mlflow_stack_server.stack_token import main; main()", "grant", "--user", "x"],
         env=server.environ,
