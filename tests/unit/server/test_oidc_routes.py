@@ -38,7 +38,7 @@ def added_routes() -> list[tuple[str, str]]:
     for route in routes:
         assert next(dependency.call for dependency in route.dependant.dependencies) is oidc_authorization
     # Uploads first, so that each download then finds its file.
-    return sorted(((method, route.path) for route in routes for method in route.methods), reverse=True)
+    return sorted(((method, route.path) for route in routes for method in route.methods or ()), reverse=True)
 
 
 def free_port() -> int:
