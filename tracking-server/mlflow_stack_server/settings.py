@@ -371,8 +371,8 @@ class Settings:
     )  # fmt: skip
     oidc_trusted_proxies: tuple[str, ...] = knob(
         "MLFLOW_OIDC_TRUSTED_PROXIES", "", AUTH,
-        "Addresses or CIDR ranges (comma-separated) whose X-Forwarded-* headers the OIDC mode believes (the "
-        "gateway); empty: none, so the redirect URI must be set or derived.",
+        "Addresses or CIDR ranges (comma-separated) of HTTP proxies whose X-Forwarded-* headers the OIDC mode "
+        "believes; empty: none (the stack's gateway passes TCP through and adds none).",
         names,
     )  # fmt: skip
     tls: bool = knob(
