@@ -20,6 +20,7 @@ once under the stack's migration lock; serve refuses to start on a database that
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import ssl
 import tempfile
@@ -120,6 +121,9 @@ def migrate_users_database(settings: Settings, log: Any) -> None:
     from mlflow_stack_server.migration_lock import migration_lock
 
     database = users_database(settings)
+    # The plugin's config module (imported by its migrations) warns about a missing session key otherwise.
+    os.environ.setdefault("SECRET_KEY", settings.flask_secret_key)
+    os.environ.setdefault("CONFIG_PROVIDERS", "env")
     engine = sqlalchemy.create_engine(settings.backend_store_uri, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection, migration_lock(connection):
