@@ -84,6 +84,9 @@ def open_store(settings: Settings) -> Any:
 
     os.environ["OIDC_USERS_DB_URI"] = users_database(settings).uri
     os.environ.setdefault("CONFIG_PROVIDERS", "env")
+    # Quiet: the plugin logs its start-up at INFO, and warns about a session key this command never uses.
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("SECRET_KEY", settings.flask_secret_key or "unused-by-the-token-cli")
     # A CLI process: one connection is plenty (the server's pool sizes are for its request threads).
     os.environ["OIDC_DB_POOL_SIZE"] = "1"
     from mlflow_oidc_auth.store import store
