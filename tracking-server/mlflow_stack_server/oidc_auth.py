@@ -175,7 +175,14 @@ def fetch_discovery(settings: Settings, bundle: str | None) -> Mapping[str, Any]
     import requests
 
     url = settings.oidc_discovery_url
-    response = requests.get(url, timeout=DISCOVERY_TIMEOUT_SECONDS, verify=bundle or True)
+    try:
+        response = requests.get(url, timeout=DISCOVERY_TIMEOUT_SECONDS, verify=bundle or True)
+    except requests.exceptions.SSLError as error:
+        reason = str(error.args[0] if error.args else error).split("(Caused by")[-1].strip(" ()")[:200]
+        raise ProviderRefusedError(
+            f"TLS to {url} failed ({reason}): if the provider's certificate comes from a private CA, "
+            "set MLFLOW_OIDC_CA_FILE to that CA (PEM)"
+        ) from error
     if response.status_code >= 500:
         response.raise_for_status()  # a provider still starting: retried
     if response.status_code != 200:
