@@ -101,7 +101,7 @@ def plugin_environment(settings: Settings, bundle: str | None) -> dict[str, str]
         # Deny by default: a user sees an experiment or a model only through a grant (the plugin's default,
         # set explicitly so that an environment variable left over cannot open it).
         "DEFAULT_MLFLOW_PERMISSION": "NO_PERMISSIONS",
-        "SESSION_COOKIE_SECURE": "true" if settings.tls else "false",
+        "SESSION_COOKIE_SECURE": "true" if settings.public_https else "false",
         "TRUSTED_PROXIES": ",".join(settings.oidc_trusted_proxies),
         # Configuration from this environment only (no .env file of the working directory, no cloud secrets).
         "CONFIG_PROVIDERS": "env",
