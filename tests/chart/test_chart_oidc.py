@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart.chart import (
+    assert_valid_for_kubernetes,
     ci_values,
     containers,
     env_of,
@@ -124,6 +127,25 @@ def test_oidc_clients_without_a_token_secret_fail_naming_it() -> None:
 def test_oidc_needs_the_session_key_secret() -> None:
     error = render_error(OIDC, set_values=["auth.existingSecret="])
     assert "auth.existingSecret is required with auth.mode=oidc" in error and "flask-secret-key" in error
+
+
+@pytest.mark.parametrize("kubernetes", ["1.30.0", "1.35.0"])
+def test_oidc_with_every_optional_object_validates(kubernetes: str, tmp_path: Path) -> None:
+    """The CA volume in gc's CronJob and the trainer's token next to an HPA and a ServiceMonitor."""
+    text = render_text(
+        OIDC,
+        set_values=[
+            "gc.enabled=true",
+            "trainer.job.enabled=true",
+            "trackingServer.hpa.enabled=true",
+            "postgresql.maxConnections=500",
+            "metrics.serviceMonitor.enabled=true",
+            "auth.oidc.networkPolicyPorts=[443,8443]",
+        ],
+    )
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(text) if doc}
+    assert {"CronJob", "HorizontalPodAutoscaler", "NetworkPolicy", "Ingress"} <= kinds
+    assert_valid_for_kubernetes(text, kubernetes, tmp_path)
 
 
 # --- the client secret: from a Secret, never from values ----------------------------------------------------
