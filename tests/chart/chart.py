@@ -53,6 +53,19 @@ def render_error(*values_files: Path, set_values: Sequence[str] = ()) -> str:
     raise AssertionError(f"rendering succeeded with {values_files} {list(set_values)}")
 
 
+def assert_valid_for_kubernetes(text: str, kubernetes: str, tmp_path: Path) -> None:
+    """kubernetes-validate --strict on rendered manifests, against that Kubernetes version's schemas."""
+    validate = shutil.which("kubernetes-validate")
+    assert validate, "kubernetes-validate is not installed: run ../shared/ci/k8s-tools.sh"
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(text)
+    result = subprocess.run(
+        [validate, "--strict", "--quiet", "-k", kubernetes, str(rendered)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "error" not in (result.stdout + result.stderr).lower()
+
+
 def ci_values(name: str) -> Path:
     path = CHART / "ci" / f"{name}-values.yaml"
     assert path.exists(), path

@@ -34,6 +34,7 @@ AUTH_INGRESS = ci_values("auth-ingress-tls")
 GPU = ci_values("gpu-trainer-job")
 OPENSHIFT = ci_values("openshift")
 SEAWEEDFS = ci_values("bundled-seaweedfs")
+OIDC = ci_values("oidc")
 # Every component at once: bundled stores, model server, a trainer Job.
 EVERYTHING = (BUNDLED, GPU)
 ids = [path.stem for path in CI_VALUES]
@@ -179,7 +180,7 @@ def test_tracking_server_probes() -> None:
 PREPARE_ONLY = {"MLFLOW_BOOTSTRAP_TIMEOUT", "MLFLOW_AUTH_CLIENT_USERNAME", "MLFLOW_AUTH_CLIENT_PASSWORD"}
 
 
-@pytest.mark.parametrize("values", [EXTERNAL, BUNDLED, AUTH_INGRESS], ids=["external", "bundled", "auth"])
+@pytest.mark.parametrize("values", [EXTERNAL, BUNDLED, AUTH_INGRESS, OIDC], ids=["external", "bundled", "auth", "oidc"])
 def test_prepare_is_the_servers_init_container_with_their_settings(values: Path) -> None:
     """Issue 23, item 1: no hook Job, so nothing waits for a phase that waits for it."""
     manifests = render(values)

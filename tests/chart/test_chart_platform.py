@@ -16,6 +16,7 @@ from tests.chart.chart import (
     CHART,
     CI_VALUES,
     NAMESPACE,
+    assert_valid_for_kubernetes,
     ci_values,
     containers,
     env_of,
@@ -40,18 +41,6 @@ OPENSHIFT = ci_values("openshift")
 UMBRELLA = Path(__file__).parent / "umbrella"
 ids = [path.stem for path in CI_VALUES]
 PLANS = {"helm": helm_plan, "flux": flux_plan, "argocd": argo_plan}
-
-
-def _validate(text: str, kubernetes: str, tmp_path: Path) -> None:
-    validate = shutil.which("kubernetes-validate")
-    assert validate, "kubernetes-validate is not installed: run ../shared/ci/k8s-tools.sh"
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(text)
-    result = subprocess.run(
-        [validate, "--strict", "--quiet", "-k", kubernetes, str(rendered)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "error" not in (result.stdout + result.stderr).lower()
 
 
 # --- 1. install order: one batch for every tool, nothing waits for something applied later ---------------
@@ -173,7 +162,7 @@ def test_an_umbrella_chart_with_global_values_renders_and_validates(kubernetes: 
         assert env_of(container)["REQUESTS_CA_BUNDLE"] == "/etc/ssl/private-ca/ca.crt"
         assert {"name": "private-ca", "mountPath": "/etc/ssl/private-ca", "readOnly": True} in container["volumeMounts"]
     assert {"name": "private-ca", "configMap": {"name": "private-ca"}} in template["spec"]["volumes"]
-    _validate(result.stdout, kubernetes, tmp_path)
+    assert_valid_for_kubernetes(result.stdout, kubernetes, tmp_path)
 
 
 def test_escape_hatches_reach_every_pod_that_asks_for_them() -> None:
@@ -443,4 +432,4 @@ def test_every_optional_object_validates(kubernetes: str, tmp_path: Path) -> Non
     )
     kinds = {doc["kind"] for doc in yaml.safe_load_all(text) if doc}
     assert {"CronJob", "ServiceMonitor", "ServiceAccount", "Ingress", "HorizontalPodAutoscaler"} <= kinds
-    _validate(text, kubernetes, tmp_path)
+    assert_valid_for_kubernetes(text, kubernetes, tmp_path)

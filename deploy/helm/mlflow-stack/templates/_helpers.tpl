@@ -95,12 +95,64 @@ mlflow-stack/tracking-client: "true"
 {{- required "s3.existingSecret is required: a Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the bundled MinIO or SeaweedFS they become its S3 identity), or s3.workloadIdentity=true with an external S3" .Values.s3.existingSecret -}}
 {{- end -}}
 
+{{/* none, basic or oidc: auth.mode, or (empty) what auth.enabled said before auth.mode existed. */}}
+{{- define "mlflow-stack.authMode" -}}
+{{- $mode := .Values.auth.mode | default "" -}}
+{{- if and .Values.auth.enabled (not (has $mode (list "" "basic"))) -}}
+{{- fail (printf "auth.enabled=true means auth.mode=basic and contradicts auth.mode=%s: remove auth.enabled (or set it to false)" $mode) -}}
+{{- end -}}
+{{- default (ternary "basic" "none" .Values.auth.enabled) $mode -}}
+{{- end -}}
+
 {{- define "mlflow-stack.authSecret" -}}
-{{- required "auth.existingSecret is required with auth.enabled: a Secret with the keys admin-username, admin-password and flask-secret-key" .Values.auth.existingSecret -}}
+{{- if eq (include "mlflow-stack.authMode" .) "oidc" -}}
+{{- required "auth.existingSecret is required with auth.mode=oidc: a Secret with the key flask-secret-key (signs sessions, the same on every replica)" .Values.auth.existingSecret -}}
+{{- else -}}
+{{- required "auth.existingSecret is required with auth.mode=basic (auth.enabled): a Secret with the keys admin-username, admin-password and flask-secret-key" .Values.auth.existingSecret -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "mlflow-stack.clientAuthSecret" -}}
-{{- required "auth.clientSecret is required with auth.enabled: a Secret with the keys username and password, the MLflow login of trainers and the model server" .Values.auth.clientSecret -}}
+{{- if eq (include "mlflow-stack.authMode" .) "oidc" -}}
+{{- required "auth.clientSecret is required with auth.mode=oidc for trainers and the model server: a Secret with the keys username and password, a service account and its token (docs/kubernetes.md: mlflow-stack-token)" .Values.auth.clientSecret -}}
+{{- else -}}
+{{- required "auth.clientSecret is required with auth.mode=basic (auth.enabled): a Secret with the keys username and password, the MLflow login of trainers and the model server" .Values.auth.clientSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the provider sends the browser back: auth.oidc.redirectUri, else the first Ingress host's /callback. */}}
+{{- define "mlflow-stack.oidcRedirectUri" -}}
+{{- if .Values.auth.oidc.redirectUri -}}
+{{- .Values.auth.oidc.redirectUri -}}
+{{- else if and .Values.ingress.enabled .Values.ingress.hosts (not (contains "*" (first .Values.ingress.hosts))) -}}
+{{- printf "%s://%s/callback" (ternary "https" "http" .Values.ingress.tls.enabled) (first .Values.ingress.hosts) -}}
+{{- else -}}
+{{- fail "auth.oidc.redirectUri is required with auth.mode=oidc when no Ingress host names the server: the URL of its /callback as the browser reaches it, as registered at the provider" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The provider's port for the NetworkPolicy: the issuer URL's, else its scheme's default. */}}
+{{- define "mlflow-stack.oidcIssuerPort" -}}
+{{- $url := urlParse .Values.auth.oidc.issuer -}}
+{{- $hostPort := splitList ":" $url.host -}}
+{{- if gt (len $hostPort) 1 -}}{{ last $hostPort }}{{- else -}}{{ ternary "443" "80" (eq $url.scheme "https") }}{{- end -}}
+{{- end -}}
+
+{{/* The provider's CA (auth.oidc.caConfigMap), a read-only file for the server and prepare. */}}
+{{- define "mlflow-stack.oidcCaFile" -}}/run/oidc/ca.crt{{- end -}}
+{{- define "mlflow-stack.oidcVolumeMounts" -}}
+{{- if and (eq (include "mlflow-stack.authMode" .) "oidc") .Values.auth.oidc.caConfigMap }}
+- {name: oidc-ca, mountPath: {{ dir (include "mlflow-stack.oidcCaFile" .) }}, readOnly: true}
+{{- end }}
+{{- end -}}
+{{- define "mlflow-stack.oidcVolumes" -}}
+{{- if and (eq (include "mlflow-stack.authMode" .) "oidc") .Values.auth.oidc.caConfigMap }}
+- name: oidc-ca
+  configMap:
+    name: {{ .Values.auth.oidc.caConfigMap }}
+    items:
+      - {key: {{ .Values.auth.oidc.caConfigMapKey }}, path: {{ base (include "mlflow-stack.oidcCaFile" .) }}}
+{{- end }}
 {{- end -}}
 
 {{/* The environment both `prepare` and `serve` read (INTERFACE.md): database, S3, auth, server sizing. */}}
@@ -155,9 +207,10 @@ mlflow-stack/tracking-client: "true"
 - name: MLFLOW_ARTIFACTS_DESTINATION
   value: {{ . | quote }}
 {{- end }}
+{{- $mode := include "mlflow-stack.authMode" . }}
 - name: MLFLOW_AUTH
-  value: {{ ternary "basic" "none" .Values.auth.enabled }}
-{{- if .Values.auth.enabled }}
+  value: {{ $mode }}
+{{- if eq $mode "basic" }}
 - name: MLFLOW_AUTH_ADMIN_USERNAME
   valueFrom:
     secretKeyRef:
@@ -180,6 +233,39 @@ mlflow-stack/tracking-client: "true"
       name: {{ . }}
       key: {{ $.Values.auth.databaseUriKey }}
 {{- end }}
+{{- else if eq $mode "oidc" }}
+{{- $oidc := .Values.auth.oidc }}
+- name: MLFLOW_FLASK_SERVER_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.authSecret" . }}
+      key: flask-secret-key
+- name: MLFLOW_OIDC_ISSUER
+  value: {{ required "auth.oidc.issuer is required with auth.mode=oidc: the provider's issuer URL" $oidc.issuer | quote }}
+- name: MLFLOW_OIDC_CLIENT_ID
+  value: {{ required "auth.oidc.clientId is required with auth.mode=oidc: the client registered at the provider" $oidc.clientId | quote }}
+# Read from the Secret by the kubelet: the chart never holds the client secret.
+- name: MLFLOW_OIDC_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "auth.oidc.existingSecret is required with auth.mode=oidc: a Secret with the client secret (key auth.oidc.existingSecretKey, client-secret by default)" $oidc.existingSecret }}
+      key: {{ $oidc.existingSecretKey }}
+- name: MLFLOW_OIDC_REDIRECT_URI
+  value: {{ include "mlflow-stack.oidcRedirectUri" . | quote }}
+- name: MLFLOW_OIDC_GROUPS_CLAIM
+  value: {{ $oidc.groupsClaim | quote }}
+- name: MLFLOW_OIDC_ADMIN_GROUP
+  value: {{ $oidc.adminGroup | quote }}
+- name: MLFLOW_OIDC_USER_GROUPS
+  value: {{ $oidc.userGroups | quote }}
+- name: MLFLOW_OIDC_SCOPES
+  value: {{ $oidc.scopes | quote }}
+- name: MLFLOW_OIDC_USERNAME_CLAIM
+  value: {{ $oidc.usernameClaim | quote }}
+{{- if $oidc.caConfigMap }}
+- name: MLFLOW_OIDC_CA_FILE
+  value: {{ include "mlflow-stack.oidcCaFile" . }}
+{{- end }}
 {{- end }}
 - name: MLFLOW_WORKERS
   value: {{ .Values.trackingServer.workers | quote }}
@@ -195,12 +281,13 @@ mlflow-stack/tracking-client: "true"
   value: "true"
 {{- end -}}
 
-{{/* prepare alone creates the client user, so only it reads the client's password. */}}
+{{/* prepare alone creates the client user, so only it reads the client's password (basic; with oidc an admin
+     issues the client's token with mlflow-stack-token). */}}
 {{- define "mlflow-stack.prepareEnv" -}}
 {{- include "mlflow-stack.serverEnv" . }}
 - name: MLFLOW_BOOTSTRAP_TIMEOUT
   value: {{ .Values.prepare.timeoutSeconds | quote }}
-{{- if .Values.auth.enabled }}
+{{- if eq (include "mlflow-stack.authMode" .) "basic" }}
 - name: MLFLOW_AUTH_CLIENT_USERNAME
   valueFrom:
     secretKeyRef:
@@ -214,7 +301,8 @@ mlflow-stack/tracking-client: "true"
 {{- end }}
 {{- end -}}
 
-{{/* The login of trainers and the model server (never a database or S3 secret). */}}
+{{/* The login of trainers and the model server (never a database or S3 secret): a password with basic auth, a
+     service account's token with oidc. */}}
 {{- define "mlflow-stack.clientEnv" -}}
 - name: MLFLOW_TRACKING_URI
   value: {{ include "mlflow-stack.trackingUri" . }}
@@ -225,7 +313,7 @@ mlflow-stack/tracking-client: "true"
   value: "true"
 - name: DO_NOT_TRACK
   value: "true"
-{{- if .Values.auth.enabled }}
+{{- if ne (include "mlflow-stack.authMode" .) "none" }}
 - name: MLFLOW_TRACKING_USERNAME
   valueFrom:
     secretKeyRef:
