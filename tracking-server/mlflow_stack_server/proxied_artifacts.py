@@ -34,6 +34,7 @@ import anyio.to_thread
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
 from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
+from mlflow_stack_server.fast_path_auth import authorization_hook
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
@@ -147,14 +148,16 @@ class ProxiedArtifactsOnly:
         await self.app(scope, receive, capture)
 
 
-def _wrap(mlflow_app: ASGIApp, settings: Settings, fast_writes: bool) -> RequestMetrics:
+def _wrap(mlflow_app: ASGIApp, settings: Settings) -> RequestMetrics:
     """Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
     Inside MLflow's app, so that its permission checks run first: artifact transfers streamed to and from S3
     (streamed_artifacts.py, added to `mlflow_app` by the caller). Innermost of our wrappers: the hot tracking
-    writes answered without Flask (fast_http.py), inside the thread cap set above."""
-    inner = FastTrackingWrites(mlflow_app, fast_path_enabled(settings)) if fast_writes else mlflow_app
+    writes answered without Flask (fast_http.py), inside the thread cap set above, each authorized first by the
+    hook of the active MLFLOW_AUTH mode (fast_path_auth.py): a mode without one gets no fast path."""
+    authorize = authorization_hook(settings.auth) if fast_path_enabled(settings) else None
+    inner = FastTrackingWrites(mlflow_app, authorize)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
-    return RequestMetrics(outer, fast_path_state(settings.fast_store))
+    return RequestMetrics(outer, fast_path_state(settings.fast_store, auth_mode=settings.auth))
 
 
 def create_app() -> RequestMetrics:
@@ -163,14 +166,14 @@ def create_app() -> RequestMetrics:
     from mlflow.server.fastapi_app import app as mlflow_app
 
     settings = Settings.from_environment()
-    return _wrap(stream_artifact_transfers(mlflow_app, settings.upload_part_bytes), settings, fast_writes=True)
+    return _wrap(stream_artifact_transfers(mlflow_app, settings.upload_part_bytes), settings)
 
 
 def create_app_with_basic_auth() -> RequestMetrics:
-    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way but without
-    the fast tracking writes: the auth app authorizes each call inside Flask (fast_http.py)."""
+    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way; the fast
+    tracking writes ask the auth app's own before-request check first (fast_path_auth.py)."""
     from mlflow.server.auth import create_app as create_auth_app
 
     settings = Settings.from_environment()
     auth_app = create_auth_app()
-    return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings, fast_writes=False)
+    return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings)
