@@ -62,7 +62,6 @@ def basic_auth_hook() -> Authorize:
             headers=headers,
             data=body,
             query_string=scope.get("query_string", b""),
-            root_path=scope.get("root_path", ""),
         ):
             answer: Any = _before_request()
         if answer is None:
