@@ -209,7 +209,7 @@ class AuthorizedWrites(RuleBasedStateMachine):
             "malformed basic": "Basic !!!not-base64",
             "empty password": _basic(user, ""),
         }[credential]
-        body = {
+        bodies: dict[str, dict[str, Any]] = {
             "log-batch": {
                 "metrics": [{"key": "loss", "value": step / 2, "timestamp": NOW + step, "step": step}],
                 "params": [{"key": "lr", "value": "0.1"}],
@@ -217,7 +217,8 @@ class AuthorizedWrites(RuleBasedStateMachine):
             },
             "set-tag": {"key": "team", "value": value},
             "update": {"status": "FINISHED" if step % 2 else "RUNNING", "end_time": NOW + step},
-        }[endpoint]
+        }
+        body = bodies[endpoint]
         pairs = self.run_pairs[run]
         AuthorizedWrites.writes += 1
         futures = [
@@ -285,7 +286,9 @@ def _set_up_users(pair: Pair, logins: Logins) -> dict[str, str]:
         assert created[0].json() == created[1].json(), [answer.text for answer in created]
         experiments[name] = created[1].json()["experiment_id"]
     for user, grants in USERS.items():
-        calls = [("POST", "/api/2.0/mlflow/users/create", {"username": user, "password": logins.password[user]})]
+        calls: list[tuple[str, str, dict[str, Any]]] = [
+            ("POST", "/api/2.0/mlflow/users/create", {"username": user, "password": logins.password[user]})
+        ]
         calls += [
             ("POST", "/api/3.0/mlflow/users/permissions/grant", {
                 "username": user, "resource_type": kind, "permission": permission,
