@@ -15,14 +15,23 @@ then authorizes and answers it itself.
   run-level grants and explicit DENY) runs inside a Flask request context built from the same method, path,
   headers and body. The login goes through MLflow's login cache (MLFLOW_AUTH_CACHE_SECONDS), so the password
   hash is paid once per cache window, as on MLflow's own path. Nothing is decided here: a copy of the rules
-  would drift from MLflow's at the next release.
+  would drift from MLflow's at the next release. One lookup is cached: the run's experiment, which the
+  validators read through the tracking store's `get_run` (six queries loading the whole run, on every write).
+  A run never moves to another experiment, so while the auth app decides for the fast path, `get_run` answers
+  from a per-worker map of run to experiment (RunExperiments); every other caller gets the store itself.
+  Grants, users and logins are read as MLflow reads them, so a revoked grant, a demotion or a deleted user
+  counts from the next request.
 
 This module imports nothing from MLflow at load (fast_path_guard.py imports it while MLflow is being imported).
 """
 
 from __future__ import annotations
 
+import contextvars
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from mlflow_stack_server.asgi import Scope
@@ -47,12 +56,64 @@ def no_login_hook() -> Authorize:
     return allow_everyone
 
 
+# Set while the auth app decides for the fast path (in the worker thread that runs the hook).
+_DECIDING = contextvars.ContextVar("fast_path_deciding", default=False)
+RUN_EXPERIMENTS_KEPT = 100_000  # runs remembered per worker (a few MB), the least recently used dropped
+
+
+class RunExperiments:
+    """The tracking store as the auth app's validators see it during a fast-path decision: `get_run` answers
+    a run's experiment from memory after the first lookup (the whole run is loaded then, with MLflow's errors
+    for a run that does not exist); everything else is the store's own."""
+
+    def __init__(self, store: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
+        self._store, self._known, self._lock = store, known, lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def get_run(self, run_id: str) -> Any:
+        with self._lock:
+            experiment_id = self._known.get(run_id)
+            if experiment_id is not None:
+                self._known.move_to_end(run_id)
+        if experiment_id is None:
+            run = self._store.get_run(run_id)
+            with self._lock:
+                self._known[run_id] = run.info.experiment_id
+                if len(self._known) > RUN_EXPERIMENTS_KEPT:
+                    self._known.popitem(last=False)
+            return run
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id))
+
+
+def _cache_run_experiments() -> None:
+    """Route the auth app's tracking-store lookups through RunExperiments, during fast-path decisions only."""
+    from mlflow.server import auth
+
+    # The name the auth app's validators call (imported from mlflow.server.handlers into its module).
+    store_of_mlflow: Callable[[], Any] = getattr(auth, "_get_tracking_store")  # noqa: B009
+    if getattr(store_of_mlflow, "fast_path_decisions", False):
+        return  # already in place (a second app built in this process)
+    known: OrderedDict[str, str] = OrderedDict()
+    lock = threading.Lock()
+
+    def tracking_store() -> Any:
+        store = store_of_mlflow()
+        return RunExperiments(store, known, lock) if _DECIDING.get() else store
+
+    tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
+    setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
+
+
 def basic_auth_hook() -> Authorize:
     """MLflow's basic-auth app's own before-request decision, for one request. Built once per worker, after the
     auth app itself (its module reads the auth configuration and opens its store at import)."""
     from flask import Response
     from mlflow.server import app as flask_app
     from mlflow.server.auth import _before_request
+
+    _cache_run_experiments()
 
     def authorize(scope: Scope, body: bytes) -> Refusal | None:
         headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
@@ -63,7 +124,11 @@ def basic_auth_hook() -> Authorize:
             data=body,
             query_string=scope.get("query_string", b""),
         ):
-            answer: Any = _before_request()
+            deciding = _DECIDING.set(True)
+            try:
+                answer: Any = _before_request()
+            finally:
+                _DECIDING.reset(deciding)
         if answer is None:
             return None
         if not isinstance(answer, Response) or answer.status_code not in REFUSALS:
