@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,31 +96,29 @@ def _outcome(pair: Pair, side: str, response: Any) -> Any:
     return response.headers.get("www-authenticate"), pair.outcome(side, response)
 
 
-@pytest.fixture(scope="module")
-def auth_servers(
-    migrated_server: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, Server]]:
-    folder = tmp_path_factory.mktemp("generated-auth")
-    started = []
-    for name in ("fast", "mlflow"):
-        config = folder / f"{name}-basic_auth.ini"
-        # As the entrypoint writes it (entrypoint.write_auth_config), on a database of this server's own.
-        config.write_text(
-            "[mlflow]\ndefault_permission = READ\n"
-            f"database_uri = {create_database(migrated_server[0]).replace('%', '%%')}\n"
-            f"admin_username = {ADMIN[0]}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            "auth_cache_ttl_seconds = 60\n"
-        )
-        extra = {
-            "MLFLOW_AUTH": "basic",
-            "_MLFLOW_SGI_NAME": "uvicorn",  # what `mlflow server` hands its workers: the auth app is then FastAPI
-            "MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
-            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-        }
-        started.append(_start(name, fresh_database(migrated_server), name == "fast", folder, FACTORY, extra))
+def _start_with_auth(name: str, fast: bool, factory: str, migrated_server: tuple[str, str], folder: Path) -> Server:
+    config = folder / f"{name}-basic_auth.ini"
+    # As the entrypoint writes it (entrypoint.write_auth_config), on a database of this server's own.
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {create_database(migrated_server[0]).replace('%', '%%')}\n"
+        f"admin_username = {ADMIN[0]}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    extra = {
+        "MLFLOW_AUTH": "basic",
+        "_MLFLOW_SGI_NAME": "uvicorn",  # what `mlflow server` hands its workers: the auth app is then FastAPI
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+    return _start(name, fresh_database(migrated_server), fast, folder, factory, extra)
+
+
+@contextmanager
+def _running(started: list[Server]) -> Iterator[list[Server]]:
     try:
         for server in started:
             server.session.auth = ADMIN  # set-up calls and reading runs back: as the admin
@@ -127,12 +126,22 @@ def auth_servers(
                 functools.partial(_healthy, server), START_TIMEOUT, functools.partial(_log_tail, server),
                 interval=0.5, ignoring=(requests.RequestException,),
             )  # fmt: skip
-        yield started[0], started[1]
+        yield started
     finally:
         for server in started:
             server.process.terminate()
         for server in started:
             server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def auth_servers(
+    migrated_server: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server]]:
+    folder = tmp_path_factory.mktemp("generated-auth")
+    started = [_start_with_auth(name, name == "fast", FACTORY, migrated_server, folder) for name in ("fast", "mlflow")]
+    with _running(started):
+        yield started[0], started[1]
 
 
 def _call(server: Server, method: str, path: str, body: dict[str, Any], authorization: str | None) -> Any:
@@ -333,3 +342,38 @@ def test_generated_authorized_writes(auth_servers: tuple[Server, Server], tmp_pa
     for status in ("200", "401", "403"):
         assert AuthorizedWrites.statuses[int(status)] >= MINIMUM_PER_ANSWER, AuthorizedWrites.statuses
         assert answered_fast[0].get(status, 0) >= MINIMUM_PER_ANSWER, answered_fast
+
+
+def test_an_auth_mode_without_a_hook_writes_nothing_through_the_fast_path(
+    migrated_server: tuple[str, str], tmp_path: Path
+) -> None:
+    """MLflow's basic-auth app wrapped as the server wraps it, fast path switched on, but under an auth mode the
+    fast path has no hook for: every write the fast path would answer must get the auth app's own decision
+    (401 anonymous, 403 for a reader, 200 for an editor), and the fast path must answer none of them."""
+    factory = "tests.support.fast_path_counter:create_auth_app_under_a_mode_without_hook"
+    with _running([_start_with_auth("unknown-mode", True, factory, migrated_server, tmp_path)]) as (server,):
+        admin = _basic(*ADMIN)
+        experiment = _call(server, "POST", "/api/2.0/mlflow/experiments/create", {"name": "no-hook"}, admin).json()
+        for user, permission in (("reader", "READ"), ("editor", "EDIT")):
+            body = {"username": user, "password": f"password-{user}-0"}
+            assert _call(server, "POST", "/api/2.0/mlflow/users/create", body, admin).status_code == 200
+            grant = {"username": user, "resource_type": "experiment", "permission": permission,
+                     "resource_id": experiment["experiment_id"]}  # fmt: skip
+            assert _call(server, "POST", "/api/3.0/mlflow/users/permissions/grant", grant, admin).status_code == 200
+        run = _call(server, "POST", "/api/2.0/mlflow/runs/create", experiment, admin).json()["run"]["info"]["run_id"]
+        writes = {
+            "log-batch": {"run_id": run, "metrics": [{"key": "loss", "value": 1, "timestamp": NOW, "step": 0}]},
+            "set-tag": {"run_id": run, "key": "team", "value": "a"},
+            "update": {"run_id": run, "status": "RUNNING"},
+        }
+        expected = {"anonymous": 401, "reader": 403, "editor": 200}
+        logins = {"anonymous": None, "reader": _basic("reader", "password-reader-0")}
+        logins["editor"] = _basic("editor", "password-editor-0")
+        answers = {
+            (prefix, path, who): _call(server, "POST", f"{prefix}/runs/{path}", body, login).status_code
+            for prefix in ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+            for path, body in writes.items()
+            for who, login in logins.items()
+        }
+        assert answers == {key: expected[key[2]] for key in answers}
+        assert requests.get(server.url + COUNT_PATH, timeout=30).json() == {}
