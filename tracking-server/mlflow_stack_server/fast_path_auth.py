@@ -20,7 +20,9 @@ then authorizes and answers it itself.
   A run never moves to another experiment, so while the auth app decides for the fast path, `get_run` answers
   from a per-worker map of run to experiment (RunExperiments); every other caller gets the store itself.
   Grants, users and logins are read as MLflow reads them, so a revoked grant, a demotion or a deleted user
-  counts from the next request.
+  counts from the next request. One difference remains: a run removed for good (`make gc`) stays known to a
+  worker until it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's
+  path answers 403.
 
 This module imports nothing from MLflow at load (fast_path_guard.py imports it while MLflow is being imported).
 """
