@@ -84,8 +84,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start(name: str, database: str, fast: bool, folder: Path) -> Server:
-    """The server's own app factory in uvicorn, as `mlflow server --app-name proxied-artifacts` runs it."""
+def _start(
+    name: str,
+    database: str,
+    fast: bool,
+    folder: Path,
+    factory: str = "mlflow_stack_server.proxied_artifacts:create_app",
+    extra: dict[str, str] | None = None,
+) -> Server:
+    """The server's own app factory in uvicorn, as `mlflow server --app-name proxied-artifacts` runs it; `factory`
+    and `extra` (more environment): test_fast_path_auth_generated.py's basic-auth app."""
     artifacts = folder / f"{name}-artifacts"
     environment = {
         key: value
@@ -94,7 +102,7 @@ def _start(name: str, database: str, fast: bool, folder: Path) -> Server:
         if key != "PYTEST_CURRENT_TEST" and not key.lower().startswith(("prometheus_multiproc", "mlflow_", "_mlflow"))
     }
     environment.update(
-        PYTHONPATH=os.pathsep.join([str(REPO / "tracking-server"), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(REPO / "tracking-server"), str(REPO), os.environ.get("PYTHONPATH", "")]),
         MLFLOW_FAST_STORE="on" if fast else "off",
         # MLflow's messages quote SQLAlchemy's errors, whose parameter lists follow set order: the same in both.
         PYTHONHASHSEED="0",
@@ -107,11 +115,12 @@ def _start(name: str, database: str, fast: bool, folder: Path) -> Server:
         _MLFLOW_SERVER_ARTIFACT_DESTINATION=artifacts.as_uri(),
         _MLFLOW_SERVER_SERVE_ARTIFACTS="true",
     )
+    environment.update(extra or {})
     port = _free_port()
     log = folder / f"{name}.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "mlflow_stack_server.proxied_artifacts:create_app",
+            [sys.executable, "-m", "uvicorn", "--factory", factory,
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
             env=environment, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -119,6 +128,7 @@ def _start(name: str, database: str, fast: bool, folder: Path) -> Server:
 
 
 def _healthy(server: Server) -> bool:
+    assert server.process.poll() is None, f"{server.name} exited:\n{_log_tail(server)}"  # no use waiting then
     return bool(server.session.get(server.url + "/health", timeout=5).status_code == 200)
 
 

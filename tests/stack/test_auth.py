@@ -162,8 +162,8 @@ def test_a_user_without_read_permission_cannot_stream_an_artifact(auth_on: tuple
 
 
 def test_the_hot_tracking_writes_are_authorized_per_experiment(auth_on: tuple[str, str]) -> None:
-    """log-batch, set-tag and runs/update are answered without Flask when auth is off (fast_http.py); with auth on
-    they go through MLflow's basic-auth app: a login, and EDIT on the run's experiment (READ is the default)."""
+    """log-batch, set-tag and runs/update are answered without Flask (fast_http.py); with auth on only after MLflow's
+    basic-auth app's own check (fast_path_auth.py): a login, and EDIT on the run's experiment (READ is the default)."""
     password = "hot-writes-password-123"
     reader, editor = (f"reader-{uuid.uuid4().hex[:6]}", password), (f"editor-{uuid.uuid4().hex[:6]}", password)
     for user in (reader, editor):

@@ -3,7 +3,7 @@
 The same requests, good and bad, go to the stack's server (fast path and fast store) and to a second server of the
 same image started with MLFLOW_FAST_STORE=off (MLflow's Flask handlers and MLflow's own store), each on a run of its
 own in the same state; status, error_code and message must be equal (run ids masked), and so must the runs they
-leave behind. The authenticated side (MLFLOW_AUTH=basic: the basic-auth app, no fast path) is in test_auth.py.
+leave behind. The authenticated side (MLFLOW_AUTH=basic: the fast path asks the basic-auth app first) is in test_auth.py.
 """
 
 from __future__ import annotations

@@ -414,7 +414,7 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         # MLflow's DNS-rebinding guard reads it in each worker.
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = settings.allowed_hosts
         log(f"allowed hosts: {settings.allowed_hosts}")
-    log(fast_path_state(settings.fast_store).describe())
+    log(fast_path_state(settings.fast_store, auth_mode=settings.auth).describe())
     log(f"starting mlflow server (auth: {settings.auth}, metrics: {settings.metrics})")
     command = [
         "mlflow",

@@ -17,10 +17,12 @@ What stays MLflow's:
   out-of-range numbers, a run rename), and any unexpected error while answering: the request, body replayed,
   goes to MLflow's app untouched, which answers or rejects it in its own words. So this layer never answers
   with a plain-text or HTML error of its own.
+- Who may write: before anything is written, the authorization hook of the active MLFLOW_AUTH mode decides
+  (fast_path_auth.py; with `basic`, MLflow's basic-auth app's own before-request check), and its 401 or 403 is
+  answered as the auth app words it. A mode without a hook gets no fast path at all.
 - Switched off (everything through Flask) with MLFLOW_FAST_STORE=off, on an MLflow release it was not verified
-  against (fast_path_guard.py), with workspaces (not the fast store), on an
-  artifacts-only server, and with MLFLOW_AUTH=basic: the basic-auth app authorizes inside Flask (a permission per
-  run's experiment, per user), so authenticated deployments keep going through it (proxied_artifacts.py).
+  against, with an auth mode that has no authorization hook (fast_path_guard.py), with workspaces (not the fast
+  store), and on an artifacts-only server.
 
 MLflow's own Prometheus exporter (prometheus-flask-exporter) sees Flask requests only, so its
 `mlflow_http_request_*` series no longer count these calls; the stack's per-endpoint series (request_metrics.py),
@@ -47,11 +49,14 @@ from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.validation import _validate_batch_log_api_req
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
+from mlflow_stack_server.fast_path_auth import Authorize, HandToMlflowError
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.settings import Settings, handed_down
 
 # What a handler answers: (status, JSON body), or None for "MLflow's app answers this one".
 Answer = tuple[int, bytes]
+# What is sent: (status, headers, body).
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 Handler = Callable[[dict[str, Any]], Callable[[], Answer] | None]
 
 _logger = logging.getLogger(__name__)
@@ -199,7 +204,8 @@ HANDLERS: dict[str, Handler] = {
 
 def fast_path_enabled(settings: Settings) -> bool:
     return (
-        fast_path_state(settings.fast_store).enabled  # MLFLOW_FAST_STORE, on a verified MLflow (fast_path_guard.py)
+        # MLFLOW_FAST_STORE, on a verified MLflow, with an authorization hook for MLFLOW_AUTH (fast_path_guard.py)
+        fast_path_state(settings.fast_store, auth_mode=settings.auth).enabled
         and not MLFLOW_ENABLE_WORKSPACES.get()
         and not handed_down(ARTIFACTS_ONLY_ENV_VAR)  # MLflow's handlers then answer 503
     )
@@ -216,9 +222,12 @@ class _MiddlewareChain:
 
 
 class FastTrackingWrites:
-    def __init__(self, app: ASGIApp, enabled: bool) -> None:
+    def __init__(self, app: ASGIApp, authorize: Authorize | None) -> None:
+        """`authorize`: the hook of the active auth mode (fast_path_auth.py), None when the fast path is off
+        (fast_path_enabled) or the mode has no hook: then every request goes to `app`, unread."""
         self.app = app
-        self.enabled = enabled  # fast_path_enabled(settings)
+        self.authorize = authorize
+        self.enabled = authorize is not None
         # MLflow registers each endpoint under /api/2.0 and /ajax-api/2.0 (and the static prefix, if set).
         self.routes = {path: handler for base, handler in HANDLERS.items() for path in handlers._get_paths(base)}
         chain = _MiddlewareChain(self._answer)
@@ -234,12 +243,14 @@ class FastTrackingWrites:
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, complete = await _read_body(receive, MAX_FAST_BODY)
         call = self._fast_call(scope, body) if complete else None
-        answer = None if call is None else await anyio.to_thread.run_sync(_run, call)
-        if answer is None:
+        reply = None
+        if call is not None and self.authorize is not None:
+            reply = await anyio.to_thread.run_sync(_authorized_run, self.authorize, scope, body, call)
+        if reply is None:
             await self.app(scope, _replay(body, receive, complete), send)
             return
-        status, payload = answer
-        headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+        status, headers, payload = reply
+        headers = [*headers, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -254,6 +265,22 @@ class FastTrackingWrites:
             return self.routes[scope["path"]](request)
         except Exception:  # not UTF-8, not JSON, nested too deep (RecursionError), anything odd: MLflow's app
             return None
+
+
+def _authorized_run(authorize: Authorize, scope: Scope, body: bytes, call: Callable[[], Answer]) -> Reply | None:
+    """The auth hook's refusal, else the write's answer; None (MLflow's app answers) on any error in the hook."""
+    try:
+        refusal = authorize(scope, body)
+    except HandToMlflowError:
+        return None
+    except Exception:
+        _logger.exception("Unexpected error authorizing a fast tracking write; MLflow's app answers it")
+        return None
+    if refusal is not None:
+        status, headers, payload = refusal
+        return status, [(k, v) for k, v in headers if k != b"content-length"], payload
+    answer = _run(call)
+    return None if answer is None else (answer[0], JSON_HEADERS, answer[1])
 
 
 def _run(call: Callable[[], Answer]) -> Answer | None:

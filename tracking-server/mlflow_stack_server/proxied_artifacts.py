@@ -35,6 +35,7 @@ from fastapi import Depends, HTTPException, Request
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
 from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
+from mlflow_stack_server.fast_path_auth import authorization_hook
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
@@ -148,14 +149,16 @@ class ProxiedArtifactsOnly:
         await self.app(scope, receive, capture)
 
 
-def _wrap(mlflow_app: ASGIApp, settings: Settings, fast_writes: bool) -> RequestMetrics:
+def _wrap(mlflow_app: ASGIApp, settings: Settings) -> RequestMetrics:
     """Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
     Inside MLflow's app, so that its permission checks run first: artifact transfers streamed to and from S3
     (streamed_artifacts.py, added to `mlflow_app` by the caller). Innermost of our wrappers: the hot tracking
-    writes answered without Flask (fast_http.py), inside the thread cap set above."""
-    inner = FastTrackingWrites(mlflow_app, fast_path_enabled(settings)) if fast_writes else mlflow_app
+    writes answered without Flask (fast_http.py), inside the thread cap set above, each authorized first by the
+    hook of the active MLFLOW_AUTH mode (fast_path_auth.py): a mode without one gets no fast path."""
+    authorize = authorization_hook(settings.auth) if fast_path_enabled(settings) else None
+    inner = FastTrackingWrites(mlflow_app, authorize)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
-    return RequestMetrics(outer, fast_path_state(settings.fast_store))
+    return RequestMetrics(outer, fast_path_state(settings.fast_store, auth_mode=settings.auth))
 
 
 def create_app() -> RequestMetrics:
@@ -164,17 +167,17 @@ def create_app() -> RequestMetrics:
     from mlflow.server.fastapi_app import app as mlflow_app
 
     settings = Settings.from_environment()
-    return _wrap(stream_artifact_transfers(mlflow_app, settings.upload_part_bytes), settings, fast_writes=True)
+    return _wrap(stream_artifact_transfers(mlflow_app, settings.upload_part_bytes), settings)
 
 
 def create_app_with_basic_auth() -> RequestMetrics:
-    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way but without
-    the fast tracking writes: the auth app authorizes each call inside Flask (fast_http.py)."""
+    """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way; the fast
+    tracking writes ask the auth app's own before-request check first (fast_path_auth.py)."""
     from mlflow.server.auth import create_app as create_auth_app
 
     settings = Settings.from_environment()
     auth_app = create_auth_app()
-    return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings, fast_writes=False)
+    return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings)
 
 
 def oidc_decision(scope: Scope, method: str, path: str, query: str | bytes) -> int:
@@ -211,14 +214,14 @@ async def oidc_authorization(request: Request) -> None:
 
 def create_app_with_oidc() -> RequestMetrics:
     """mlflow-oidc-auth's app (sign-in through the provider, group grants, tokens; oidc_auth.py), wrapped like
-    basic auth's: no fast tracking writes (nothing would authorize them outside Flask; fast_http.py), and the
+    basic auth's: no fast tracking writes (fast_path_auth.py has no hook for oidc, so the guard serves none), and the
     streamed artifact routes guarded by the plugin's own decision (oidc_authorization)."""
     # Importing the module builds the plugin's app (and reads its settings, which serve exported).
     from mlflow_oidc_auth.app import app as oidc_app
 
     settings = Settings.from_environment()
     guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])
-    return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings, fast_writes=False)
+    return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings)
 
 
 class SchemeSeenByClients:

@@ -64,8 +64,8 @@ def _instruments() -> tuple[Any, Any, Any]:
     # Every worker sets the same value; "livemax" shows it once, without a pid label, for live workers only.
     fast_path = Gauge(
         "mlflow_stack_fast_path_enabled",
-        "1 when the fast store and HTTP path answer run writes, 0 when MLflow's own do; reason: on, switched_off or "
-        "unverified_mlflow_version", ["mlflow_version", "reason"], multiprocess_mode="livemax",
+        "1 when the fast store and HTTP path answer run writes, 0 when MLflow's own do; reason: on, switched_off, "
+        "unverified_mlflow_version or no_authorization_hook", ["mlflow_version", "reason"], multiprocess_mode="livemax",
     )  # fmt: skip
     return requests, duration, fast_path
 

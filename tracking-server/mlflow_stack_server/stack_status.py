@@ -30,7 +30,7 @@ def main() -> None:
     """Console script `stack-status`."""
     settings = Console("stack-status:", settings_error_code=USAGE_ERROR).configured(Settings.from_environment)
     engine = sqlalchemy.create_engine(settings.backend_store_uri, poolclass=sqlalchemy.pool.NullPool)
-    fast_path = fast_path_state(settings.fast_store, mlflow.__version__)
+    fast_path = fast_path_state(settings.fast_store, mlflow.__version__, auth_mode=settings.auth)
     report: dict[str, object] = {
         "mlflow_version": mlflow.__version__,
         "fast_path": {

@@ -12,6 +12,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.protos.service_pb2 import LogBatch, UpdateRun
 
 from mlflow_stack_server import fast_http
+from mlflow_stack_server.fast_path_auth import allow_everyone
 
 PLAIN_BATCHES: list[dict[str, Any]] = [
     {"run_id": "r", "metrics": [{"key": "loss", "value": 0.5, "timestamp": 1, "step": 2}]},
@@ -93,6 +94,6 @@ def test_set_tag_needs_all_three_strings() -> None:
     ids=["nested too deep", "400 digits", "not UTF-8", "lone surrogate"],
 )
 def test_bodies_it_cannot_read_plainly_go_to_mlflows_app(body: bytes) -> None:
-    writes = fast_http.FastTrackingWrites(None, enabled=True)  # type: ignore[arg-type]
+    writes = fast_http.FastTrackingWrites(None, allow_everyone)  # type: ignore[arg-type]
     scope = {"headers": [(b"content-type", b"application/json")], "path": "/api/2.0/mlflow/runs/log-batch"}
     assert writes._fast_call(scope, body) is None

@@ -3,6 +3,7 @@ fast_path_guard.VERIFIED_MLFLOW_VERSIONS; on any other, every write goes through
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from mlflow_stack_server import fast_path_guard
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
+from mlflow_stack_server.fast_path_auth import allow_everyone
 from mlflow_stack_server.fast_path_guard import (
+    NO_AUTH_HOOK,
     ON,
     SWITCHED_OFF,
     UNVERIFIED_MLFLOW,
@@ -106,7 +109,7 @@ def _post_log_batch(monkeypatch: pytest.MonkeyPatch, enabled: bool) -> tuple[lis
         if message["type"] == "http.response.start" and not answered:
             answered.append(f"fast path ({message['status']})")
 
-    anyio.run(FastTrackingWrites(mlflows_app, enabled), scope, receive, send)
+    anyio.run(FastTrackingWrites(mlflows_app, allow_everyone if enabled else None), scope, receive, send)
     return answered, store.batches
 
 
@@ -121,3 +124,104 @@ def test_the_fast_http_path_writes_on_a_verified_version(monkeypatch: pytest.Mon
     settings = Settings.from_environment({**SERVER_ENVIRONMENT, "MLFLOW_FAST_STORE": "on"})
     assert fast_path_enabled(settings)
     assert _post_log_batch(monkeypatch, fast_path_enabled(settings)) == (["fast path (200)"], ["r"])
+
+
+# ---- the authorization guard: no hook for the active MLFLOW_AUTH mode, no fast path ----------------------------
+
+# Modes Settings does not offer (yet): the single sign-on of issue 19, and anything added after it.
+MODES_WITHOUT_HOOK = ("oidc", "sso-of-tomorrow")
+
+
+def test_a_mode_without_a_hook_turns_the_http_path_off() -> None:
+    for mode in MODES_WITHOUT_HOOK:
+        state = fast_path_state(True, auth_mode=mode)
+        assert (state.enabled, state.reason) == (False, NO_AUTH_HOOK)
+        assert state.describe() == (
+            f"fast path off: no authorization hook for MLFLOW_AUTH={mode}; MLflow's app authorizes and answers "
+            "every call"
+        )
+    for mode in ("none", "basic"):
+        assert fast_path_state(True, auth_mode=mode) == fast_path_guard.FastPathState(
+            True, ON, VERIFIED_MLFLOW_VERSIONS[0], mode
+        )
+    # Switched off and an unverified MLflow still say so first.
+    assert fast_path_state(False, auth_mode="oidc").reason == SWITCHED_OFF
+    assert fast_path_state(True, UNLISTED, auth_mode="oidc").reason == UNVERIFIED_MLFLOW
+
+
+class RecordingRunStore(RecordingStore):
+    """Also records the other two writes the fast path answers."""
+
+    def set_tag(self, run_id: str, tag: Any) -> None:
+        self.batches.append(f"set-tag {run_id}")
+
+    def update_run_info(self, run_id: str, status: Any, end_time: Any, run_name: Any) -> Any:
+        from mlflow.entities import RunInfo
+
+        self.batches.append(f"update {run_id}")
+        return RunInfo(run_id, "e", "u", "FINISHED", 1, end_time, "active", run_name="n")
+
+
+FAST_PATH_REQUESTS = [
+    (f"{prefix}/mlflow/runs/{path}", body)
+    for prefix in ("/api/2.0", "/ajax-api/2.0")
+    for path, body in (
+        ("log-batch", {"run_id": "r", "metrics": [{"key": "k", "value": 1, "timestamp": 1}]}),
+        ("set-tag", {"run_id": "r", "key": "k", "value": "v"}),
+        ("update", {"run_id": "r", "status": "FINISHED", "end_time": 2}),
+    )
+]
+
+
+def _through_the_server_app(monkeypatch: pytest.MonkeyPatch, auth_mode: str) -> tuple[list[str], list[str]]:
+    """Every request the fast path answers, sent through the app the server builds (proxied_artifacts._wrap) for
+    `auth_mode`: (who answered each, what the fast path wrote). The inner app stands in for the auth app of a
+    mode the fast path does not know: whatever it is, it must see every request."""
+    from mlflow.server import handlers
+
+    from mlflow_stack_server.proxied_artifacts import _wrap
+
+    store = RecordingRunStore()
+    monkeypatch.setattr(handlers, "_get_tracking_store", lambda: store)
+    answered: list[str] = []
+
+    async def auth_app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        answered.append(f"auth app ({json.loads(message['body'])['run_id']})")
+        await send({"type": "http.response.start", "status": 403, "headers": []})
+        await send({"type": "http.response.body", "body": b"Permission denied"})
+
+    settings = dataclasses.replace(
+        Settings.from_environment({**SERVER_ENVIRONMENT, "MLFLOW_FAST_STORE": "on"}), auth=auth_mode
+    )
+    app = _wrap(auth_app, settings)
+    for path, body in FAST_PATH_REQUESTS:
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": [
+            (b"host", b"localhost"), (b"content-type", b"application/json")]}  # fmt: skip
+        messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+        async def receive(messages: list[Any] = messages) -> Any:
+            return messages.pop(0)
+
+        index = len(answered)
+
+        async def send_recorded(message: Any, index: int = index) -> None:
+            if message["type"] == "http.response.start" and len(answered) == index:
+                answered.append(f"fast path ({message['status']})")
+
+        anyio.run(app, scope, receive, send_recorded)
+    return answered, store.batches
+
+
+@pytest.mark.parametrize("mode", MODES_WITHOUT_HOOK)
+def test_a_mode_without_a_hook_cannot_write_through_the_fast_path(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    answered, written = _through_the_server_app(monkeypatch, mode)
+    assert answered == ["auth app (r)"] * len(FAST_PATH_REQUESTS)
+    assert written == []
+
+
+def test_without_logins_the_same_requests_are_written_by_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The control: the requests above are ones the fast path answers when its mode has a hook.
+    answered, written = _through_the_server_app(monkeypatch, "none")
+    assert answered == ["fast path (200)"] * len(FAST_PATH_REQUESTS)
+    assert written == ["r", "set-tag r", "update r"] * 2

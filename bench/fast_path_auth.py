@@ -1,0 +1,120 @@
+"""What a login costs on the run writes: the server's app with and without basic auth, fast path on and off.
+
+    python -m bench.fast_path_auth [K ...]      # default K = 8
+
+Each configuration is one uvicorn process of the server's own app factory (no compose stack, no TLS, no
+gateway: the tracking server alone), on a database of its own on a throwaway Postgres of the stack's image
+(tests/fast_store's harness), driven by bench.server_load's closed-loop trainers. With basic auth they log in as
+a user that is not an admin (the one the stack gives trainers), so every write runs the auth app's permission
+check; the login cache is on (60 s), as the stack ships it. Reported: requests/s, p99, and the server process's
+CPU per request (from /proc, its threads included), best of BENCH_REPEATS rounds by requests/s.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import requests
+
+from bench.common import save
+from bench.server_load import load
+from tests.fast_store.conftest import create_database, postgres_container
+from tests.fast_store.test_fast_path_generated import _healthy, _start
+from tests.support.waiting import wait_until
+
+REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
+ADMIN = ("bench-admin", secrets.token_hex(12))
+TRAINER = ("bench-trainer", secrets.token_hex(12))
+CONFIGURATIONS = {
+    "no logins, fast path": ("create_app", True),
+    "basic auth, fast path": ("create_app_with_basic_auth", True),
+    "basic auth, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_basic_auth", False),
+    "no logins, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app", False),
+}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _start_server(server: str, factory: str, fast: bool, folder: Path) -> Any:
+    database = create_database(server)
+    extra: dict[str, str] = {}
+    if factory == "create_app_with_basic_auth":
+        config = folder / f"{factory}-{fast}.ini"
+        config.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = {create_database(server).replace('%', '%%')}\n"
+            f"admin_username = {ADMIN[0]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 60\n"
+        )
+        extra = {
+            "MLFLOW_AUTH": "basic",
+            "_MLFLOW_SGI_NAME": "uvicorn",
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        }
+    name = f"{factory}-{'fast' if fast else 'mlflow'}"
+    started = _start(name, database, fast, folder, f"mlflow_stack_server.proxied_artifacts:{factory}", extra)
+    wait_until(lambda: _healthy(started), 120, name, interval=0.5, ignoring=(requests.RequestException,))
+    if extra:
+        answer = requests.post(
+            started.url + "/api/2.0/mlflow/users/create",
+            json={"username": TRAINER[0], "password": TRAINER[1]},
+            auth=ADMIN,
+            timeout=30,
+        )
+        answer.raise_for_status()
+    return started
+
+
+def measure(label: str, server: Any, k: int, logins: bool) -> dict[str, Any]:
+    if logins:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = TRAINER
+    else:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+    api = server.url + "/api/2.0/mlflow"
+    load(k, {}, api)  # warm-up: stores, pools, the login cache
+    before, started = process_cpu_seconds(server.process.pid), time.perf_counter()
+    row = load(k, {}, api)
+    cpu = process_cpu_seconds(server.process.pid) - before
+    row["cpu_ms_per_request"] = {"tracking_server": round(1000 * cpu / max(1, row["requests"]), 2)}
+    row["load_average_1m"] = os.getloadavg()[0]
+    print(
+        f"bench: {label} K={k}: {row['requests_per_second']} req/s, p99 {row['latency_ms_p99']} ms, "
+        f"server CPU {row['cpu_ms_per_request']['tracking_server']} ms/request, errors {row['errors']} "
+        f"({time.perf_counter() - started:.0f} s, load {row['load_average_1m']:.1f})"
+    )
+    return row
+
+
+def main() -> None:
+    ks = [int(k) for k in sys.argv[1:]] or [8]
+    rows: list[dict[str, Any]] = []
+    with postgres_container() as server, TemporaryDirectory() as folder:
+        for repeat in range(REPEATS):
+            for label, (factory, fast) in CONFIGURATIONS.items():
+                started = _start_server(server, factory, fast, Path(folder))
+                try:
+                    for k in ks:
+                        row = measure(label, started, k, factory == "create_app_with_basic_auth")
+                        rows.append({"configuration": label, "repeat": repeat + 1, **row})
+                finally:
+                    started.process.terminate()
+                    started.process.wait(timeout=30)
+    save("fast_path_auth", {"ks": ks, "repeats": REPEATS, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Who may write through the fast HTTP path (fast_http.py): one authorization hook per MLFLOW_AUTH mode.
+
+Why: the fast path answers run writes without Flask, so without a hook it would also skip the permission checks
+that an auth app runs inside Flask. The fast path serves a request only when the active auth mode has a hook
+here; any other mode (one added to Settings later, one wrapped differently) serves nothing, everything goes to
+MLflow's app, and the reason shows in the log, /metrics and `make status` (fast_path_guard.py).
+
+A hook runs in a worker thread (it reads the database) before the write and returns None (allowed), or the
+refusal to answer (401, 403) in the auth app's own words; an exception hands the request to MLflow's app, which
+then authorizes and answers it itself.
+
+- `none`: no logins: everyone may write, as MLflow's plain app lets them.
+- `basic`: MLflow's basic-auth app decides, with its own functions and store: its `_before_request` (the login,
+  the admin check, the validator of the route: `validate_can_log_batch`, `validate_can_update_run`, with
+  run-level grants and explicit DENY) runs inside a Flask request context built from the same method, path,
+  headers and body. The login goes through MLflow's login cache (MLFLOW_AUTH_CACHE_SECONDS), so the password
+  hash is paid once per cache window, as on MLflow's own path. Nothing is decided here: a copy of the rules
+  would drift from MLflow's at the next release. One lookup is cached: the run's experiment, which the
+  validators read through the tracking store's `get_run` (six queries loading the whole run, on every write).
+  A run never moves to another experiment, so while the auth app decides for the fast path, `get_run` answers
+  from a per-worker map of run to experiment (RunExperiments); every other caller gets the store itself.
+  Grants, users and logins are read as MLflow reads them, so a revoked grant, a demotion or a deleted user
+  counts from the next request. One difference remains: a run removed for good (`make gc`) stays known to a
+  worker until it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's
+  path answers 403.
+
+This module imports nothing from MLflow at load (fast_path_guard.py imports it while MLflow is being imported).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from mlflow_stack_server.asgi import Scope
+
+# (status, headers, body): the auth app's answer, sent as it is.
+Refusal = tuple[int, list[tuple[bytes, bytes]], bytes]
+# (scope, body) -> None to allow, a Refusal, or raise to hand the request to MLflow's app.
+Authorize = Callable[[Scope, bytes], Refusal | None]
+# The statuses a hook may answer itself; anything else the auth app says goes to MLflow's app.
+REFUSALS = (401, 403)
+
+
+class HandToMlflowError(Exception):
+    """The auth app answered something other than "allowed", 401 or 403: MLflow's app answers the request."""
+
+
+def allow_everyone(scope: Scope, body: bytes) -> Refusal | None:
+    return None
+
+
+def no_login_hook() -> Authorize:
+    return allow_everyone
+
+
+# Set while the auth app decides for the fast path (in the worker thread that runs the hook).
+_DECIDING = contextvars.ContextVar("fast_path_deciding", default=False)
+RUN_EXPERIMENTS_KEPT = 100_000  # runs remembered per worker (a few MB), the least recently used dropped
+
+
+class RunExperiments:
+    """The tracking store as the auth app's validators see it during a fast-path decision: `get_run` answers
+    a run's experiment from memory after the first lookup (the whole run is loaded then, with MLflow's errors
+    for a run that does not exist); everything else is the store's own."""
+
+    def __init__(self, store: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
+        self._store, self._known, self._lock = store, known, lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def get_run(self, run_id: str) -> Any:
+        with self._lock:
+            experiment_id = self._known.get(run_id)
+            if experiment_id is not None:
+                self._known.move_to_end(run_id)
+        if experiment_id is None:
+            run = self._store.get_run(run_id)
+            with self._lock:
+                self._known[run_id] = run.info.experiment_id
+                if len(self._known) > RUN_EXPERIMENTS_KEPT:
+                    self._known.popitem(last=False)
+            return run
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id))
+
+
+def _cache_run_experiments() -> None:
+    """Route the auth app's tracking-store lookups through RunExperiments, during fast-path decisions only."""
+    from mlflow.server import auth
+
+    # The name the auth app's validators call (imported from mlflow.server.handlers into its module).
+    store_of_mlflow: Callable[[], Any] = getattr(auth, "_get_tracking_store")  # noqa: B009
+    if getattr(store_of_mlflow, "fast_path_decisions", False):
+        return  # already in place (a second app built in this process)
+    known: OrderedDict[str, str] = OrderedDict()
+    lock = threading.Lock()
+
+    def tracking_store() -> Any:
+        store = store_of_mlflow()
+        return RunExperiments(store, known, lock) if _DECIDING.get() else store
+
+    tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
+    setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
+
+
+def basic_auth_hook() -> Authorize:
+    """MLflow's basic-auth app's own before-request decision, for one request. Built once per worker, after the
+    auth app itself (its module reads the auth configuration and opens its store at import)."""
+    from flask import Response
+    from mlflow.server import app as flask_app
+    from mlflow.server.auth import _before_request
+
+    _cache_run_experiments()
+
+    def authorize(scope: Scope, body: bytes) -> Refusal | None:
+        headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
+        with flask_app.test_request_context(
+            scope["path"],
+            method=scope["method"],
+            headers=headers,
+            data=body,
+            query_string=scope.get("query_string", b""),
+        ):
+            deciding = _DECIDING.set(True)
+            try:
+                answer: Any = _before_request()
+            finally:
+                _DECIDING.reset(deciding)
+        if answer is None:
+            return None
+        if not isinstance(answer, Response) or answer.status_code not in REFUSALS:
+            raise HandToMlflowError(f"the auth app answered {answer!r}")
+        kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+        return answer.status_code, kept, answer.get_data()
+
+    return authorize
+
+
+# The auth modes whose hook exists, and how each is built. A mode missing here gets no fast path.
+HOOKS: dict[str, Callable[[], Authorize]] = {"none": no_login_hook, "basic": basic_auth_hook}
+
+
+def has_hook(auth_mode: str) -> bool:
+    return auth_mode in HOOKS
+
+
+def authorization_hook(auth_mode: str) -> Authorize | None:
+    factory = HOOKS.get(auth_mode)
+    return None if factory is None else factory()
