@@ -1,9 +1,11 @@
 """The tracking server's two steps: `prepare` (once per deployment) and `serve` (any number of replicas).
 
     tracking-server-entrypoint prepare   wait for Postgres, migrate the schema (under an advisory lock),
-                                         make sure the bucket exists, bootstrap the auth database; exit 0
-    tracking-server-entrypoint [serve]   wait for Postgres, check the schema is current, size the pools,
-                                         become `mlflow server` (arguments starting with `-` are passed on)
+                                         make sure the bucket exists, bootstrap the auth database (basic) or
+                                         migrate the OIDC database (oidc); exit 0
+    tracking-server-entrypoint [serve]   wait for Postgres, check the schema is current, size the pools, with
+                                         oidc check the provider and the client secret, become `mlflow
+                                         server` (arguments starting with `-` are passed on)
 
 Why split: N replicas that each migrated, created the bucket and bootstrapped the admin at start would race
 on all three. Compose runs `prepare` as a one-shot service the servers wait for; Kubernetes as a hook Job.
@@ -24,6 +26,7 @@ from typing import Any, NoReturn, TypeVar
 
 import tenacity
 
+from mlflow_stack_server import oidc_auth
 from mlflow_stack_server.auth_db import AuthDatabase, auth_database, create_database_statement
 from mlflow_stack_server.console import Console
 from mlflow_stack_server.fast_path_guard import fast_path_state
@@ -318,7 +321,7 @@ def size_connection_pool(settings: Settings) -> None:
     os.environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(settings.max_overflow)
     # Per worker: the tracking and registry stores (and auth's) each keep pool_size idle connections,
     # and at most two per request thread are in use at once.
-    engines = 3 if settings.auth == "basic" else 2
+    engines = 2 if settings.auth == "none" else 3
     needed = workers * (2 * threads + pool_size * (engines - 1))
     engine = sqlalchemy.create_engine(settings.backend_store_uri)
     try:
@@ -335,6 +338,43 @@ def size_connection_pool(settings: Settings) -> None:
         )
 
 
+# `mlflow server --app-name`: the entry points of pyproject.toml, one per MLFLOW_AUTH.
+APP_NAMES = {"none": "proxied-artifacts", "basic": "proxied-artifacts-basic-auth", "oidc": "proxied-artifacts-oidc"}
+# serve's wait for the provider: short, a provider down for longer is a configuration to look at.
+PROVIDER_WAIT_SECONDS = 30.0
+
+
+def prepare_oidc_serving(settings: Settings) -> None:
+    """Check the OIDC database, the provider and the client secret, then hand the plugin its settings."""
+    current, head = oidc_auth.users_schema_revisions(oidc_auth.users_database(settings).uri)
+    if current != head:
+        console.fail(
+            f"the OIDC database ({settings.oidc_database}) is at {current or 'nothing (empty)'}, the plugin needs "
+            f"{head}: run the prepare step first (compose: tracking-server-prepare)"
+        )
+    bundle = oidc_auth.ca_bundle(settings)
+
+    def discover() -> Any:
+        try:
+            return oidc_auth.fetch_discovery(settings, bundle)
+        except oidc_auth.ProviderRefusedError as error:
+            raise FatalError(str(error)) from error
+
+    wait = min(settings.wait_seconds, PROVIDER_WAIT_SECONDS)
+    discovery = retry(f"fetching {settings.oidc_discovery_url}", discover, wait)
+
+    def check_secret() -> str:
+        try:
+            return oidc_auth.check_client_secret(settings, discovery, bundle)
+        except oidc_auth.ProviderRefusedError as error:
+            raise FatalError(str(error)) from error
+
+    answer = retry("checking the OIDC client secret", check_secret, wait)
+    log(f"OIDC provider {settings.oidc_issuer}: client {settings.oidc_client_id} accepted (dummy code: {answer})")
+    os.environ.update(oidc_auth.plugin_environment(settings, bundle))
+    log(f"OIDC redirect URI: {settings.oidc_redirect_uri}")
+
+
 def prepare(settings: Settings) -> None:
     started = time.monotonic()
     settings.export_secrets()
@@ -346,6 +386,9 @@ def prepare(settings: Settings) -> None:
     if settings.auth == "basic":
         prepare_basic_auth(settings)
         log(f"basic auth ready after {time.monotonic() - started:.1f} s")
+    if settings.auth == "oidc":
+        oidc_auth.migrate_users_database(settings, log)
+        log(f"OIDC database ready after {time.monotonic() - started:.1f} s")
     log(f"prepared in {time.monotonic() - started:.1f} s")
 
 
@@ -364,6 +407,8 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         # The admin exists (prepare made it): the workers must not each try to create it again.
         os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
         os.environ[_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN.name] = secrets.token_hex(32)
+    if settings.auth == "oidc":
+        prepare_oidc_serving(settings)
     metrics_args = prepare_metrics_dir(settings)
     if settings.public_names:
         # MLflow's DNS-rebinding guard reads it in each worker.
@@ -386,7 +431,7 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         settings.artifacts_destination,
         # MLflow's app, wrapped so that clients are never sent to the internal S3 endpoint (see the module).
         "--app-name",
-        "proxied-artifacts-basic-auth" if settings.auth == "basic" else "proxied-artifacts",
+        APP_NAMES[settings.auth],
         *metrics_args,
         *server_args,
     ]

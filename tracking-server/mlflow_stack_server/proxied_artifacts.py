@@ -30,6 +30,7 @@ import json
 from collections.abc import Callable
 
 import anyio.to_thread
+from fastapi import Depends, HTTPException, Request
 
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
 from mlflow_stack_server.checksums import ArtifactChangedError
@@ -174,3 +175,47 @@ def create_app_with_basic_auth() -> RequestMetrics:
     settings = Settings.from_environment()
     auth_app = create_auth_app()
     return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings, fast_writes=False)
+
+
+def oidc_decision(scope: Scope, method: str, path: str, query: str | bytes) -> int:
+    """200, or the status mlflow-oidc-auth's Flask hook answers (401, 403) for this request.
+
+    The plugin's FastAPI middleware authorizes only the FastAPI routes it knows and lets any other through for
+    any signed-in user; MLflow's Flask routes are authorized by its `before_request_hook`. The stack's streamed
+    artifact routes are FastAPI routes replacing Flask ones, so they ask that hook, in a Flask request context
+    built from the request, with the caller the plugin's AuthMiddleware put in the scope: one source of
+    decisions, the same grants and the same 1-second cache as the rest of the server."""
+    from mlflow.server import app as flask_app
+    from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
+    from mlflow_oidc_auth.hooks import before_request_hook
+
+    context = scope.get(AUTH_CONTEXT_KEY)
+    if context is None:
+        return 401  # the middleware found no user (it answers 401 itself first; never served unauthenticated)
+    with flask_app.test_request_context(
+        path, method=method, query_string=query, environ_overrides={AUTH_CONTEXT_KEY: context}
+    ):
+        denied = before_request_hook()
+        return 200 if denied is None else int(denied.status_code)
+
+
+async def oidc_authorization(request: Request) -> None:
+    """FastAPI dependency of every route the stack adds to the OIDC app: the plugin's decision, or its status."""
+    status = await anyio.to_thread.run_sync(
+        oidc_decision, request.scope, request.method, request.url.path, request.url.query
+    )
+    if status != 200:
+        message = "Authentication required" if status == 401 else "Permission denied"
+        raise HTTPException(status_code=status, detail=message)
+
+
+def create_app_with_oidc() -> RequestMetrics:
+    """mlflow-oidc-auth's app (sign-in through the provider, group grants, tokens; oidc_auth.py), wrapped like
+    basic auth's: no fast tracking writes (nothing would authorize them outside Flask; fast_http.py), and the
+    streamed artifact routes guarded by the plugin's own decision (oidc_authorization)."""
+    # Importing the module builds the plugin's app (and reads its settings, which serve exported).
+    from mlflow_oidc_auth.app import app as oidc_app
+
+    settings = Settings.from_environment()
+    guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])
+    return _wrap(guarded, settings, fast_writes=False)

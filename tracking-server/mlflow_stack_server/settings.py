@@ -124,6 +124,15 @@ def ui_workflow(name: str, raw: str) -> str:
     return raw
 
 
+def http_url(name: str, raw: str) -> str:
+    if not raw:
+        return ""
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SettingsError(f"{name}={raw!r}; expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
 def path(_name: str, raw: str) -> Path:
     return Path(raw)
 
@@ -255,8 +264,9 @@ class Settings:
     # Auth and team mode
     auth: str = knob(
         "MLFLOW_AUTH", "none", AUTH,
-        "`basic` turns on MLflow's users and permissions; `none` leaves the server open.",
-        one_of("none", "basic"),
+        "`basic` turns on MLflow's users and permissions; `oidc`: sign-in through your OpenID Connect provider, "
+        "groups mapped to permissions, tokens for machines (mlflow-oidc-auth); `none` leaves the server open.",
+        one_of("none", "basic", "oidc"),
     )  # fmt: skip
     admin_username: str = knob(
         "MLFLOW_AUTH_ADMIN_USERNAME", "", AUTH,
@@ -297,6 +307,67 @@ class Settings:
         "MLFLOW_AUTH_CLIENT_PASSWORD", "", AUTH,
         "Password of that login.",
         secret=True,
+    )  # fmt: skip
+    oidc_issuer: str = knob(
+        "MLFLOW_OIDC_ISSUER", "", AUTH,
+        "Issuer URL of the OpenID Connect provider (MLFLOW_AUTH=oidc); its discovery document is this plus "
+        "`/.well-known/openid-configuration`. Must be https:// in team mode.",
+        http_url,
+    )  # fmt: skip
+    oidc_client_id: str = knob(
+        "MLFLOW_OIDC_CLIENT_ID", "", AUTH,
+        "Client id the provider registered for this server (MLFLOW_AUTH=oidc).",
+    )  # fmt: skip
+    oidc_client_secret: str = knob(
+        "MLFLOW_OIDC_CLIENT_SECRET", "", AUTH,
+        "That client's secret; checked against the provider's token endpoint at start.",
+        secret=True,
+    )  # fmt: skip
+    oidc_redirect_uri_given: str = knob(
+        "MLFLOW_OIDC_REDIRECT_URI", "", AUTH,
+        "Where the provider sends the browser back (register it there); empty: "
+        "`https://<first MLFLOW_PUBLIC_NAMES>:<MLFLOW_PUBLIC_PORT>/callback` in team mode.",
+        http_url,
+    )  # fmt: skip
+    public_port: int = knob(
+        "MLFLOW_PUBLIC_PORT", "443", AUTH,
+        "Port clients reach the gateway on (team mode); used for the derived MLFLOW_OIDC_REDIRECT_URI.",
+        whole_number(1),
+    )  # fmt: skip
+    oidc_groups_claim: str = knob(
+        "MLFLOW_OIDC_GROUPS_CLAIM", "groups", AUTH,
+        "Claim of the ID token that lists the user's groups.",
+    )  # fmt: skip
+    oidc_admin_group: str = knob(
+        "MLFLOW_OIDC_ADMIN_GROUP", "mlflow-admins", AUTH,
+        "Members of this provider group are MLflow admins (read at each sign-in).",
+    )  # fmt: skip
+    oidc_user_groups: tuple[str, ...] = knob(
+        "MLFLOW_OIDC_USER_GROUPS", "mlflow", AUTH,
+        "Provider groups (comma-separated) whose members may sign in at all; anyone else is refused at sign-in.",
+        names,
+    )  # fmt: skip
+    oidc_scopes: str = knob(
+        "MLFLOW_OIDC_SCOPES", "openid email profile groups", AUTH,
+        "Scopes asked for at sign-in (space-separated); many providers release the groups claim only with `groups`.",
+    )  # fmt: skip
+    oidc_username_claim: str = knob(
+        "MLFLOW_OIDC_USERNAME_CLAIM", "email", AUTH,
+        "Claim that becomes the MLflow user name (grants name users by it).",
+    )  # fmt: skip
+    oidc_ca_file: str = knob(
+        "MLFLOW_OIDC_CA_FILE", "", AUTH,
+        "A CA bundle (PEM) trusted for the provider in addition to the system's; empty: the system's only.",
+    )  # fmt: skip
+    oidc_database: str = knob(
+        "MLFLOW_OIDC_DB", "mlflow_oidc", AUTH,
+        "Database of the OIDC mode's users, groups, grants, tokens and sessions, next to the tracking database.",
+    )  # fmt: skip
+    oidc_trusted_proxies: tuple[str, ...] = knob(
+        "MLFLOW_OIDC_TRUSTED_PROXIES", "", AUTH,
+        "Addresses or CIDR ranges (comma-separated) whose X-Forwarded-* headers the OIDC mode believes (the "
+        "gateway); empty: none, so the redirect URI must be set or derived.",
+        names,
     )  # fmt: skip
     tls: bool = knob(
         "MLFLOW_TLS", "off", AUTH,
@@ -390,6 +461,8 @@ class Settings:
             if missing:
                 # No defaults on purpose: a stack with auth "on" and a guessable password is worse than none.
                 raise SettingsError(f"MLFLOW_AUTH=basic needs {', '.join(missing)} (or {missing[0]}_FILE)")
+        if self.auth == "oidc":
+            self._check_oidc()
         if not self.artifacts_destination:
             raise SettingsError("set MLFLOW_ARTIFACTS_BUCKET or MLFLOW_ARTIFACTS_DESTINATION")
         if not self.backend_store_uri_given:
@@ -398,16 +471,48 @@ class Settings:
                 if not value:
                     raise SettingsError(f"{env} is not set (nor {env}_FILE, nor MLFLOW_BACKEND_STORE_URI)")
 
+    def _check_oidc(self) -> None:
+        """What the server needs for MLFLOW_AUTH=oidc (prepare and serve; the tls service has no client secret)."""
+        required = (
+            ("MLFLOW_OIDC_ISSUER", self.oidc_issuer),
+            ("MLFLOW_OIDC_CLIENT_ID", self.oidc_client_id),
+            ("MLFLOW_OIDC_CLIENT_SECRET", self.oidc_client_secret),
+            ("MLFLOW_FLASK_SERVER_SECRET_KEY", self.flask_secret_key),
+        )
+        missing = [env for env, value in required if not value]
+        if missing:
+            raise SettingsError(
+                f"MLFLOW_AUTH=oidc needs {', '.join(missing)}"
+                + (" (or MLFLOW_OIDC_CLIENT_SECRET_FILE)" if "MLFLOW_OIDC_CLIENT_SECRET" in missing else "")
+            )
+        if not self.oidc_admin_group:
+            raise SettingsError("MLFLOW_OIDC_ADMIN_GROUP is empty: name the provider group whose members are admins")
+        if not self.oidc_user_groups:
+            raise SettingsError("MLFLOW_OIDC_USER_GROUPS is empty: name the provider groups allowed to sign in")
+        if not self.oidc_redirect_uri:
+            raise SettingsError(
+                "MLFLOW_AUTH=oidc needs MLFLOW_OIDC_REDIRECT_URI (or MLFLOW_TLS=on with MLFLOW_PUBLIC_NAMES to "
+                "derive it): the URL of /callback as browsers reach this server"
+            )
+        if self.oidc_ca_file and not Path(self.oidc_ca_file).is_file():
+            raise SettingsError(f"MLFLOW_OIDC_CA_FILE={self.oidc_ca_file} is not a readable file")
+
     def _check_team_mode(self) -> None:
         if not self.tls:
             return
-        if self.auth != "basic":
+        if self.auth not in ("basic", "oidc"):
             # Refuse rather than switch auth on behind the user's back: the trainers and the model server need
             # logins too (MLFLOW_TRACKING_USERNAME/PASSWORD), and a silent change would leave them failing.
             raise SettingsError(
-                f"MLFLOW_TLS=on needs MLFLOW_AUTH=basic (it is {self.auth!r}): a server reachable from the network "
-                "must ask for logins; set MLFLOW_AUTH=basic in .env (README, Team mode)"
+                f"MLFLOW_TLS=on needs MLFLOW_AUTH=basic or oidc (it is {self.auth!r}): a server reachable from the "
+                "network must ask for logins; set MLFLOW_AUTH=basic in .env (README, Team mode)"
             )
+        if self.auth == "oidc":
+            # Passwords never cross the network here, but the sign-in's code and the provider's keys do.
+            for env, url in (("MLFLOW_OIDC_ISSUER", self.oidc_issuer),
+                             ("MLFLOW_OIDC_REDIRECT_URI", self.oidc_redirect_uri_given)):  # fmt: skip
+                if url and not url.startswith("https://"):
+                    raise SettingsError(f"MLFLOW_TLS=on needs an https:// {env} (it is {url})")
         if not self.public_names:
             raise SettingsError(
                 "MLFLOW_TLS=on needs MLFLOW_PUBLIC_NAMES: the names and addresses clients reach this host by, "
@@ -469,6 +574,22 @@ class Settings:
         for name in self.public_names:
             hosts += [name, f"{name}:*"]
         return ",".join(dict.fromkeys(hosts))
+
+    @property
+    def oidc_redirect_uri(self) -> str:
+        """MLFLOW_OIDC_REDIRECT_URI, else /callback on the first public name (team mode), else ''."""
+        if self.oidc_redirect_uri_given:
+            return self.oidc_redirect_uri_given
+        if not (self.tls and self.public_names):
+            return ""
+        name = self.public_names[0]
+        host = f"[{name}]" if ":" in name else name
+        port = "" if self.public_port == 443 else f":{self.public_port}"
+        return f"https://{host}{port}/callback"
+
+    @property
+    def oidc_discovery_url(self) -> str:
+        return f"{self.oidc_issuer}/.well-known/openid-configuration"
 
     @property
     def certificate_names(self) -> tuple[str, ...]:

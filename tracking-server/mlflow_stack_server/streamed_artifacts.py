@@ -20,7 +20,9 @@ which answer as they always did.
 
 Permissions are untouched: the routes are inserted into the same FastAPI app, so the basic-auth app's
 permission middleware (`add_fastapi_permission_middleware`, which checks READ for a GET and UPDATE for a PUT on
-these paths before routing) runs in front of them exactly as it runs in front of MLflow's.
+these paths before routing) runs in front of them exactly as it runs in front of MLflow's. The OIDC app's
+middleware authorizes only the FastAPI routes it knows, so there the routes carry a dependency that asks the
+plugin's own Flask hook (proxied_artifacts.oidc_authorization).
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ import logging
 import mimetypes
 import posixpath
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response, params
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from mlflow.exceptions import MlflowException
@@ -356,12 +358,16 @@ def upload_route(part_bytes: int) -> Callable[[str, Request], Any]:
     return upload_artifact
 
 
-def stream_artifact_transfers(app: FastAPI, upload_part_bytes: int) -> FastAPI:
+def stream_artifact_transfers(
+    app: FastAPI, upload_part_bytes: int, dependencies: Sequence[params.Depends] = ()
+) -> FastAPI:
     """Put the streaming routes in front of MLflow's own (the first matching route wins); returns `app`.
 
-    `upload_part_bytes`: Settings.upload_part_bytes (MLFLOW_PROXY_UPLOAD_PART_MIB)."""
+    `upload_part_bytes`: Settings.upload_part_bytes (MLFLOW_PROXY_UPLOAD_PART_MIB). `dependencies`: run before
+    each route (the OIDC mode's authorization, proxied_artifacts.py; basic auth's middleware needs none)."""
     upload_artifact = upload_route(upload_part_bytes)
-    routes = [APIRoute(path, download_artifact, methods=["GET"]) for path in ROUTE_PATHS]
-    routes += [APIRoute(path, upload_artifact, methods=["PUT"]) for path in ROUTE_PATHS]
+    guards = list(dependencies)
+    routes = [APIRoute(path, download_artifact, methods=["GET"], dependencies=guards) for path in ROUTE_PATHS]
+    routes += [APIRoute(path, upload_artifact, methods=["PUT"], dependencies=guards) for path in ROUTE_PATHS]
     app.router.routes[:0] = routes
     return app
