@@ -346,10 +346,10 @@ def test_a_removed_group_grant_is_refused_everywhere_within_2_s(oidc_stack: Oidc
 @pytest.mark.parametrize(
     ("setting", "named"),
     [
-        pytest.param(f"MLFLOW_OIDC_ISSUER=https://nowhere.{ISSUER_NAME}:{PROVIDER_PORT}", "nowhere", id="unreachable-issuer"),
-        pytest.param("MLFLOW_OIDC_CLIENT_SECRET=not-the-secret", "client secret", id="wrong-client-secret"),
-        pytest.param(f"MLFLOW_OIDC_ISSUER=http://{ISSUER_NAME}:{PROVIDER_PORT}", "https", id="http-issuer-in-team-mode"),
-        pytest.param("MLFLOW_OIDC_CLIENT_SECRET_FILE=", "MLFLOW_OIDC_CLIENT_SECRET", id="missing-client-secret"),
+        pytest.param(f"MLFLOW_OIDC_ISSUER=https://nowhere.{ISSUER_NAME}:{PROVIDER_PORT}", f"nowhere.{ISSUER_NAME}", id="unreachable-issuer"),
+        pytest.param("MLFLOW_OIDC_CLIENT_SECRET=not-the-secret", "MLFLOW_OIDC_CLIENT_SECRET(_FILE) is wrong", id="wrong-client-secret"),
+        pytest.param(f"MLFLOW_OIDC_ISSUER=http://{ISSUER_NAME}:{PROVIDER_PORT}", "needs an https:// MLFLOW_OIDC_ISSUER", id="http-issuer-in-team-mode"),
+        pytest.param("MLFLOW_OIDC_CLIENT_SECRET_FILE=", "needs MLFLOW_OIDC_CLIENT_SECRET", id="missing-client-secret"),
     ],
 )  # fmt: skip
 def test_a_bad_oidc_setting_stops_the_server_in_one_line_without_serving(
