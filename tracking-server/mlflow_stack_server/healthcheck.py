@@ -3,6 +3,8 @@
 Not /health: it is exempt from the Host-header check and from auth, so it stays green while every client
 is refused. Reads the port and the admin's login the way the server does (Settings: NAME or NAME_FILE).
 
+With MLFLOW_AUTH=oidc always as with --without-admin (there is no admin password).
+
 --without-admin (Kubernetes' readiness probe): under auth, log in as a user that cannot exist instead, and
 count MLflow's 401 as healthy. The request still passes the Host-header check and makes the auth app look
 the user up in its database, but a changed admin password or a rotated Secret cannot make every replica
@@ -28,8 +30,9 @@ def main() -> None:
             f"http://localhost:{settings.port}/api/2.0/mlflow/experiments/search?max_results=1"
         )
         healthy = 200
-        if settings.auth == "basic":
-            if "--without-admin" in sys.argv[1:]:
+        if settings.auth != "none":
+            # OIDC has no admin password: always the login that cannot exist (the plugin looks its token up).
+            if "--without-admin" in sys.argv[1:] or settings.auth == "oidc":
                 login, healthy = f"readiness-probe-{secrets.token_hex(8)}:{secrets.token_hex(16)}", 401
             else:
                 login = ":".join(settings.admin)

@@ -45,7 +45,7 @@ class ProviderRefusedError(Exception):
 
 def users_database(settings: Settings) -> AuthDatabase:
     """The plugin's database (MLFLOW_OIDC_DB) beside the tracking one, same server, credentials and options."""
-    return auth_database(settings.backend_store_uri, settings.oidc_database)
+    return auth_database(settings.backend_store_uri, settings.oidc_database, settings.oidc_database_uri_given)
 
 
 def system_ca_file() -> str | None:
@@ -123,10 +123,12 @@ def migrate_users_database(settings: Settings, log: Any) -> None:
     engine = sqlalchemy.create_engine(settings.backend_store_uri, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection, migration_lock(connection):
-            exists = connection.execute(
-                sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database.create}
-            ).scalar()
-            if database.create and not exists:
+            if (
+                database.create
+                and not connection.execute(
+                    sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database.create}
+                ).scalar()
+            ):
                 connection.execute(sqlalchemy.text(create_database_statement(database.create)))
                 log(f"created database {database.create} for OIDC users, grants, tokens and sessions")
             current, head = users_schema_revisions(database.uri)

@@ -363,10 +363,16 @@ class Settings:
         "MLFLOW_OIDC_DB", "mlflow_oidc", AUTH,
         "Database of the OIDC mode's users, groups, grants, tokens and sessions, next to the tracking database.",
     )  # fmt: skip
+    oidc_database_uri_given: str = knob(
+        "MLFLOW_OIDC_DATABASE_URI", "", AUTH,
+        "Full URI of a database made beforehand for the OIDC mode (no CREATEDB needed); unset: MLFLOW_OIDC_DB "
+        "next to the tracking database, with the same query.",
+        secret=True,
+    )  # fmt: skip
     oidc_trusted_proxies: tuple[str, ...] = knob(
         "MLFLOW_OIDC_TRUSTED_PROXIES", "", AUTH,
-        "Addresses or CIDR ranges (comma-separated) whose X-Forwarded-* headers the OIDC mode believes (the "
-        "gateway); empty: none, so the redirect URI must be set or derived.",
+        "Addresses or CIDR ranges (comma-separated) of HTTP proxies whose X-Forwarded-* headers the OIDC mode "
+        "believes; empty: none (the stack's gateway passes TCP through and adds none).",
         names,
     )  # fmt: skip
     tls: bool = knob(
