@@ -219,7 +219,7 @@ def start_oidc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcS
     callback_base = f"https://{PUBLIC_NAME}:{OIDC_STACK_PORT}"
     (directory / ".env").write_text(
         "MLFLOW_TLS=on\nMLFLOW_AUTH=oidc\n"
-        f"MLFLOW_PUBLIC_NAMES={PUBLIC_NAME},{address}\nMLFLOW_PUBLIC_PORT={OIDC_STACK_PORT}\nBIND_ADDRESS={address}\n"
+        f"MLFLOW_PUBLIC_NAMES={PUBLIC_NAME},{address}\nBIND_ADDRESS={address}\n"
         f"TRAINER_UI_URL={callback_base}\n"
         f"MLFLOW_OIDC_ISSUER={ISSUER}\nMLFLOW_OIDC_CLIENT_ID={CLIENT_ID}\n"
         f"MLFLOW_OIDC_CLIENT_SECRET_FILE={provider_files / 'client_secret'}\n"

@@ -9,6 +9,7 @@ carol (no groups claim).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, Response, expect, sync_playwright
 
 from tests.stack.conftest import REPO
 from tests.stack.oidc_stack import (
@@ -52,13 +53,11 @@ def suffix() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def grant_group(oidc: OidcStack, experiment_id: str, permission: str, group: str = GROUP) -> None:
-    """Through the plugin's REST API as alice (admin): create the group's grant, or change it."""
-    url = oidc.api(f"permissions/groups/{group}/experiments/{experiment_id}")
-    answer = oidc.admin().post(url, json={"permission": permission}, timeout=30)
-    if answer.status_code not in (200, 201):
-        answer = oidc.admin().patch(url, json={"permission": permission}, timeout=30)
-    assert answer.status_code in (200, 201), (answer.status_code, answer.text[:300])
+def grant_group(oidc: OidcStack, experiment_id: str, permission: str, change: bool = False) -> None:
+    """Through the plugin's REST API as alice (admin): create the group's grant (POST), or change it (PATCH)."""
+    url = oidc.api(f"permissions/groups/{GROUP}/experiments/{experiment_id}")
+    answer = (oidc.admin().patch if change else oidc.admin().post)(url, json={"permission": permission}, timeout=30)
+    assert answer.status_code == (200 if change else 201), (answer.status_code, answer.text[:300])
 
 
 def get_experiment(session: requests.Session, oidc: OidcStack, experiment_id: str) -> int:
@@ -93,6 +92,29 @@ def nss_home(tmp_path: Path, *cas: str) -> Path:
     return tmp_path
 
 
+def browser_fetch(page: Page, url: str) -> tuple[int, str]:
+    """A request from the page itself: the browser's cookies, name resolution and CAs."""
+    status, body = page.evaluate(
+        "async (url) => { const r = await fetch(url); return [r.status, await r.text()]; }", url
+    )
+    return int(status), str(body)
+
+
+def experiment_in_ui(page: Page, oidc: OidcStack, experiment_id: str) -> object:
+    """Open the experiment's page; what the server gave the UI for it (the UI asks through /graphql: null when
+    the user may not read it)."""
+
+    def asks_for_it(response: Response) -> bool:
+        body = response.request.post_data or ""
+        return response.url.endswith("/graphql") and "MlflowGetExperimentQuery" in body and experiment_id in body
+
+    with page.expect_response(asks_for_it) as answer:
+        page.goto(f"{oidc.url}/#/experiments/{experiment_id}")
+        page.reload()  # a hash route alone does not load the page again in an already open UI
+    assert answer.value.status == 200, answer.value.text()[:300]
+    return answer.value.json()["data"]["mlflowGetExperiment"]
+
+
 def test_bob_signs_in_with_chromium_sees_an_experiment_only_after_a_group_grant_and_logout_ends_it(
     oidc_stack: OidcStack, tmp_path: Path
 ) -> None:
@@ -121,27 +143,35 @@ def test_bob_signs_in_with_chromium_sees_an_experiment_only_after_a_group_grant_
             page.fill("#login", "bob")
             page.fill("#password", str(USERS["bob"]["password"]))
             page.click("#submit")
+            # Back at the server over HTTPS, signed in: the UI names bob, and so does the server.
             page.wait_for_url(f"{oidc.url}/**")
-            # Signed in as bob: the server says who the browser's session is.
-            me = page.request.get(oidc.api("users/current"))
-            assert me.status == 200 and me.json()["username"] == email("bob"), me.text()
-            # The UI before a grant: the experiment is not shown to bob.
-            page.goto(f"{oidc.url}/#/experiments/{experiment_id}")
-            expect(page.get_by_text(experiment, exact=True)).to_have_count(0, timeout=15_000)
-            assert page.request.get(oidc.api(f"experiments/get?experiment_id={experiment_id}")).status == 403
+            expect(page.get_by_text(str(USERS["bob"]["name"])).first).to_be_visible()
+            status, body = browser_fetch(page, oidc.api("users/current"))
+            assert status == 200 and json.loads(body)["username"] == email("bob"), body
+            # The experiment's page before a grant: the server refuses the UI's request and shows nothing of it.
+            assert experiment_in_ui(page, oidc, experiment_id) is None
+            page.wait_for_timeout(1000)
+            expect(page.get_by_text(experiment, exact=True)).to_have_count(0)
             page.screenshot(path=str(SCREENSHOTS / "sso-bob-before-grant.png"))
             grant_group(oidc, experiment_id, "READ")
-            time.sleep(1.5)  # the 1-second grant cache
-            page.reload()
-            expect(page.get_by_text(experiment).first).to_be_visible(timeout=60_000)
+            eventually(lambda: browser_fetch(page, oidc.api(f"experiments/get?experiment_id={experiment_id}"))[0], 200,
+                       "READ for the browser")  # fmt: skip
+            time.sleep(1.2)  # every worker's cached "no" for the UI's other requests has expired too
+            # With READ the page shows the experiment and its runs table loads (the UI's runs/search is a POST).
+            with page.expect_response(lambda r: "mlflow/runs/search" in r.url) as runs:
+                assert experiment in json.dumps(experiment_in_ui(page, oidc, experiment_id))
+            assert runs.value.status == 200, runs.value.text()[:300]
+            expect(page.get_by_text(experiment).first).to_be_visible()
             page.keyboard.press("Escape")  # MLflow's one-time announcements cover the page in a fresh browser
-            page.wait_for_timeout(500)
+            page.wait_for_timeout(1000)
             page.screenshot(path=str(SCREENSHOTS / "sso-bob-after-grant.png"))
             cookies = {c["name"]: c["value"] for c in context.cookies(oidc.url)}
+            assert "session" in cookies, cookies
             page.goto(f"{oidc.url}/logout")
             page.wait_for_load_state("networkidle")
             page.screenshot(path=str(SCREENSHOTS / "sso-bob-after-logout.png"))
-            assert page.request.get(oidc.api("users/current")).status == 401
+            after = page.goto(oidc.api("users/current"))
+            assert after is not None and after.status == 401, after and after.text()
         finally:
             browser.close()
     # The session ended on the server, not only in the browser: its old cookie is refused too.
@@ -177,10 +207,10 @@ def test_group_grants_take_bob_from_403_to_read_edit_and_manage(oidc_stack: Oidc
     grant_group(oidc, experiment_id, "READ")
     eventually(lambda: get_experiment(bob, oidc, experiment_id), 200, "READ: get experiment")
     assert log_metric() == 403
-    grant_group(oidc, experiment_id, "EDIT")
+    grant_group(oidc, experiment_id, "EDIT", change=True)
     eventually(log_metric, 200, "EDIT: log a metric")
     assert grant_others() == 403
-    grant_group(oidc, experiment_id, "MANAGE")
+    grant_group(oidc, experiment_id, "MANAGE", change=True)
     eventually(grant_others, 201, "MANAGE: grant another group")
     # alice, an admin through her provider group, needed no grant at all.
     assert get_experiment(alice, oidc, experiment_id) == 200
@@ -200,6 +230,14 @@ def test_group_grants_on_a_registered_model(oidc_stack: OidcStack) -> None:
     granted = alice.post(url, json={"permission": "READ"}, timeout=30)
     assert granted.status_code in (200, 201), granted.text[:300]
     eventually(get_model, 200, "READ on a registered model")
+
+
+def test_the_session_cookie_is_https_only_and_hidden_from_scripts(oidc_stack: OidcStack) -> None:
+    session = oidc_stack.sign_in("bob")
+    (cookie,) = [c for c in session.cookies if c.domain.endswith(PUBLIC_NAME)]
+    # Team mode: the cookie that is the login must never travel over plain HTTP, nor be readable by page scripts.
+    assert cookie.secure, f"{cookie.name} lacks Secure"
+    assert cookie.has_nonstandard_attr("HttpOnly") or cookie.has_nonstandard_attr("httponly"), cookie.name
 
 
 def test_carol_without_a_groups_claim_cannot_sign_in(oidc_stack: OidcStack) -> None:
@@ -252,8 +290,9 @@ def replica_status(address: str, path: str, auth: tuple[str, str] | None, cookie
 
 def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, before: int, after: int,
                    auth: tuple[str, str] | None = None, cookies: dict[str, str] | None = None) -> float:  # fmt: skip
-    """Seconds from the revoking call's answer until SETTLED_STREAK requests in a row, round-robin over the
-    replicas, all answer `after`. Every replica answers `before` first (so the change is what moved it)."""
+    """Seconds from the revoking call's answer to the first of SETTLED_STREAK requests in a row, round-robin over
+    the replicas, that all answer `after` (and no request after it answers `before` again). Every replica answers
+    `before` first, so the change is what moved it. Prints when the streak completed too."""
     addresses = oidc.replica_addresses()
     for address in addresses * WORKERS * 2:
         assert replica_status(address, path, auth, cookies) == before, (address, path)
@@ -271,6 +310,7 @@ def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, be
         else:
             assert status == before, (path, status)
             streak = 0
+    print(f"{path}: {asked} requests, the last {SETTLED_STREAK} all {after}, done {time.monotonic() - start:.2f} s")
     return streak_start - start
 
 
@@ -344,16 +384,22 @@ def test_a_removed_group_grant_is_refused_everywhere_within_2_s(oidc_stack: Oidc
 
 
 @pytest.mark.parametrize(
-    ("setting", "named"),
+    ("service", "setting", "named"),
     [
-        pytest.param(f"MLFLOW_OIDC_ISSUER=https://nowhere.{ISSUER_NAME}:{PROVIDER_PORT}", f"nowhere.{ISSUER_NAME}", id="unreachable-issuer"),
-        pytest.param("MLFLOW_OIDC_CLIENT_SECRET=not-the-secret", "MLFLOW_OIDC_CLIENT_SECRET(_FILE) is wrong", id="wrong-client-secret"),
-        pytest.param(f"MLFLOW_OIDC_ISSUER=http://{ISSUER_NAME}:{PROVIDER_PORT}", "needs an https:// MLFLOW_OIDC_ISSUER", id="http-issuer-in-team-mode"),
-        pytest.param("MLFLOW_OIDC_CLIENT_SECRET_FILE=", "needs MLFLOW_OIDC_CLIENT_SECRET", id="missing-client-secret"),
+        pytest.param("tracking-server", f"MLFLOW_OIDC_ISSUER=https://nowhere.{ISSUER_NAME}:{PROVIDER_PORT}",
+                     f"nowhere.{ISSUER_NAME}", id="unreachable-issuer"),
+        pytest.param("tracking-server", "MLFLOW_OIDC_CLIENT_SECRET=not-the-secret",
+                     "MLFLOW_OIDC_CLIENT_SECRET(_FILE) is wrong", id="wrong-client-secret"),
+        pytest.param("tracking-server", "MLFLOW_OIDC_CLIENT_SECRET_FILE=", "needs MLFLOW_OIDC_CLIENT_SECRET",
+                     id="missing-client-secret"),
+        # Team mode's checks run in the `tls` one-shot, which prepare and the gateway wait for: refused there,
+        # nothing behind it starts.
+        pytest.param("tls", f"MLFLOW_OIDC_ISSUER=http://{ISSUER_NAME}:{PROVIDER_PORT}",
+                     "needs an https:// MLFLOW_OIDC_ISSUER", id="http-issuer-in-team-mode"),
     ],
 )  # fmt: skip
 def test_a_bad_oidc_setting_stops_the_server_in_one_line_without_serving(
-    oidc_stack: OidcStack, setting: str, named: str
+    oidc_stack: OidcStack, service: str, setting: str, named: str
 ) -> None:
     oidc = oidc_stack
     name = f"{PROJECT}-badconfig-{suffix()}"
@@ -368,8 +414,7 @@ def test_a_bad_oidc_setting_stops_the_server_in_one_line_without_serving(
         name,
         "-e",
         setting,
-        "tracking-server",
-        "serve",
+        service,
     ]
     server = subprocess.Popen(
         argv, cwd=oidc.stack.directory, env=oidc.stack.environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -14,7 +14,7 @@ import re
 import socket
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import unquote_plus, urljoin
 
 import requests
 
@@ -22,6 +22,8 @@ LOGIN_FORM_ACTION = re.compile(r'<form method="post" action="([^"]+)"')
 
 
 def sign_in(server_url: str, username: str, password: str, ca_file: str) -> requests.Session:
+    """Follow the redirects up to and including the server's /callback, where the session is made; the page it
+    then sends a browser to (the UI) is a browser's business (the Chromium test follows it)."""
     session = requests.Session()
     session.verify = ca_file
     # requests lets REQUESTS_CA_BUNDLE (set on this machine) override session.verify; the test CA must win.
@@ -31,13 +33,23 @@ def sign_in(server_url: str, username: str, password: str, ca_file: str) -> requ
     action = LOGIN_FORM_ACTION.search(page.text)
     if action is None:
         raise AssertionError(f"no login form at {page.url} ({page.status_code})")
-    landed = session.post(
-        urljoin(page.url, action.group(1)), data={"login": username, "password": password}, timeout=30
+    answer = session.post(
+        urljoin(page.url, action.group(1)),
+        data={"login": username, "password": password},
+        timeout=30,
+        allow_redirects=False,
     )
-    landed.raise_for_status()
-    if "error=" in landed.url:
-        raise PermissionError(f"{username} was refused: {landed.url}")
-    return session
+    for _ in range(10):
+        if answer.status_code not in (302, 303):
+            raise AssertionError(f"{answer.url} answered {answer.status_code}, not a redirect: {answer.text[:300]}")
+        target = urljoin(answer.url, answer.headers["location"])
+        answer = session.get(target, timeout=30, allow_redirects=False)
+        if target.startswith(f"{server_url}/callback"):
+            landing = answer.headers.get("location", "")
+            if answer.status_code != 302 or "error=" in landing:
+                raise PermissionError(f"{username} was refused: {answer.status_code} {unquote_plus(landing)}")
+            return session
+    raise AssertionError(f"no redirect to {server_url}/callback after 10 hops")
 
 
 @contextlib.contextmanager
