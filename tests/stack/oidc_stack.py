@@ -50,8 +50,13 @@ REPLICAS = 2
 WORKERS = 2
 # Replicas are asked directly (plain HTTP inside Docker, as the gateway does) under a Host the server allows.
 REPLICA_HOST_HEADER = {"Host": "tracking-server:5000"}
-# users.json of the test provider: name -> password, email, groups.
-USERS = json.loads((REPO / "tests" / "oidc_provider" / "users.json").read_text())
+# users.json of the test provider (name -> password, email, name, groups), plus dave: an admin through his
+# provider group, whom the demotion test takes out of it (the provider reads the file the fixture mounts).
+USERS = {
+    **json.loads((REPO / "tests" / "oidc_provider" / "users.json").read_text()),
+    "dave": {"password": "dave-test-password", "email": "dave@example.test", "name": "Dave Demoted",
+             "groups": ["mlflow", "mlflow-admins"]},
+}  # fmt: skip
 
 
 def email(user: str) -> str:
@@ -118,6 +123,16 @@ class OidcStack:
         created = session.post(self.api("experiments/create"), json={"name": name}, timeout=30)
         assert created.status_code == 200, created.text
         return str(created.json()["experiment_id"])
+
+    def set_provider_groups(self, user: str, groups: list[str]) -> None:
+        """Change `user`'s groups at the provider, as a directory admin would: rewrite its users file, restart it
+        (it reads the file at start) and wait until it answers again."""
+        users_file = self.stack.directory / "oidc-test" / "users.json"
+        users = json.loads(users_file.read_text())
+        users[user]["groups"] = groups
+        users_file.write_text(json.dumps(users))
+        self.stack.compose("restart", "oidc-provider")
+        self.stack.compose("up", "-d", "--wait", "--no-deps", "oidc-provider")
 
     def remote(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """The trainer-only compose file on the remote network, as a training host runs it."""
@@ -212,7 +227,8 @@ def start_oidc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcS
     provider_files.mkdir()
     write_test_ca(provider_files)
     (provider_files / "client_secret").write_text(os.urandom(24).hex() + "\n")
-    for name in ("ca.crt", "tls.crt", "tls.key", "client_secret"):
+    (provider_files / "users.json").write_text(json.dumps(USERS))
+    for name in ("ca.crt", "tls.crt", "tls.key", "client_secret", "users.json"):
         # Read by the provider (uid 10002) and the server (uid 10001) through bind mounts; test-only keys.
         (provider_files / name).chmod(0o644)
     bundle = directory / "oidc-test" / "bundle.crt"
@@ -245,6 +261,7 @@ def start_oidc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcS
                             "OIDC_CLIENT_SECRET_FILE": "/run/oidc-test/client_secret",
                             "OIDC_REDIRECT_URIS": f"{callback_base}/callback",
                             "OIDC_POST_LOGOUT_REDIRECT_URIS": f"{callback_base}/oidc/ui/auth",
+                            "OIDC_USERS_FILE": "/run/oidc-test/users.json",
                         },
                         "volumes": [f"{provider_files}:/run/oidc-test:ro"],
                         "ports": [f"{address}:{PROVIDER_PORT}:{PROVIDER_PORT}"],

@@ -380,6 +380,27 @@ def test_a_removed_group_grant_is_refused_everywhere_within_2_s(oidc_stack: Oidc
     report("group grant removed", settle_seconds(oidc, remove, path, before=200, after=403, cookies=cookies))
 
 
+def test_a_demotion_at_the_provider_with_sessions_revoked_holds_everywhere_within_2_s(oidc_stack: OidcStack) -> None:
+    """Admin status comes from the provider's groups at sign-in: the provider drops dave from the admin group, an
+    admin revokes his sessions, and his next sign-in is an ordinary user's."""
+    oidc = oidc_stack
+    dave = oidc.sign_in("dave")
+    assert dave.get(oidc.api("users/current"), timeout=30).json()["is_admin"] is True
+    cookies = server_cookies(dave)
+    # An admin-only route: 200 for dave the admin.
+    path = f"users/{email('alice')}/sessions"
+    oidc.set_provider_groups("dave", ["mlflow"])
+
+    def revoke() -> None:
+        answer = oidc.admin().delete(oidc.api(f"users/{email('dave')}/sessions"), timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    report("demotion (sessions revoked)", settle_seconds(oidc, revoke, path, before=200, after=401, cookies=cookies))
+    again = oidc.sign_in("dave")
+    assert again.get(oidc.api("users/current"), timeout=30).json()["is_admin"] is False
+    assert again.get(oidc.api(path), timeout=30).status_code == 403
+
+
 # -- Bad configuration: refused at start, in one line, with no port open ---------------------------------------
 
 
