@@ -20,6 +20,7 @@ once under the stack's migration lock; serve refuses to start on a database that
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import ssl
 import tempfile
@@ -100,7 +101,7 @@ def plugin_environment(settings: Settings, bundle: str | None) -> dict[str, str]
         # Deny by default: a user sees an experiment or a model only through a grant (the plugin's default,
         # set explicitly so that an environment variable left over cannot open it).
         "DEFAULT_MLFLOW_PERMISSION": "NO_PERMISSIONS",
-        "SESSION_COOKIE_SECURE": "true" if settings.tls else "false",
+        "SESSION_COOKIE_SECURE": "true" if settings.public_https else "false",
         "TRUSTED_PROXIES": ",".join(settings.oidc_trusted_proxies),
         # Configuration from this environment only (no .env file of the working directory, no cloud secrets).
         "CONFIG_PROVIDERS": "env",
@@ -120,6 +121,9 @@ def migrate_users_database(settings: Settings, log: Any) -> None:
     from mlflow_stack_server.migration_lock import migration_lock
 
     database = users_database(settings)
+    # The plugin's config module (imported by its migrations) warns about a missing session key otherwise.
+    os.environ.setdefault("SECRET_KEY", settings.flask_secret_key)
+    os.environ.setdefault("CONFIG_PROVIDERS", "env")
     engine = sqlalchemy.create_engine(settings.backend_store_uri, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection, migration_lock(connection):
@@ -171,7 +175,14 @@ def fetch_discovery(settings: Settings, bundle: str | None) -> Mapping[str, Any]
     import requests
 
     url = settings.oidc_discovery_url
-    response = requests.get(url, timeout=DISCOVERY_TIMEOUT_SECONDS, verify=bundle or True)
+    try:
+        response = requests.get(url, timeout=DISCOVERY_TIMEOUT_SECONDS, verify=bundle or True)
+    except requests.exceptions.SSLError as error:
+        reason = str(error.args[0] if error.args else error).split("(Caused by")[-1].strip(" ()")[:200]
+        raise ProviderRefusedError(
+            f"TLS to {url} failed ({reason}): if the provider's certificate comes from a private CA, "
+            "set MLFLOW_OIDC_CA_FILE to that CA (PEM)"
+        ) from error
     if response.status_code >= 500:
         response.raise_for_status()  # a provider still starting: retried
     if response.status_code != 200:

@@ -218,4 +218,19 @@ def create_app_with_oidc() -> RequestMetrics:
 
     settings = Settings.from_environment()
     guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])
-    return _wrap(guarded, settings, fast_writes=False)
+    return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings, fast_writes=False)
+
+
+class SchemeSeenByClients:
+    """Clients reached this server over HTTPS (Settings.public_https): the gateway passes TCP through and adds no
+    X-Forwarded-Proto, and an Ingress's is believed only from MLFLOW_OIDC_TRUSTED_PROXIES. The plugin builds
+    absolute URLs (after sign-in, logout) from the request's scheme, so the request says https, as the client
+    used; plain http would send the browser to a port that answers only TLS."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, "scheme": "https" if scope["type"] == "http" else "wss"}
+        await self.app(scope, receive, send)

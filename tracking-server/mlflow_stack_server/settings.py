@@ -594,6 +594,12 @@ class Settings:
         return f"https://{host}{port}/callback"
 
     @property
+    def public_https(self) -> bool:
+        """Clients reach this server over HTTPS: team mode (the gateway), or TLS ended before it (a Kubernetes
+        Ingress) as an https:// MLFLOW_OIDC_REDIRECT_URI says."""
+        return self.tls or self.oidc_redirect_uri.startswith("https://")
+
+    @property
     def oidc_discovery_url(self) -> str:
         return f"{self.oidc_issuer}/.well-known/openid-configuration"
 

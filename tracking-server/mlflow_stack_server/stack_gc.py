@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import time
+from contextlib import ExitStack
 from datetime import timedelta
 
 import sqlalchemy
@@ -120,8 +121,15 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.admin
     before_ms = int((time.time() - age.total_seconds()) * 1000)
     try:
-        models = remove_orphaned_logged_models(settings, before_ms)
-        run_mlflow_gc(settings, args.older_than or None)
+        with ExitStack() as login:
+            if settings.auth == "oidc":
+                # No admin password exists: an admin service account's token for this run only.
+                from mlflow_stack_server.stack_token import admin_token
+
+                user, token = login.enter_context(admin_token(settings))
+                os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, token
+            models = remove_orphaned_logged_models(settings, before_ms)
+            run_mlflow_gc(settings, args.older_than or None)
     except Exception as error:  # one line for the operator; nothing is half-deleted that a rerun cannot finish
         console.fail(f"failed: {type(error).__name__}: {error}")
     log(f"done in {time.monotonic() - started:.1f} s ({models} orphaned logged models removed)")

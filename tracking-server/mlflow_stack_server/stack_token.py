@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -84,6 +86,9 @@ def open_store(settings: Settings) -> Any:
 
     os.environ["OIDC_USERS_DB_URI"] = users_database(settings).uri
     os.environ.setdefault("CONFIG_PROVIDERS", "env")
+    # Quiet: the plugin logs its start-up at INFO, and warns about a session key this command never uses.
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("SECRET_KEY", settings.flask_secret_key or "unused-by-the-token-cli")
     # A CLI process: one connection is plenty (the server's pool sizes are for its request threads).
     os.environ["OIDC_DB_POOL_SIZE"] = "1"
     from mlflow_oidc_auth.store import store
@@ -191,6 +196,26 @@ def revoke_grant(store: Any, args: argparse.Namespace) -> None:
     except MlflowException as error:
         raise CommandError(f"no grant for {_target(args)} ({error.message})") from error
     console.log(f"removed the grant of {_target(args)}")
+
+
+# The service account stack-gc deletes artifacts as (through the server's proxy, which needs an admin).
+GC_ACCOUNT = "stack-gc"
+
+
+@contextmanager
+def admin_token(settings: Settings, account: str = GC_ACCOUNT) -> Iterator[tuple[str, str]]:
+    """(account, token) of an admin service account for one job in this container (stack-gc); the token lives
+    for a day at most and is deleted when the block ends."""
+    store = open_store(settings)
+    if not store.has_user(account):
+        store.create_user(account, account, is_admin=True, is_service_account=True)
+    name = f"{account}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
+    record, token = store.create_user_token(account, name, expires, WRITTEN_BY)
+    try:
+        yield account, token
+    finally:
+        store.delete_user_token(account, record.id)
 
 
 COMMANDS = {"create": create, "list": list_tokens, "revoke": revoke, "grant": grant, "revoke-grant": revoke_grant}

@@ -115,3 +115,10 @@ def test_every_oidc_knob_is_in_the_reference() -> None:
         "MLFLOW_OIDC_CA_FILE",
         "MLFLOW_OIDC_DB",
     } <= documented
+
+
+def test_an_https_redirect_uri_means_clients_use_https_without_team_mode() -> None:
+    # Kubernetes: TLS ends at the Ingress, MLFLOW_TLS stays off; cookies must still be Secure.
+    assert Settings.from_environment(OIDC).public_https
+    http = Settings.from_environment({**OIDC, "MLFLOW_OIDC_REDIRECT_URI": "http://localhost:5000/callback"})
+    assert not http.public_https
