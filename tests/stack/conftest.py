@@ -119,6 +119,23 @@ def run_trainer(
     return process
 
 
+# Numbers a test measured (revocation latencies, build and start times): shown after the run, also when pytest
+# captures the tests' output (scripts/test.sh), so CI's log has them.
+MEASUREMENTS: list[str] = []
+
+
+def measured(line: str) -> None:
+    print(line)
+    MEASUREMENTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `disruptive(order=N)` restart services or replace the stack's data: they run after every
     other test, by N."""

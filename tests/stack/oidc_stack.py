@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.stack.conftest import MLFLOW_PORT, NPZ_IN_CONTAINER, REPO, mnist_npz
+from tests.stack.conftest import MLFLOW_PORT, NPZ_IN_CONTAINER, REPO, measured, mnist_npz
 from tests.stack.fresh_stack import FreshStack, copy_repository
 from tests.support.oidc import names_resolved_to, sign_in
 
@@ -166,7 +166,7 @@ def build_provider_image() -> None:
     lock). Built from the repository, never pulled: the tests test what is in tests/oidc_provider."""
     start = time.monotonic()
     _docker("build", "-t", PROVIDER_IMAGE, str(REPO / "tests" / "oidc_provider"), timeout=1200)
-    print(f"test OpenID provider image {PROVIDER_IMAGE} built in {time.monotonic() - start:.0f} s")
+    measured(f"test OpenID provider image {PROVIDER_IMAGE} built in {time.monotonic() - start:.0f} s")
 
 
 def write_test_ca(directory: Path) -> None:
@@ -283,7 +283,7 @@ def start_oidc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcS
         stack.compose(
             "up", "-d", "--wait", "--wait-timeout", "300", "--scale", f"tracking-server={REPLICAS}", timeout=900
         )
-        print(f"OIDC stack ({REPLICAS} replicas x {WORKERS} workers) healthy in {time.monotonic() - start:.0f} s")
+        measured(f"OIDC stack ({REPLICAS} replicas x {WORKERS} workers) healthy in {time.monotonic() - start:.0f} s")
         stack_ca = directory / "certs" / "ca.crt"
         assert stack_ca.is_file(), "the stack did not write certs/ca.crt"
         bundle.write_text(stack_ca.read_text() + (provider_files / "ca.crt").read_text())

@@ -23,7 +23,7 @@ import pytest
 import requests
 from playwright.sync_api import Page, Response, expect, sync_playwright
 
-from tests.stack.conftest import REPO
+from tests.stack.conftest import REPO, measured
 from tests.stack.oidc_stack import (
     ISSUER,
     ISSUER_NAME,
@@ -320,7 +320,7 @@ def server_cookies(session: requests.Session) -> dict[str, str]:
 
 
 def report(kind: str, seconds: float) -> None:
-    print(f"revocation [{kind}]: settled after {seconds:.2f} s on {REPLICAS} replicas x {WORKERS} workers")
+    measured(f"revocation [{kind}]: settled after {seconds:.2f} s on {REPLICAS} replicas x {WORKERS} workers")
     assert seconds < REVOCATION_BOUND_SECONDS, f"{kind}: {seconds:.2f} s"
 
 
