@@ -473,8 +473,8 @@ def test_a_bad_oidc_setting_stops_the_server_in_one_line_without_serving(
     print(f"{setting} -> {errors[0]}")
 
 
-def test_the_stack_serves_only_https_on_its_published_port(oidc_stack: OidcStack) -> None:
-    """The fixture's own promise, so a wrong fixture cannot pass the tests above vacuously."""
+def test_anonymous_requests_get_401(oidc_stack: OidcStack) -> None:
+    """Nothing is open without a sign-in or a token (the plugin's 401, through the gateway's HTTPS)."""
     anonymous = requests.get(oidc_stack.api("experiments/search?max_results=1"), verify=oidc_stack.bundle, timeout=30)
     assert anonymous.status_code == 401
     assert oidc_stack.url == f"https://{PUBLIC_NAME}:{OIDC_STACK_PORT}"
