@@ -351,6 +351,19 @@ def test_a_deactivated_user_is_refused_everywhere_within_2_s(oidc_stack: OidcSta
     report("user deactivated", seconds)
 
 
+def test_a_deleted_user_is_refused_everywhere_within_2_s(oidc_stack: OidcStack) -> None:
+    oidc = oidc_stack
+    account = f"revoke-deleted-{suffix()}"
+    token = oidc.service_token(account, "ci")
+
+    def delete() -> None:
+        answer = oidc.admin().delete(oidc.api("users"), json={"username": account}, timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    seconds = settle_seconds(oidc, delete, "users/current", before=200, after=401, auth=(account, token))
+    report("user deleted", seconds)
+
+
 def test_revoked_sessions_are_refused_everywhere_within_2_s(oidc_stack: OidcStack) -> None:
     oidc = oidc_stack
     bob = oidc.sign_in("bob")
