@@ -3,8 +3,8 @@ redirects, group grants on each side of a grant (REST and UI), a training host w
 within 2 s on every worker of every replica, and bad configuration refused at start.
 
 All on the one stack of the `oidc_stack` fixture (tests/stack/oidc_stack.py): team mode, 2 replicas x 2
-workers, the test provider (tests/oidc_provider) with alice (mlflow, mlflow-admins), bob (mlflow, ml-team) and
-carol (no groups claim).
+workers, the test provider (tests/oidc_provider) with alice (mlflow, mlflow-admins), bob (mlflow, ml-team),
+carol (no groups claim) and dave (an admin whom the provider demotes).
 """
 
 from __future__ import annotations
