@@ -50,6 +50,18 @@ REPLICAS = 2
 WORKERS = 2
 # Replicas are asked directly (plain HTTP inside Docker, as the gateway does) under a Host the server allows.
 REPLICA_HOST_HEADER = {"Host": "tracking-server:5000"}
+# Each worker's answers, from the per-process files of the server's Prometheus counters (request_metrics.py;
+# MLFLOW_METRICS_DIR's default): {pid: requests to ENDPOINT answered STATUS}. Says which workers answered.
+WORKER_ANSWERS = """
+import glob, json, sys
+from prometheus_client.mmap_dict import MmapedDict
+wanted = {"endpoint": sys.argv[1], "method": "GET", "status": sys.argv[2]}
+counts = {}
+for path in glob.glob("/tmp/mlflow-metrics/counter_*.db"):
+    values = MmapedDict.read_all_values_from_file(path)
+    counts[path.rsplit("_", 1)[1][:-3]] = sum(v for k, v, *_ in values if json.loads(k)[2] == wanted)
+print(json.dumps(counts))
+"""
 # users.json of the test provider (name -> password, email, name, groups), plus dave: an admin through his
 # provider group, whom the demotion test takes out of it (the provider reads the file the fixture mounts).
 USERS = {
@@ -118,6 +130,16 @@ class OidcStack:
             addresses.append(inspected.stdout.strip())
         assert len(addresses) == REPLICAS and all(addresses), addresses
         return addresses
+
+    def answers_per_worker(self, endpoint: str, status: int) -> dict[str, float]:
+        """{"<replica container>/<worker pid>": how many GET `endpoint` it answered with `status`}."""
+        names = self.stack.compose("ps", "--format", "{{.Name}}", "tracking-server").stdout.split()
+        counts: dict[str, float] = {}
+        for name in names:
+            shown = self.stack.run("docker", "exec", name, "python", "-c", WORKER_ANSWERS, endpoint, str(status))
+            assert shown.returncode == 0, shown.stderr[-2000:]
+            counts.update({f"{name}/{pid}": count for pid, count in json.loads(shown.stdout).items()})
+        return counts
 
     def create_experiment(self, session: requests.Session, name: str) -> str:
         created = session.post(self.api("experiments/create"), json={"name": name}, timeout=30)

@@ -291,11 +291,15 @@ def replica_status(address: str, path: str, auth: tuple[str, str] | None, cookie
 def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, before: int, after: int,
                    auth: tuple[str, str] | None = None, cookies: dict[str, str] | None = None) -> float:  # fmt: skip
     """Seconds from the revoking call's answer to the first of SETTLED_STREAK requests in a row, round-robin over
-    the replicas, that all answer `after` (and no request after it answers `before` again). Every replica answers
-    `before` first, so the change is what moved it. Prints when the streak completed too."""
+    the replicas, that all answer `after`. Every replica answers `before` first, so the change is what moved it.
+    Then every worker of every replica must have answered `after` at least once (their request counters say
+    which process answered): more rounds of requests, each all `after`, until each has."""
     addresses = oidc.replica_addresses()
     for address in addresses * WORKERS * 2:
         assert replica_status(address, path, auth, cookies) == before, (address, path)
+    endpoint = "/api/2.0/mlflow/" + path.split("?")[0]
+    counted = oidc.answers_per_worker(endpoint, after)
+    assert len(counted) == REPLICAS * WORKERS, counted
     revoke()
     start = time.monotonic()
     streak, streak_start, asked = 0, 0.0, 0
@@ -311,6 +315,15 @@ def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, be
             assert status == before, (path, status)
             streak = 0
     print(f"{path}: {asked} requests, the last {SETTLED_STREAK} all {after}, done {time.monotonic() - start:.2f} s")
+    for rounds in range(5):
+        now = oidc.answers_per_worker(endpoint, after)
+        silent = [worker for worker, count in now.items() if count <= counted.get(worker, 0)]
+        if not silent:
+            print(f"{path}: every one of the {len(now)} workers answered {after} (extra rounds: {rounds})")
+            break
+        for address in addresses * SETTLED_STREAK:
+            assert replica_status(address, path, auth, cookies) == after, (address, path)
+    assert not silent, f"workers that never answered {after} after the change: {silent}"
     return streak_start - start
 
 
