@@ -34,7 +34,7 @@ lint:  ## ruff, formatting, mypy, hadolint, bash -n, yamllint and the docs site;
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
-	.venv/bin/hadolint trainer/Dockerfile tracking-server/Dockerfile
+	.venv/bin/hadolint trainer/Dockerfile tracking-server/Dockerfile tests/oidc_provider/Dockerfile
 	for script in scripts/*.sh .ci/run; do bash -n "$$script" || exit 1; done
 	.venv/bin/yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml \
 	  docker-compose.trainer.yml docker-compose.seaweedfs.yml tests/stack/seaweedfs-standin.yml .yamllint deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml \

@@ -105,6 +105,9 @@ echo "stack healthy $(( $(date +%s) - start )) s after 'up'"
 
 step "fast-store and stack tests"
 # tests/fast_store starts a throwaway Postgres of its own (the stack image) on a random loopback port.
+# tests/stack/test_sso.py builds the test OpenID provider's image (tests/oidc_provider, ~50 s cold) and starts one
+# OIDC team-mode stack of its own (2 replicas) for all its tests; their measured numbers (revocation latencies)
+# are printed in pytest's "measurements" section.
 # --durations: the slowest tests' times, so CI's time budget can be watched from its log.
 pytest tests/fast_store tests/stack --durations=30 "$@"
 

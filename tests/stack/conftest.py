@@ -12,12 +12,16 @@ import os
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from mlflow import MlflowClient
+
+if TYPE_CHECKING:
+    from tests.stack.oidc_stack import OidcStack
 
 REPO = Path(__file__).resolve().parents[2]
 # The same variables compose reads, so a second stack (COMPOSE_PROJECT_NAME, other ports) can be tested too.
@@ -113,6 +117,23 @@ def run_trainer(
     process = TrainerProcess(done.args, done.returncode, done.stdout, done.stderr)
     process.result_file = result_file
     return process
+
+
+# Numbers a test measured (revocation latencies, build and start times): shown after the run, also when pytest
+# captures the tests' output (scripts/test.sh), so CI's log has them.
+MEASUREMENTS: list[str] = []
+
+
+def measured(line: str) -> None:
+    print(line)
+    MEASUREMENTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -219,3 +240,12 @@ def s3_keys(prefix_contains: str) -> list[str]:
 def trainer_python(code: str, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """Python inside a fresh trainer container, on the trainer's networks only."""
     return compose("run", "--rm", "-T", "--no-deps", *extra, "--entrypoint", "python", "trainer", "-c", code)
+
+
+@pytest.fixture(scope="session")
+def oidc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcStack]:
+    """The single sign-on tests' one stack (MLFLOW_AUTH=oidc, team mode, 2 replicas, a real OpenID provider),
+    started at the first test that asks for it and removed at the end of the session (tests/stack/oidc_stack.py)."""
+    from tests.stack.oidc_stack import start_oidc_stack  # it imports this module's helpers
+
+    yield from start_oidc_stack(tmp_path_factory)
