@@ -414,6 +414,9 @@ def serve(settings: Settings, server_args: list[str]) -> NoReturn:
         # MLflow's DNS-rebinding guard reads it in each worker.
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = settings.allowed_hosts
         log(f"allowed hosts: {settings.allowed_hosts}")
+        # and its cross-origin guard (the UI's POSTs carry the public name as their Origin).
+        os.environ["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = settings.allowed_origins
+        log(f"allowed origins: {settings.allowed_origins}")
     log(fast_path_state(settings.fast_store, auth_mode=settings.auth).describe())
     log(f"starting mlflow server (auth: {settings.auth}, metrics: {settings.metrics})")
     command = [

@@ -189,6 +189,11 @@ class Settings:
         "MLFLOW_SERVER_ALLOWED_HOSTS", "", SERVER,
         "Host headers MLflow accepts (comma-separated, `*` for any port); MLFLOW_PUBLIC_NAMES are added to it.",
     )  # fmt: skip
+    allowed_origins_given: str = knob(
+        "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", "", SERVER,
+        "Origins whose browser POSTs MLflow accepts besides localhost (comma-separated, `*` wildcards); "
+        "`https://` on every MLFLOW_PUBLIC_NAMES entry is added to it.",
+    )  # fmt: skip
     # Database
     gc_tracking_uri: str = knob(
         "STACK_GC_TRACKING_URI", "", SERVER,
@@ -580,6 +585,21 @@ class Settings:
         for name in self.public_names:
             hosts += [name, f"{name}:*"]
         return ",".join(dict.fromkeys(hosts))
+
+    @property
+    def allowed_origins(self) -> str:
+        """MLFLOW_SERVER_CORS_ALLOWED_ORIGINS plus `https://` on every MLFLOW_PUBLIC_NAMES entry, any port.
+
+        MLflow refuses a state-changing request whose Origin is not localhost unless this lists it
+        (mlflow/server/security_utils.py, should_block_cors_request), and browsers send Origin on the UI's own
+        POSTs (runs/search, logged-models/search): without the public names the UI served in team mode could
+        not list runs. No other origin is added, so another site's page still cannot write with a user's cookie.
+        """
+        origins = [o.strip() for o in self.allowed_origins_given.split(",") if o.strip()]
+        for name in self.public_names:
+            host = f"[{name}]" if ":" in name else name
+            origins += [f"https://{host}", f"https://{host}:*"]
+        return ",".join(dict.fromkeys(origins))
 
     @property
     def oidc_redirect_uri(self) -> str:

@@ -144,6 +144,20 @@ def test_public_names_join_the_allowed_hosts_with_any_port() -> None:
     ]  # fmt: skip
 
 
+def test_public_names_join_the_allowed_origins_over_https_only() -> None:
+    """The UI's own POSTs in team mode carry the public name as Origin; MLflow blocks any other non-localhost."""
+    from mlflow.server.security_utils import should_block_cors_request
+
+    environ = {"MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": "https://ci.lan", "MLFLOW_PUBLIC_NAMES": "a.lan, ::1"}
+    origins = Settings.from_environment(environ, server=False).allowed_origins.split(",")
+    assert origins == ["https://ci.lan", "https://a.lan", "https://a.lan:*", "https://[::1]", "https://[::1]:*"]
+    assert not should_block_cors_request("https://a.lan:5000", "POST", origins)
+    assert not should_block_cors_request("https://a.lan", "POST", origins)
+    assert should_block_cors_request("http://a.lan:5000", "POST", origins)
+    assert should_block_cors_request("https://evil.example", "POST", origins)
+    assert should_block_cors_request("https://a.lan.evil.example", "POST", origins)
+
+
 def test_the_auth_config_turns_on_mlflows_login_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without it every request pays a scrypt password check (README, Performance: 25x an API call's cost)."""
     import configparser
