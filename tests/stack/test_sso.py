@@ -23,6 +23,7 @@ import pytest
 import requests
 from playwright.sync_api import Page, Response, expect, sync_playwright
 
+from mlflow_stack_server.request_metrics import endpoint_of
 from tests.stack.conftest import REPO, measured
 from tests.stack.oidc_stack import (
     ISSUER,
@@ -297,7 +298,8 @@ def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, be
     addresses = oidc.replica_addresses()
     for address in addresses * WORKERS * 2:
         assert replica_status(address, path, auth, cookies) == before, (address, path)
-    endpoint = "/api/2.0/mlflow/" + path.split("?")[0]
+    # The label the server's metrics give this path (ids and e-mail addresses folded).
+    endpoint = endpoint_of("/api/2.0/mlflow/" + path.split("?")[0])
     counted = oidc.answers_per_worker(endpoint, after)
     assert len(counted) == REPLICAS * WORKERS, counted
     revoke()

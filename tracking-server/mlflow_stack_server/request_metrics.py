@@ -11,14 +11,15 @@ per-endpoint metrics into the same DIR, so MLflow's /metrics exports them too:
     mlflow_stack_http_request_duration_seconds{method, endpoint}          histogram (until the last byte)
     mlflow_stack_fast_path_enabled{mlflow_version, reason}                 gauge: 1 on, 0 off (fast_path_guard.py)
 
-`endpoint` is the path with its free parts folded (artifact paths, static files), so the number of series
-stays bounded. Nothing is recorded unless PROMETHEUS_MULTIPROC_DIR is set (the entrypoint sets it when
+`endpoint` is the path with its free parts folded (artifact paths, static files, ids, names), so the number
+of series stays bounded: at most MAX_ENDPOINTS distinct values per worker, later new ones count as "other". Nothing is recorded unless PROMETHEUS_MULTIPROC_DIR is set (the entrypoint sets it when
 metrics are on): values kept in one worker's memory alone would be wrong with several workers.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import time
 from typing import Any
 
@@ -34,6 +35,13 @@ FOLDED_PREFIXES = (
     "/get-artifact",
     "/model-versions/get-artifact",
 )
+# A path segment that names an endpoint: a lowercase word, or an API version. Anything else in an API path is
+# data (a trace id, a logged model's id, a user's e-mail address in the single-sign-on plugin's routes).
+ENDPOINT_SEGMENT = re.compile(r"[a-z][a-z_-]*|\d+\.\d+")
+# Data that looks like a word (a user or group name) still gets through the pattern; this bounds the rest, since
+# any client, signed in or not, chooses the paths it asks for.
+MAX_ENDPOINTS = 300
+_seen_endpoints: set[str] = set()
 # Buckets from a fast search (ms) to a large artifact (minutes).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 
@@ -42,9 +50,16 @@ def endpoint_of(path: str) -> str:
     for prefix in FOLDED_PREFIXES:
         if path.startswith(prefix):
             return prefix.rstrip("/") + "/{path}" if prefix.endswith("/") else prefix
-    if path.startswith(("/api/", "/ajax-api/", "/graphql", "/v1/")) or path in ("/", "/health", "/version", "/metrics"):
+    if path in ("/", "/health", "/version", "/metrics"):
         return path
-    return "other"  # unknown paths (scanners, typos) must not create a series each
+    if not path.startswith(("/api/", "/ajax-api/", "/graphql", "/v1/")):
+        return "other"  # unknown paths (scanners, typos) must not create a series each
+    endpoint = "/".join(s if not s or ENDPOINT_SEGMENT.fullmatch(s) else "{id}" for s in path.split("/"))
+    if endpoint not in _seen_endpoints:
+        if len(_seen_endpoints) >= MAX_ENDPOINTS:
+            return "other"
+        _seen_endpoints.add(endpoint)
+    return endpoint
 
 
 @functools.cache

@@ -38,8 +38,25 @@ def test_gc_rejects_bad_durations(text: str) -> None:
         ("/get-artifact", "/get-artifact"),
         ("/health", "/health"),
         ("/wp-login.php", "other"),
+        ("/api/3.0/mlflow/traces/tr-0a1b2c/info", "/api/3.0/mlflow/traces/{id}/info"),
+        ("/api/2.0/mlflow/users/bob@example.test/tokens", "/api/2.0/mlflow/users/{id}/tokens"),
+        ("/ajax-api/2.0/mlflow/logged-models/m-1f2e", "/ajax-api/2.0/mlflow/logged-models/{id}"),
         ("/.env", "other"),
     ],
 )
 def test_metrics_fold_free_path_parts(path: str, endpoint: str) -> None:
     assert endpoint_of(path) == endpoint
+
+
+def test_metrics_keep_a_bounded_number_of_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client choosing word-like paths (/api/aaa, /api/aab, ...) cannot grow the series without end."""
+    from mlflow_stack_server import request_metrics
+
+    monkeypatch.setattr(request_metrics, "_seen_endpoints", set())
+    monkeypatch.setattr(request_metrics, "MAX_ENDPOINTS", 5)
+    answers = [
+        endpoint_of(f"/api/2.0/mlflow/users/{name}/tokens") for name in ("ann", "ben", "cat", "dan", "eve", "fay")
+    ]
+    assert answers[:5] == [f"/api/2.0/mlflow/users/{name}/tokens" for name in ("ann", "ben", "cat", "dan", "eve")]
+    assert answers[5] == "other"
+    assert endpoint_of("/api/2.0/mlflow/users/ann/tokens") == "/api/2.0/mlflow/users/ann/tokens"  # seen before
