@@ -8,7 +8,6 @@ this entry point while it imports that registry, so an import back into it would
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 import os
 import posixpath
 from io import BytesIO
@@ -24,6 +23,7 @@ from mlflow_stack_server.checksums import (
     count,
     file_digest,
     recorded_digest,
+    upload_arguments,
     with_digest,
 )
 
@@ -36,15 +36,7 @@ class ChecksummedS3ArtifactRepository(S3ArtifactRepository):
 
     def _upload_arguments(self, filename: str) -> dict[str, Any]:
         """MLflow's own (S3ArtifactRepository._upload_file): guessed type and encoding, owner check, env args."""
-        arguments: dict[str, Any] = {}
-        content_type, encoding = mimetypes.guess_type(filename)
-        if content_type is not None:
-            arguments["ContentType"] = content_type
-        if encoding is not None:
-            arguments["ContentEncoding"] = encoding
-        arguments.update(self._bucket_owner_params)
-        arguments.update(self.get_s3_file_upload_extra_args() or {})
-        return arguments
+        return upload_arguments(filename, {**self._bucket_owner_params, **(self.get_s3_file_upload_extra_args() or {})})
 
     def _upload_file(self, s3_client: Any, local_file: str, bucket: str, key: str) -> None:
         # The file is already whole on this server's disk (MLflow wrote it): hashing it first puts the digest

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import mimetypes
 import re
 from collections.abc import Mapping
 from typing import IO, Any
@@ -63,6 +64,18 @@ def recorded_digest(metadata: Mapping[str, str] | None) -> str | None:
     """The digest recorded in an object's user metadata; None when there is none (or it is not a SHA-256)."""
     value = (metadata or {}).get(METADATA_KEY, "").strip().lower()
     return value if SHA256_HEX.match(value) else None
+
+
+def upload_arguments(filename: str, extra_args: Mapping[str, Any]) -> dict[str, Any]:
+    """What MLflow's S3ArtifactRepository._upload_file gives boto3 for a file of this name: guessed type and
+    encoding, then the extras (bucket owner, MLFLOW_S3_UPLOAD_EXTRA_ARGS). Shared by both writers above."""
+    arguments: dict[str, Any] = {}
+    content_type, encoding = mimetypes.guess_type(filename)
+    if content_type is not None:
+        arguments["ContentType"] = content_type
+    if encoding is not None:
+        arguments["ContentEncoding"] = encoding
+    return {**arguments, **extra_args}
 
 
 def with_digest(arguments: Mapping[str, Any], digest: str) -> dict[str, Any]:

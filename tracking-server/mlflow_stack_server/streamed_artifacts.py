@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import mimetypes
 import posixpath
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -174,17 +173,6 @@ async def download_artifact(artifact_path: str, request: Request) -> Response:
     return StreamingResponse(chunks(), headers=headers)
 
 
-def _upload_arguments(filename: str, extra_args: dict[str, Any]) -> dict[str, Any]:
-    """What MLflow's S3ArtifactRepository._upload_file gives boto3: guessed type and encoding, then its extras."""
-    arguments: dict[str, Any] = {}
-    content_type, encoding = mimetypes.guess_type(filename)
-    if content_type is not None:
-        arguments["ContentType"] = content_type
-    if encoding is not None:
-        arguments["ContentEncoding"] = encoding
-    return {**arguments, **extra_args}
-
-
 class MultipartUpload:
     """One object's multipart upload: started on its first part, up to PARTS_IN_FLIGHT parts sending at once,
     then completed or aborted. Each method has one job; the state they share is this object's."""
@@ -312,7 +300,7 @@ async def stream_to_s3(body: AsyncIterator[bytes], target: S3Object, filename: s
     PARTS_IN_FLIGHT parts sent while the next is read, aborted on any failure (a client that disconnects
     included): the key keeps its previous object, if any. Its digest is known after the last part only and is
     attached by an in-place copy inside S3 (checksums.record_after_multipart says why)."""
-    arguments = _upload_arguments(filename, target.extra_args)
+    arguments = checksums.upload_arguments(filename, target.extra_args)
     upload = MultipartUpload(target, arguments, part_bytes)
     digest = hashlib.sha256()
     tail = bytearray()
