@@ -242,10 +242,11 @@ def trainer_python(code: str, extra: Sequence[str] = ()) -> subprocess.Completed
     return compose("run", "--rm", "-T", "--no-deps", *extra, "--entrypoint", "python", "trainer", "-c", code)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def oidc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcStack]:
     """The single sign-on tests' one stack (MLFLOW_AUTH=oidc, team mode, 2 replicas, a real OpenID provider),
-    started at the first test that asks for it and removed at the end of the session (tests/stack/oidc_stack.py)."""
+    started at the first test that asks for it and removed after that module (tests/stack/oidc_stack.py): only
+    test_sso.py uses it, and an idle second stack would hold ~2 GB and two healthchecks through the rest of CI."""
     from tests.stack.oidc_stack import start_oidc_stack  # it imports this module's helpers
 
     yield from start_oidc_stack(tmp_path_factory)
