@@ -37,6 +37,7 @@ from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
 from mlflow_stack_server.fast_path_auth import authorization_hook
 from mlflow_stack_server.fast_path_guard import fast_path_state
+from mlflow_stack_server.login_cache import install_revalidated_login_cache
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
 from mlflow_stack_server.streamed_artifacts import CUT_SHORT, stream_artifact_transfers
@@ -173,10 +174,12 @@ def create_app() -> RequestMetrics:
 def create_app_with_basic_auth() -> RequestMetrics:
     """MLflow's basic-auth app (users, permissions, a login on every request), wrapped the same way; the fast
     tracking writes ask the auth app's own before-request check first (fast_path_auth.py)."""
-    from mlflow.server.auth import create_app as create_auth_app
+    import mlflow.server.auth as mlflow_auth
 
     settings = Settings.from_environment()
-    auth_app = create_auth_app()
+    auth_app = mlflow_auth.create_app()
+    # Every cached login is re-checked against its user's row: changes count at the next request (login_cache.py).
+    install_revalidated_login_cache(mlflow_auth)
     return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings)
 
 

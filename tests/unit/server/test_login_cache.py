@@ -1,0 +1,120 @@
+"""MLflow's basic-auth login cache, re-checked against the auth database on every hit (login_cache.py, issue 19
+item 3): a changed password, a demotion and a deleted user count at the next request even when the change was
+made through another worker (here: another store on the same database, so MLflow's own per-worker invalidation
+never runs), and an unchanged login is not hashed again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow.server.auth as mlflow_auth
+import pytest
+from cachetools import TTLCache
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+from mlflow_stack_server.login_cache import RevalidatedLoginCache, install_revalidated_login_cache
+
+USER, PASSWORD, NEW_PASSWORD = "alice", "first-password-1", "second-password-2"
+
+
+@dataclass
+class Worker:
+    """This worker's auth store (its password checks counted) and another worker's, on the same database."""
+
+    store: SqlAlchemyStore
+    other_worker: SqlAlchemyStore
+    hashes: list[str] = field(default_factory=list)
+
+    def login(self, password: str) -> Any:
+        return mlflow_auth._authenticate_cached(USER, password)
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('auth') / 'auth.db'}"
+    SqlAlchemyStore().init_db(uri)  # migrations once; each test then starts from a fresh user row
+    return uri
+
+
+def _worker(database: str, monkeypatch: pytest.MonkeyPatch, cache: TTLCache[Any, Any]) -> Worker:
+    store, other = SqlAlchemyStore(), SqlAlchemyStore()
+    store.init_db(database)
+    other.init_db(database)
+    for user in other.list_users():
+        other.delete_user(user.username)
+    other.create_user(USER, PASSWORD, is_admin=True)
+    worker = Worker(store, other)
+    verify = store.authenticate_user
+
+    def counted(username: str, password: str, **kwargs: Any) -> bool:
+        worker.hashes.append(username)
+        return verify(username, password, **kwargs)
+
+    monkeypatch.setattr(store, "authenticate_user", counted)
+    monkeypatch.setattr(mlflow_auth, "store", store)
+    monkeypatch.setattr(mlflow_auth, "_USER_AUTH_CACHE", cache)
+    return worker
+
+
+@pytest.fixture
+def worker(database: str, monkeypatch: pytest.MonkeyPatch) -> Worker:
+    worker = _worker(database, monkeypatch, TTLCache(maxsize=100, ttl=3600))
+    install_revalidated_login_cache(mlflow_auth)
+    assert isinstance(mlflow_auth._USER_AUTH_CACHE, RevalidatedLoginCache)
+    assert (mlflow_auth._USER_AUTH_CACHE.maxsize, mlflow_auth._USER_AUTH_CACHE.ttl) == (100, 3600)
+    return worker
+
+
+def test_without_the_swap_another_workers_password_change_is_missed(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The problem this module solves, shown on MLflow's own cache: the old password keeps working.
+    worker = _worker(database, monkeypatch, TTLCache(maxsize=100, ttl=3600))
+    assert worker.login(PASSWORD) is not None
+    worker.other_worker.update_user(USER, password=NEW_PASSWORD)
+    assert worker.login(PASSWORD) is not None
+
+
+def test_an_unchanged_login_is_hashed_once(worker: Worker) -> None:
+    users = [worker.login(PASSWORD) for _ in range(5)]
+    assert [(user.username, user.is_admin) for user in users] == [(USER, True)] * 5
+    assert worker.hashes == [USER]
+
+
+def test_a_password_changed_by_another_worker_counts_at_the_next_request(worker: Worker) -> None:
+    assert worker.login(PASSWORD) is not None
+    worker.other_worker.update_user(USER, password=NEW_PASSWORD)
+    assert worker.login(PASSWORD) is None
+    assert worker.login(NEW_PASSWORD) is not None
+    assert worker.login(NEW_PASSWORD) is not None
+    # first login, the refused old password, the new one once: a change costs one hash per login, then none.
+    assert worker.hashes == [USER] * 3
+
+
+def test_a_demotion_by_another_worker_counts_at_the_next_request(worker: Worker) -> None:
+    assert worker.login(PASSWORD).is_admin
+    worker.other_worker.update_user(USER, is_admin=False)
+    assert not worker.login(PASSWORD).is_admin
+    assert not worker.login(PASSWORD).is_admin
+    assert worker.hashes == [USER] * 2
+
+
+def test_a_user_deleted_by_another_worker_is_refused_at_the_next_request(worker: Worker) -> None:
+    assert worker.login(PASSWORD) is not None
+    worker.other_worker.delete_user(USER)
+    assert worker.login(PASSWORD) is None
+
+
+def test_a_user_deleted_and_made_again_with_the_same_password_is_verified_again(worker: Worker) -> None:
+    assert worker.login(PASSWORD).is_admin
+    worker.other_worker.delete_user(USER)
+    worker.other_worker.create_user(USER, PASSWORD, is_admin=False)
+    user = worker.login(PASSWORD)
+    assert (user.is_admin, worker.hashes) == (False, [USER] * 2)
+
+
+def test_with_the_cache_off_there_is_nothing_to_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mlflow_auth, "_USER_AUTH_CACHE", None)
+    install_revalidated_login_cache(mlflow_auth)
+    assert mlflow_auth._USER_AUTH_CACHE is None

@@ -1,0 +1,65 @@
+"""MLflow's basic-auth login cache, checked against the auth database on every hit.
+
+MLflow (`mlflow.server.auth`) remembers each verified login, keyed (username, HMAC(password)), for
+`auth_cache_ttl_seconds`, so that a request does not pay a password hash (pbkdf2/scrypt: tens to hundreds of
+milliseconds of CPU). It forgets a user's logins when that user is changed through the worker that remembers
+them; every other worker, and every other replica, kept serving a changed password, a demoted admin (on the
+FastAPI routes, which take `is_admin` from the cached user) or a deleted user until the entry expired.
+
+`RevalidatedLoginCache` replaces that cache in each worker: a hit costs one indexed SELECT of the user's row
+(id, password hash, admin flag) in the auth database, and counts only if the row is still the one the password
+was verified against. Otherwise the entry is dropped and MLflow verifies the password again, so a change is
+seen at the next request on every worker of every replica, and the hash is paid only after a change. The TTL
+still bounds the memory the cache holds; it no longer bounds revocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy
+from cachetools import TTLCache
+
+# (id, password hash, is_admin) of a user as the auth database has it now; None: no such user.
+LoginRow = tuple[int, str, bool]
+CURRENT_LOGIN_ROW = sqlalchemy.text("SELECT id, password_hash, is_admin FROM users WHERE username = :username")
+
+
+def current_login_row(engine: sqlalchemy.engine.Engine, username: str) -> LoginRow | None:
+    """The user's row from the primary database (never a read replica, which may lag behind a change)."""
+    with engine.connect() as connection:
+        row = connection.execute(CURRENT_LOGIN_ROW, {"username": username}).first()
+    return None if row is None else (int(row[0]), str(row[1]), bool(row[2]))
+
+
+class RevalidatedLoginCache(TTLCache):  # type: ignore[type-arg]
+    """MLflow's TTLCache of verified logins whose hits are re-checked against the user's current row."""
+
+    def __init__(self, maxsize: int, ttl: float, current_row: Callable[[str], LoginRow | None]) -> None:
+        super().__init__(maxsize=maxsize, ttl=ttl)
+        self._current_row = current_row
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        cached = super().get(key)
+        if cached is None:
+            return default
+        # A failed lookup raises: MLflow then refuses the login (FastAPI) or answers 500 (Flask); never a stale yes.
+        if self._current_row(key[0]) != (cached.id, cached.password_hash, bool(cached.is_admin)):
+            self.pop(key, None)
+            return default
+        return cached
+
+
+def install_revalidated_login_cache(auth_module: Any) -> None:
+    """Swap MLflow's login cache (`auth_module._USER_AUTH_CACHE`) for a RevalidatedLoginCache of the same size
+    and TTL, reading `auth_module.store`'s primary engine. With the cache off (TTL 0) MLflow hashes on every
+    request and there is nothing to swap."""
+    cache = auth_module._USER_AUTH_CACHE
+    if cache is None or isinstance(cache, RevalidatedLoginCache):
+        return
+    store = auth_module.store
+    with auth_module._USER_AUTH_CACHE_LOCK:
+        auth_module._USER_AUTH_CACHE = RevalidatedLoginCache(
+            cache.maxsize, cache.ttl, lambda username: current_login_row(store.engine, username)
+        )
