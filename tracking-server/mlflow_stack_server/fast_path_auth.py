@@ -13,8 +13,8 @@ then authorizes and answers it itself.
 - `basic`: MLflow's basic-auth app decides, with its own functions and store: its `_before_request` (the login,
   the admin check, the validator of the route: `validate_can_log_batch`, `validate_can_update_run`, with
   run-level grants and explicit DENY) runs inside a Flask request context built from the same method, path,
-  headers and body. The login goes through MLflow's login cache (MLFLOW_AUTH_CACHE_SECONDS), so the password
-  hash is paid once per cache window, as on MLflow's own path. Nothing is decided here: a copy of the rules
+  headers and body. The login goes through MLflow's login cache (re-checked against the user's row on every hit,
+  login_cache.py), so the password hash is paid once per changed login, as on MLflow's own path. Nothing is decided here: a copy of the rules
   would drift from MLflow's at the next release. One lookup is cached: the run's experiment, which the
   validators read through the tracking store's `get_run` (six queries loading the whole run, on every write).
   A run never moves to another experiment, so while the auth app decides for the fast path, `get_run` answers

@@ -290,7 +290,8 @@ class Settings:
     )  # fmt: skip
     auth_cache_seconds: int = knob(
         "MLFLOW_AUTH_CACHE_SECONDS", "60", AUTH,
-        "Seconds each worker remembers a verified login (0: check the password hash on every request).",
+        "Seconds each worker remembers a verified login, re-checked against the user's row on every request, so "
+        "a changed password, demotion or deleted user counts at the next one (0: hash the password every time).",
         whole_number(0),
     )  # fmt: skip
     auth_database: str = knob(
