@@ -1,5 +1,6 @@
 """Prepare once, serve many: three prepares and three tracking servers started at the same instant on a fresh
-database. The schema is migrated exactly once, every replica serves, and a session made on one is valid on all.
+database. The schema is migrated exactly once, every replica serves, a session made on one is valid on all, and a
+login changed through one replica counts at the next request on every worker of every replica.
 
 Runs a third stack (base compose file only: no published ports) with auth on, from this repository.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -110,3 +112,67 @@ def test_a_session_made_on_one_replica_is_valid_on_every_replica(replicated: Fre
         timeout=15,
     )
     assert refused.status_code == 400, refused.text[:300]
+
+
+# Requests per replica and step: with MLFLOW_WORKERS=2 each, enough that every worker has seen (and cached) the
+# login before a change, and that a stale worker would be met after it.
+ROUNDS = 8
+
+
+def _statuses(method: str, urls: list[str], login: tuple[str, str], **kwargs: object) -> set[int]:
+    answers = set()
+    for _ in range(ROUNDS):
+        for url in urls:
+            answer = requests.request(method, url, auth=login, headers=HOST_HEADER, timeout=15, **kwargs)  # type: ignore[arg-type]
+            answers.add(answer.status_code)
+    return answers
+
+
+def test_a_changed_password_demotion_and_deletion_count_at_the_next_request_on_every_replica(
+    replicated: FreshStack,
+) -> None:
+    """Issue 19, item 3, with MLFLOW_AUTH=basic: each change is made through one replica while every worker of
+    every replica holds the login in MLflow's login cache (MLFLOW_AUTH_CACHE_SECONDS=60); every request after
+    it, on every replica, already sees it (login_cache.py)."""
+    admin = ("admin", replicated.secrets()["mlflow_auth_admin_password"])
+    addresses = _addresses(replicated)
+    assert len(addresses) == REPLICAS
+    api = [f"http://{address}:5000/api/2.0/mlflow" for address in addresses]
+    user, password, new_password = f"revoked-{os.getpid()}", "first-password-123", "second-password-456"
+
+    def admin_call(method: str, replica: int, path: str, body: dict[str, object]) -> dict[str, object]:
+        answer = requests.request(method, api[replica] + path, json=body, auth=admin, headers=HOST_HEADER, timeout=15)
+        assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
+        return answer.json() if answer.content else {}
+
+    admin_call("POST", 0, "/users/create", {"username": user, "password": password})
+    admin_call("PATCH", 0, "/users/update-admin", {"username": user, "is_admin": True})
+    experiment = admin_call("POST", 0, "/experiments/create", {"name": f"revocation-{os.getpid()}"})
+    # The admin's experiment: the user (default READ) may upload into it only as an admin. Artifact uploads are
+    # FastAPI routes, which take the admin flag from the cached login.
+    uploads = [
+        f"http://{address}:5000/api/2.0/mlflow-artifacts/artifacts/{experiment['experiment_id']}/run/artifacts/a.txt"
+        for address in addresses
+    ]
+    reads = [f"{base}/experiments/get?experiment_id={experiment['experiment_id']}" for base in api]
+
+    assert _statuses("PUT", uploads, (user, password), data=b"as an admin") == {200}
+    changed = time.monotonic()
+    admin_call("PATCH", 1, "/users/update-admin", {"username": user, "is_admin": False})
+    assert _statuses("PUT", uploads, (user, password), data=b"demoted") == {403}
+    print(f"demotion: every request on {REPLICAS} replicas refused, the last {time.monotonic() - changed:.2f} s after")
+
+    assert _statuses("GET", reads, (user, password)) == {200}
+    changed = time.monotonic()
+    admin_call("PATCH", 2, "/users/update-password", {"username": user, "password": new_password})
+    assert _statuses("GET", reads, (user, password)) == {401}
+    print(f"password: every old login refused, the last {time.monotonic() - changed:.2f} s after the change")
+    assert _statuses("GET", reads, (user, new_password)) == {200}
+
+    changed = time.monotonic()
+    admin_call("DELETE", 0, "/users/delete", {"username": user})
+    assert _statuses("GET", reads, (user, new_password)) == {401}
+    elapsed = time.monotonic() - changed
+    print(f"deletion: every login refused, the last {elapsed:.2f} s after the change")
+    # The issue's bound, met with margin: every request after the change already refused.
+    assert elapsed < 2
