@@ -128,37 +128,51 @@ def _statuses(method: str, urls: list[str], login: tuple[str, str], **kwargs: ob
     return answers
 
 
-def test_a_changed_password_demotion_and_deletion_count_at_the_next_request_on_every_replica(
+def test_a_removed_grant_demotion_changed_password_and_deletion_count_on_every_replica(
     replicated: FreshStack,
 ) -> None:
-    """Issue 19, item 3, with MLFLOW_AUTH=basic: each change is made through one replica while every worker of
-    every replica holds the login in MLflow's login cache (MLFLOW_AUTH_CACHE_SECONDS=60); every request after
-    it, on every replica, already sees it (login_cache.py)."""
+    """Issue 19, item 3, with MLFLOW_AUTH=basic: each change (a grant, the admin flag, the password, the user) is
+    made through one replica while every worker of every replica holds the login in MLflow's login cache
+    (MLFLOW_AUTH_CACHE_SECONDS=60); every request after it, on every replica, already sees it (login_cache.py)."""
     admin = ("admin", replicated.secrets()["mlflow_auth_admin_password"])
     addresses = _addresses(replicated)
     assert len(addresses) == REPLICAS
-    api = [f"http://{address}:5000/api/2.0/mlflow" for address in addresses]
+    servers = [f"http://{address}:5000" for address in addresses]
     user, password, new_password = f"revoked-{os.getpid()}", "first-password-123", "second-password-456"
 
     def admin_call(method: str, replica: int, path: str, body: dict[str, object]) -> dict[str, object]:
-        answer = requests.request(method, api[replica] + path, json=body, auth=admin, headers=HOST_HEADER, timeout=15)
+        answer = requests.request(
+            method, servers[replica] + path, json=body, auth=admin, headers=HOST_HEADER, timeout=15
+        )
         assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
         return answer.json() if answer.content else {}
 
-    admin_call("POST", 0, "/users/create", {"username": user, "password": password})
-    admin_call("PATCH", 0, "/users/update-admin", {"username": user, "is_admin": True})
-    experiment = admin_call("POST", 0, "/experiments/create", {"name": f"revocation-{os.getpid()}"})
+    admin_call("POST", 0, "/api/2.0/mlflow/users/create", {"username": user, "password": password})
+    admin_call("PATCH", 0, "/api/2.0/mlflow/users/update-admin", {"username": user, "is_admin": True})
+    experiment = admin_call("POST", 0, "/api/2.0/mlflow/experiments/create", {"name": f"revocation-{os.getpid()}"})
     # The admin's experiment: the user (default READ) may upload into it only as an admin. Artifact uploads are
     # FastAPI routes, which take the admin flag from the cached login.
     uploads = [
-        f"http://{address}:5000/api/2.0/mlflow-artifacts/artifacts/{experiment['experiment_id']}/run/artifacts/a.txt"
-        for address in addresses
+        f"{server}/api/2.0/mlflow-artifacts/artifacts/{experiment['experiment_id']}/run/a.txt" for server in servers
     ]
-    reads = [f"{base}/experiments/get?experiment_id={experiment['experiment_id']}" for base in api]
+    reads = [
+        f"{server}/api/2.0/mlflow/experiments/get?experiment_id={experiment['experiment_id']}" for server in servers
+    ]
+
+    # A removed grant: MLflow reads grants on every request (no cache of its own), checked here all the same.
+    editor = (f"editor-{os.getpid()}", "editor-password-123")
+    admin_call("POST", 0, "/api/2.0/mlflow/users/create", {"username": editor[0], "password": editor[1]})
+    grant = {"username": editor[0], "resource_type": "experiment", "resource_id": experiment["experiment_id"]}
+    admin_call("POST", 0, "/api/3.0/mlflow/users/permissions/grant", {**grant, "permission": "EDIT"})
+    assert _statuses("PUT", uploads, editor, data=b"as an editor") == {200}
+    changed = time.monotonic()
+    admin_call("POST", 2, "/api/3.0/mlflow/users/permissions/revoke", grant)
+    assert _statuses("PUT", uploads, editor, data=b"revoked") == {403}
+    print(f"grant: all {ROUNDS * REPLICAS} uploads after it refused, the last {time.monotonic() - changed:.2f} s after")
 
     assert _statuses("PUT", uploads, (user, password), data=b"as an admin") == {200}
     changed = time.monotonic()
-    admin_call("PATCH", 1, "/users/update-admin", {"username": user, "is_admin": False})
+    admin_call("PATCH", 1, "/api/2.0/mlflow/users/update-admin", {"username": user, "is_admin": False})
     assert _statuses("PUT", uploads, (user, password), data=b"demoted") == {403}
     print(
         f"demotion: all {ROUNDS * REPLICAS} requests after it refused, the last {time.monotonic() - changed:.2f} s after"
@@ -166,7 +180,7 @@ def test_a_changed_password_demotion_and_deletion_count_at_the_next_request_on_e
 
     assert _statuses("GET", reads, (user, password)) == {200}
     changed = time.monotonic()
-    admin_call("PATCH", 2, "/users/update-password", {"username": user, "password": new_password})
+    admin_call("PATCH", 2, "/api/2.0/mlflow/users/update-password", {"username": user, "password": new_password})
     assert _statuses("GET", reads, (user, password)) == {401}
     # Each refused old password pays a hash: the time is theirs, not a delay before the change counted.
     print(
@@ -175,7 +189,7 @@ def test_a_changed_password_demotion_and_deletion_count_at_the_next_request_on_e
     assert _statuses("GET", reads, (user, new_password)) == {200}
 
     changed = time.monotonic()
-    admin_call("DELETE", 0, "/users/delete", {"username": user})
+    admin_call("DELETE", 0, "/api/2.0/mlflow/users/delete", {"username": user})
     assert _statuses("GET", reads, (user, new_password)) == {401}
     elapsed = time.monotonic() - changed
     print(f"deletion: all {ROUNDS * REPLICAS} logins after it refused, the last {elapsed:.2f} s after")
