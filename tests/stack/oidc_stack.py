@@ -12,7 +12,6 @@ process through names_resolved_to (tests/support/oidc.py); TLS is verified again
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import subprocess
@@ -23,11 +22,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from mlflow_stack_server import stack_tls
 from tests.stack.conftest import MLFLOW_PORT, NPZ_IN_CONTAINER, REPO, measured, mnist_npz
 from tests.stack.fresh_stack import FreshStack, copy_repository
 from tests.support.oidc import names_resolved_to, sign_in
@@ -192,40 +189,13 @@ def build_provider_image() -> None:
 
 
 def write_test_ca(directory: Path) -> None:
-    """ca.crt, and tls.crt/tls.key for the provider's name, signed by it (a CA of the tests, not the stack's)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mlflow-stack tests OpenID provider CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER_NAME)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(ISSUER_NAME)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    """ca.crt, and tls.crt/tls.key for the provider's name, signed by it: a CA of the tests, not the stack's, made
+    by the stack's own certificate functions. Its own name, because Chromium's NSS database holds both CAs."""
+    ca_key, ca = stack_tls.create_ca("mlflow-stack tests OpenID provider CA")
+    key, certificate = stack_tls.issue_server_certificate(ca_key, ca, (ISSUER_NAME,))
     (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (directory / "tls.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    (directory / "tls.key").write_bytes(stack_tls.private_key_pem(key))
 
 
 def remove_everything(stack: OidcFreshStack) -> None:

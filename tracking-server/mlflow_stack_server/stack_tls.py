@@ -73,9 +73,9 @@ def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def create_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def create_ca(common_name: str = "mlflow-stack private CA") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mlflow-stack private CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = _now()
     certificate = (
         x509.CertificateBuilder()
