@@ -13,7 +13,6 @@ MinIO is the chart's bundled one. Needs the tracking-server image; about 2 minut
 
 from __future__ import annotations
 
-import datetime
 import os
 import secrets
 from collections.abc import Iterator
@@ -22,11 +21,9 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from mlflow_stack_server import stack_tls
 from tests.chart.chart import ci_values, render
 from tests.chart_live.pods import PREFIX, Pods, docker, split_image
 
@@ -39,39 +36,14 @@ TLS = f"sslmode=verify-full&sslrootcert={CA_MOUNT}/ca.crt"
 
 
 def _certificates(folder: Path) -> None:
-    """A CA and a server certificate for DATABASE_HOST, as a managed database's provider would give."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chart-live test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DATABASE_HOST)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DATABASE_HOST)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    """A CA and a server certificate for DATABASE_HOST, as a managed database's provider would give, made by the
+    stack's own certificate functions (stack_tls), with a CA name of their own."""
+    ca_key, ca = stack_tls.create_ca("chart-live test CA")
+    key, server = stack_tls.issue_server_certificate(ca_key, ca, (DATABASE_HOST,))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (folder / "server.crt").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    (folder / "server.key").write_bytes(stack_tls.private_key_pem(key))
     for path in folder.iterdir():
         path.chmod(0o644)
 
