@@ -6,10 +6,12 @@ milliseconds of CPU). It forgets a user's logins when that user is changed throu
 them; every other worker, and every other replica, kept serving a changed password, a demoted admin (on the
 FastAPI routes, which take `is_admin` from the cached user) or a deleted user until the entry expired.
 
-`RevalidatedLoginCache` replaces that cache in each worker: a hit costs one indexed SELECT of the user's row
-(id, password hash, admin flag) in the auth database, and counts only if the row is still the one the password
-was verified against. Otherwise the entry is dropped and MLflow verifies the password again, so a change is
-seen at the next request on every worker of every replica, and the hash is paid only after a change. The TTL
+`install_revalidated_logins` wraps MLflow's `_authenticate_cached` (the one login function of its Flask and
+FastAPI paths) in each worker: a login MLflow answers from its cache counts only if the user's row in the auth
+database (id, password hash, admin flag; one indexed SELECT) is still the one the password was verified
+against. Otherwise the entry is dropped and MLflow verifies the password again, so a change is seen at the next
+request on every worker of every replica, and the hash is paid only after a change. The check runs after
+MLflow's cache lookup, outside its cache lock, so a worker's threads check their logins side by side. The TTL
 still bounds the memory the cache holds; it no longer bounds revocation.
 """
 
@@ -19,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
-from cachetools import TTLCache
 
 # (id, password hash, is_admin) of a user as the auth database has it now; None: no such user.
 LoginRow = tuple[int, str, bool]
@@ -33,33 +34,25 @@ def current_login_row(engine: sqlalchemy.engine.Engine, username: str) -> LoginR
     return None if row is None else (int(row[0]), str(row[1]), bool(row[2]))
 
 
-class RevalidatedLoginCache(TTLCache):  # type: ignore[type-arg]
-    """MLflow's TTLCache of verified logins whose hits are re-checked against the user's current row."""
-
-    def __init__(self, maxsize: int, ttl: float, current_row: Callable[[str], LoginRow | None]) -> None:
-        super().__init__(maxsize=maxsize, ttl=ttl)
-        self._current_row = current_row
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        cached = super().get(key)
-        if cached is None:
-            return default
-        # A failed lookup raises: MLflow then refuses the login (FastAPI) or answers 500 (Flask); never a stale yes.
-        if self._current_row(key[0]) != (cached.id, cached.password_hash, bool(cached.is_admin)):
-            self.pop(key, None)
-            return default
-        return cached
-
-
-def install_revalidated_login_cache(auth_module: Any) -> None:
-    """Swap MLflow's login cache (`auth_module._USER_AUTH_CACHE`) for a RevalidatedLoginCache of the same size
-    and TTL, reading `auth_module.store`'s primary engine. With the cache off (TTL 0) MLflow hashes on every
-    request and there is nothing to swap."""
-    cache = auth_module._USER_AUTH_CACHE
-    if cache is None or isinstance(cache, RevalidatedLoginCache):
+def install_revalidated_logins(auth_module: Any) -> None:
+    """Wrap `auth_module._authenticate_cached` so that every login it returns matches the user's current row
+    in `auth_module.store`'s primary database. With the cache off (TTL 0) MLflow hashes on every request and
+    there is nothing to re-check."""
+    authenticate_cached: Callable[[str, str], Any] = auth_module._authenticate_cached
+    if auth_module._USER_AUTH_CACHE is None or getattr(authenticate_cached, "revalidated", False):
         return
-    store = auth_module.store
-    with auth_module._USER_AUTH_CACHE_LOCK:
-        auth_module._USER_AUTH_CACHE = RevalidatedLoginCache(
-            cache.maxsize, cache.ttl, lambda username: current_login_row(store.engine, username)
-        )
+
+    def authenticate_revalidated(username: str, password: str) -> Any:
+        user = authenticate_cached(username, password)
+        if user is None:
+            return None
+        # A failed lookup raises: MLflow then refuses the login (FastAPI) or answers 500 (Flask); never a stale yes.
+        current = current_login_row(auth_module.store.engine, username)
+        if current == (user.id, user.password_hash, bool(user.is_admin)):
+            return user
+        with auth_module._USER_AUTH_CACHE_LOCK:
+            auth_module._USER_AUTH_CACHE.pop(auth_module._auth_cache_key(username, password), None)
+        return authenticate_cached(username, password)  # a miss now: the password is verified against the new row
+
+    authenticate_revalidated.revalidated = True  # type: ignore[attr-defined]
+    auth_module._authenticate_cached = authenticate_revalidated

@@ -37,7 +37,7 @@ from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
 from mlflow_stack_server.fast_path_auth import authorization_hook
 from mlflow_stack_server.fast_path_guard import fast_path_state
-from mlflow_stack_server.login_cache import install_revalidated_login_cache
+from mlflow_stack_server.login_cache import install_revalidated_logins
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
 from mlflow_stack_server.streamed_artifacts import CUT_SHORT, stream_artifact_transfers
@@ -179,7 +179,7 @@ def create_app_with_basic_auth() -> RequestMetrics:
     settings = Settings.from_environment()
     auth_app = mlflow_auth.create_app()
     # Every cached login is re-checked against its user's row: changes count at the next request (login_cache.py).
-    install_revalidated_login_cache(mlflow_auth)
+    install_revalidated_logins(mlflow_auth)
     return _wrap(stream_artifact_transfers(auth_app, settings.upload_part_bytes), settings)
 
 

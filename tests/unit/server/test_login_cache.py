@@ -13,7 +13,8 @@ import pytest
 from cachetools import TTLCache
 from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
-from mlflow_stack_server.login_cache import RevalidatedLoginCache, install_revalidated_login_cache
+from mlflow_stack_server import login_cache
+from mlflow_stack_server.login_cache import current_login_row, install_revalidated_logins
 
 USER, PASSWORD, NEW_PASSWORD = "alice", "first-password-1", "second-password-2"
 
@@ -54,15 +55,19 @@ def _worker(database: str, monkeypatch: pytest.MonkeyPatch, cache: TTLCache[Any,
     monkeypatch.setattr(store, "authenticate_user", counted)
     monkeypatch.setattr(mlflow_auth, "store", store)
     monkeypatch.setattr(mlflow_auth, "_USER_AUTH_CACHE", cache)
+    # Restored after each test: install_revalidated_logins replaces it.
+    monkeypatch.setattr(mlflow_auth, "_authenticate_cached", mlflow_auth._authenticate_cached)
     return worker
 
 
 @pytest.fixture
 def worker(database: str, monkeypatch: pytest.MonkeyPatch) -> Worker:
     worker = _worker(database, monkeypatch, TTLCache(maxsize=100, ttl=3600))
-    install_revalidated_login_cache(mlflow_auth)
-    assert isinstance(mlflow_auth._USER_AUTH_CACHE, RevalidatedLoginCache)
-    assert (mlflow_auth._USER_AUTH_CACHE.maxsize, mlflow_auth._USER_AUTH_CACHE.ttl) == (100, 3600)
+    install_revalidated_logins(mlflow_auth)
+    wrapped = mlflow_auth._authenticate_cached
+    assert getattr(wrapped, "revalidated", False)
+    install_revalidated_logins(mlflow_auth)  # a second app in the process: wrapped once, not twice
+    assert mlflow_auth._authenticate_cached is wrapped
     return worker
 
 
@@ -114,7 +119,22 @@ def test_a_user_deleted_and_made_again_with_the_same_password_is_verified_again(
     assert (user.is_admin, worker.hashes) == (False, [USER] * 2)
 
 
+def test_the_row_is_checked_outside_mlflows_cache_lock(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under the lock, a worker's threads would check their logins one at a time.
+    held: list[bool] = []
+
+    def watched(engine: Any, username: str) -> Any:
+        held.append(mlflow_auth._USER_AUTH_CACHE_LOCK.locked())
+        return current_login_row(engine, username)
+
+    monkeypatch.setattr(login_cache, "current_login_row", watched)
+    assert worker.login(PASSWORD) is not None
+    assert worker.login(PASSWORD) is not None
+    assert held == [False, False]
+
+
 def test_with_the_cache_off_there_is_nothing_to_swap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mlflow_auth, "_USER_AUTH_CACHE", None)
-    install_revalidated_login_cache(mlflow_auth)
-    assert mlflow_auth._USER_AUTH_CACHE is None
+    monkeypatch.setattr(mlflow_auth, "_authenticate_cached", mlflow_auth._authenticate_cached)
+    install_revalidated_logins(mlflow_auth)
+    assert not getattr(mlflow_auth._authenticate_cached, "revalidated", False)
