@@ -58,6 +58,15 @@ def test_anonymous_and_wrong_password_requests_get_401(auth_on: tuple[str, str])
     assert requests.get(search, auth=auth_on, timeout=10).status_code == 200
 
 
+def test_metrics_need_a_login_too(auth_on: tuple[str, str]) -> None:
+    # docs/operations.md tells Prometheus users to give the scrape job a basic_auth block: this is why.
+    assert requests.get(STACK_URL + "/metrics", timeout=10).status_code == 401
+    assert requests.get(STACK_URL + "/metrics", auth=(auth_on[0], "wrong"), timeout=10).status_code == 401
+    scraped = requests.get(STACK_URL + "/metrics", auth=auth_on, timeout=10)
+    assert scraped.status_code == 200
+    assert "mlflow_stack_fast_path_enabled" in scraped.text and "mlflow_http_request_total" in scraped.text
+
+
 def test_a_trainer_with_a_login_trains_and_registers(auth_on: tuple[str, str]) -> None:
     model = f"mnist-auth-{uuid.uuid4().hex[:8]}"
     # --no-deps and the auth environment: otherwise `run` would recreate the server in its default, open mode.
