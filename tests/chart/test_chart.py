@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.server.security_utils import should_block_cors_request
 
 from tests.chart.chart import (
     CHART,
@@ -314,6 +315,11 @@ def test_auth_ingress_tls_and_allowed_hosts() -> None:
     env = env_of(containers(one(manifests, "Deployment", "tracking"))[0])
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert {"mlflow.example.com", "mlflow.example.com:*", "t-mlflow-stack-tracking:5000"} <= set(allowed)
+    # The UI's own POSTs (runs/search) carry the Ingress host as Origin: MLflow's own check must let them through.
+    origins = env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"].split(",")
+    assert not should_block_cors_request("https://mlflow.example.com", "POST", origins)
+    for foreign in ("https://evil.example", "http://mlflow.example.com", "https://mlflow.example.com.evil.example"):
+        assert should_block_cors_request(foreign, "POST", origins), foreign
     assert env["MLFLOW_AUTH"] == "basic"
     for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert env[name]["secretKeyRef"]["name"] == "mlflow-auth"  # one key for every replica
@@ -326,7 +332,19 @@ def test_without_ingress_only_cluster_names_are_allowed_hosts() -> None:
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert f"t-mlflow-stack-tracking.{NAMESPACE}.svc.cluster.local:5000" in allowed
     assert not [host for host in allowed if "example" in host]
+    assert "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS" not in env  # only localhost's POSTs, as MLflow has it
     assert env["MLFLOW_AUTH"] == "none"
+
+
+def test_an_ingress_without_tls_and_extra_origins_are_allowed_origins() -> None:
+    manifests = render(
+        AUTH_INGRESS,
+        set_values=["ingress.tls.enabled=false", 'trackingServer.extraAllowedOrigins=["https://portal.example.org"]'],
+    )
+    origins = env_of(containers(one(manifests, "Deployment", "tracking"))[0])["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"]
+    for allowed in ("http://mlflow.example.com", "http://mlflow.example.com:8080", "https://portal.example.org"):
+        assert not should_block_cors_request(allowed, "POST", origins.split(",")), allowed
+    assert should_block_cors_request("https://mlflow.example.com", "POST", origins.split(","))
 
 
 # --- trainer Job --------------------------------------------------------------------------------------------

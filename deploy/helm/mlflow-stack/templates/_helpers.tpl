@@ -74,6 +74,25 @@ mlflow-stack/tracking-client: "true"
 {{- join "," $hosts -}}
 {{- end -}}
 
+{{/* Origins whose browser POSTs MLflow accepts besides localhost: each Ingress host as browsers reach it.
+     MLflow refuses a state-changing request from any other Origin (mlflow/server/security_utils.py,
+     should_block_cors_request), and the UI's own runs/search is a POST: without this the UI behind the
+     Ingress could not list runs. */}}
+{{- define "mlflow-stack.allowedOrigins" -}}
+{{- $origins := list -}}
+{{- if .Values.ingress.enabled -}}
+{{- $scheme := ternary "https" "http" .Values.ingress.tls.enabled -}}
+{{- range .Values.ingress.hosts -}}
+{{- $origins = append $origins (printf "%s://%s" $scheme .) -}}
+{{- $origins = append $origins (printf "%s://%s:*" $scheme .) -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.trackingServer.extraAllowedOrigins -}}
+{{- $origins = append $origins . -}}
+{{- end -}}
+{{- join "," $origins -}}
+{{- end -}}
+
 {{/* Required secrets: rendering fails naming the value to set, so no password is ever defaulted. */}}
 {{- define "mlflow-stack.postgresSecret" -}}
 {{- if .Values.postgresql.bundled -}}
@@ -273,6 +292,10 @@ mlflow-stack/tracking-client: "true"
   value: {{ .Values.trackingServer.requestThreads | quote }}
 - name: MLFLOW_SERVER_ALLOWED_HOSTS
   value: {{ include "mlflow-stack.allowedHosts" . | quote }}
+{{- with include "mlflow-stack.allowedOrigins" . }}
+- name: MLFLOW_SERVER_CORS_ALLOWED_ORIGINS
+  value: {{ . | quote }}
+{{- end }}
 - name: MLFLOW_SERVER_ENABLE_JOB_EXECUTION
   value: {{ .Values.trackingServer.enableJobExecution | quote }}
 - name: MLFLOW_DISABLE_TELEMETRY
