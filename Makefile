@@ -29,6 +29,9 @@ venv:  ## host Python env for tests and for running the trainer outside Docker (
 	.venv/bin/pip install -q --disable-pip-version-check -r trainer/requirements.txt -c trainer/constraints-cuda.txt \
 	  "$(TF_CPU)" -r requirements-dev.txt
 	.venv/bin/pip install -q --disable-pip-version-check --no-deps -e ./trainer
+	# The server package too, for its entry points: without them a server started from this venv (tests/fast_store,
+	# bench/fast_path_auth.py) would run MLflow's plain store, not the fast store the image ships.
+	.venv/bin/pip install -q --disable-pip-version-check --no-deps -e ./tracking-server
 
 lint:  ## ruff, formatting, mypy, hadolint, bash -n, yamllint and the docs site; needs only the venv
 	.venv/bin/ruff check .

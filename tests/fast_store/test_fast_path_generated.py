@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,12 @@ def _start(
 ) -> Server:
     """The server's own app factory in uvicorn, as `mlflow server --app-name proxied-artifacts` runs it; `factory`
     and `extra` (more environment): test_fast_path_auth_generated.py's basic-auth app."""
+    # The fast store reaches MLflow only through the package's entry point (store_plugin.py): without it installed
+    # (`make venv`) both servers would run MLflow's plain store and the fast store would go untested here.
+    assert any(
+        point.value == "mlflow_stack_server.store_plugin:tracking_store"
+        for point in entry_points(group="mlflow.tracking_store")
+    ), "the tracking-server package is not installed in this venv: run `make venv`"
     artifacts = folder / f"{name}-artifacts"
     environment = {
         key: value
