@@ -67,8 +67,9 @@ CACHE_WAIT = 1.2  # the plugin's permission cache (1 s), and a margin
 
 MINIMUM_WRITES = 150  # generated run writes per CI run (each to both servers), at least
 MINIMUM_PER_ANSWER = 15  # of each of 200, 401 and 403 (MLflow's side); 200 and 403 answered by the fast path itself
+MINIMUM_PER_LOGIN = 5  # of each of 200 and 403 with a token, and with a session
 EXAMPLES = 6
-STEPS = 24
+STEPS = 30
 ADMIN = "stack-admin"
 GROUP = "ml-team"
 # Each user's grants on experiment A at the start, and whether it belongs to GROUP (which holds EDIT on A).
@@ -251,6 +252,7 @@ class OidcWrites(RuleBasedStateMachine):
     experiments: dict[str, str]  # "A", "B" -> the experiment id (the same on both servers)
     writes = 0
     statuses: ClassVar[Counter[int]] = Counter()  # MLflow's answers to the generated writes
+    by_login: ClassVar[Counter[tuple[str, int]]] = Counter()  # the same, by the kind of login
 
     @initialize()
     def setup(self) -> None:
@@ -310,6 +312,7 @@ class OidcWrites(RuleBasedStateMachine):
         ]
         responses = [f.result() for f in futures]
         OidcWrites.statuses[responses[1].status_code] += 1
+        OidcWrites.by_login[credential, responses[1].status_code] += 1
         fast, mlflow = (_outcome(self.pair, side, r) for side, r in zip(("fast", "mlflow"), responses, strict=True))
         assert fast == mlflow, f"{user} ({credential}) {endpoint} on {run}\nfast path: {fast}\nMLflow:    {mlflow}"
 
@@ -392,6 +395,7 @@ def test_generated_oidc_writes(oidc_sides: list[Side]) -> None:
         OidcWrites.experiments = _set_up_users(oidc_sides)
         OidcWrites.writes = 0
         OidcWrites.statuses.clear()
+        OidcWrites.by_login.clear()
         run_state_machine_as_test(
             OidcWrites,
             settings=settings(
@@ -403,7 +407,8 @@ def test_generated_oidc_writes(oidc_sides: list[Side]) -> None:
     answered_fast = [requests.get(side.server.url + COUNT_PATH, timeout=30).json() for side in oidc_sides]
     print(
         f"{OidcWrites.writes} generated writes in {time.monotonic() - started:.0f} s; MLflow answered "
-        f"{dict(OidcWrites.statuses)}, the fast path itself {answered_fast[0]}"
+        f"{dict(OidcWrites.statuses)}, the fast path itself {answered_fast[0]}; by login "
+        f"{dict(sorted(OidcWrites.by_login.items()))}"
     )
     assert OidcWrites.writes >= MINIMUM_WRITES, f"only {OidcWrites.writes} generated writes"
     # Not a vacuous parity: every decision occurred, and the fast path answered the plugin's 200 and 403 itself
@@ -413,3 +418,7 @@ def test_generated_oidc_writes(oidc_sides: list[Side]) -> None:
         assert OidcWrites.statuses[code] >= MINIMUM_PER_ANSWER, OidcWrites.statuses
     for status in ("200", "403"):
         assert answered_fast[0].get(status, 0) >= MINIMUM_PER_ANSWER, answered_fast
+    # Both login kinds were let in and refused on their grants (not only turned away at the door).
+    for login in ("token", "session"):
+        for code in (200, 403):
+            assert OidcWrites.by_login[login, code] >= MINIMUM_PER_LOGIN, OidcWrites.by_login
