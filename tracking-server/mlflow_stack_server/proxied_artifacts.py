@@ -232,9 +232,8 @@ def create_app_with_oidc() -> RequestMetrics:
     from mlflow_stack_server.fast_path_oidc import install_inside
 
     settings = Settings.from_environment()
-    if fast_path_enabled(settings):
-        hook = authorization_hook(settings.auth)
-        assert hook is not None  # fast_path_enabled: the mode has a hook (fast_path_guard.py)
+    hook = authorization_hook(settings.auth) if fast_path_enabled(settings) else None
+    if hook is not None:
         install_inside(oidc_app, FastTrackingWrites, hook)
     guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])
     return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings)
