@@ -1,6 +1,7 @@
-"""What a login costs on the run writes: the server's app with and without basic auth, fast path on and off.
+"""What a login costs on the run writes: the server's app without logins, with basic auth and with OIDC tokens
+(mlflow-oidc-auth, no provider: the token is made in the plugin's database), fast path on and off.
 
-    python -m bench.fast_path_auth [K ...]      # default K = 8
+    python -m bench.fast_path_auth [K ...]      # default K = 8; BENCH_CONFIGURATIONS='oidc|...' picks some
 
 Each configuration is one uvicorn process of the server's own app factory (no compose stack, no TLS, no
 gateway: the tracking server alone), on a database of its own on a throwaway Postgres of the stack's image
@@ -16,6 +17,7 @@ import os
 import secrets
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -36,7 +38,58 @@ CONFIGURATIONS = {
     "basic auth, fast path": ("create_app_with_basic_auth", True),
     "basic auth, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_basic_auth", False),
     "no logins, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app", False),
+    "oidc token, fast path": ("create_app_with_oidc", True),
+    # As before the oidc hook: the fast store on, every write through the plugin's Flask path.
+    "oidc token, writes through Flask": ("bench.fast_path_auth:create_app_with_oidc_without_fast_path", True),
+    "oidc token, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_oidc", False),
 }
+# BENCH_CONFIGURATIONS="oidc token|no logins, fast path": only the configurations whose label contains one of
+# these ("|"-separated: the labels hold commas).
+SELECTED = [part.strip() for part in os.environ.get("BENCH_CONFIGURATIONS", "").split("|") if part.strip()]
+OIDC_SECRET_KEY = secrets.token_hex(16)
+
+
+def create_app_with_oidc_without_fast_path() -> Any:
+    """The server's OIDC app as it was before the fast path had an oidc hook (no hook: no fast path)."""
+    from mlflow_stack_server import fast_path_auth
+    from mlflow_stack_server.proxied_artifacts import create_app_with_oidc
+
+    fast_path_auth.HOOKS.pop("oidc", None)
+    return create_app_with_oidc()
+
+
+def _oidc_environment(server: str, database: str, folder: Path, name: str) -> tuple[dict[str, str], str]:
+    """The server's environment with MLFLOW_AUTH=oidc (no provider: the trainer's token lives in the plugin's
+    database), and the trainer's token, created with the plugin's own store."""
+    from mlflow_stack_server.oidc_auth import plugin_environment
+    from mlflow_stack_server.settings import Settings
+
+    users = create_database(server)
+    stack = {
+        "MLFLOW_AUTH": "oidc",
+        "MLFLOW_BACKEND_STORE_URI": database,
+        "MLFLOW_ARTIFACTS_DESTINATION": (folder / f"{name}-artifacts").as_uri(),
+        "MLFLOW_OIDC_DATABASE_URI": users,
+        "MLFLOW_OIDC_ISSUER": "https://idp.invalid",  # never contacted
+        "MLFLOW_OIDC_CLIENT_ID": "mlflow",
+        "MLFLOW_OIDC_CLIENT_SECRET": "not-used",
+        "MLFLOW_OIDC_REDIRECT_URI": "http://127.0.0.1/callback",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": OIDC_SECRET_KEY,
+        "_MLFLOW_SGI_NAME": "uvicorn",
+    }
+    os.environ.setdefault("CONFIG_PROVIDERS", "env")
+    os.environ.setdefault("SECRET_KEY", OIDC_SECRET_KEY)
+    from mlflow_oidc_auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(users)  # the plugin's migrations, before the server starts
+    # A person's account, not an admin: every write runs the plugin's permission check.
+    store.create_user(TRAINER[0], TRAINER[0], is_admin=False, is_service_account=False)
+    expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
+    token = str(store.create_user_token(TRAINER[0], "bench", expires, "bench")[1])
+    store.engine.dispose()
+    environment = {**stack, **plugin_environment(Settings.from_environment(stack), None), "LOG_LEVEL": "WARNING"}
+    return environment, token
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -44,7 +97,7 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _start_server(server: str, factory: str, fast: bool, folder: Path) -> Any:
+def _start_server(server: str, factory: str, fast: bool, folder: Path) -> tuple[Any, str | None]:
     database = create_database(server)
     extra: dict[str, str] = {}
     if factory == "create_app_with_basic_auth":
@@ -64,10 +117,14 @@ def _start_server(server: str, factory: str, fast: bool, folder: Path) -> Any:
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         }
-    name = f"{factory}-{'fast' if fast else 'mlflow'}"
-    started = _start(name, database, fast, folder, f"mlflow_stack_server.proxied_artifacts:{factory}", extra)
+    name = f"{factory.rsplit(':', 1)[-1]}-{'fast' if fast else 'mlflow'}"
+    token = None
+    if "oidc" in factory:
+        extra, token = _oidc_environment(server, database, folder, name)
+    full_name = factory if ":" in factory else f"mlflow_stack_server.proxied_artifacts:{factory}"
+    started = _start(name, database, fast, folder, full_name, extra)
     wait_until(lambda: _healthy(started), 120, name, interval=0.5, ignoring=(requests.RequestException,))
-    if extra:
+    if extra and token is None:
         answer = requests.post(
             started.url + "/api/2.0/mlflow/users/create",
             json={"username": TRAINER[0], "password": TRAINER[1]},
@@ -75,12 +132,13 @@ def _start_server(server: str, factory: str, fast: bool, folder: Path) -> Any:
             timeout=30,
         )
         answer.raise_for_status()
-    return started
+    return started, token
 
 
-def measure(label: str, server: Any, k: int, logins: bool) -> dict[str, Any]:
-    if logins:
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = TRAINER
+def measure(label: str, server: Any, k: int, password: str | None) -> dict[str, Any]:
+    """`password`: the trainer's (basic auth) or its token (oidc); None: no logins."""
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = TRAINER[0], password
     else:
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
@@ -105,10 +163,13 @@ def main() -> None:
     with postgres_container() as server, TemporaryDirectory() as folder:
         for repeat in range(REPEATS):
             for label, (factory, fast) in CONFIGURATIONS.items():
-                started = _start_server(server, factory, fast, Path(folder))
+                if SELECTED and not any(part in label for part in SELECTED):
+                    continue
+                started, token = _start_server(server, factory, fast, Path(folder))
+                password = None if factory == "create_app" else token or TRAINER[1]
                 try:
                     for k in ks:
-                        row = measure(label, started, k, factory == "create_app_with_basic_auth")
+                        row = measure(label, started, k, password)
                         rows.append({"configuration": label, "repeat": repeat + 1, **row})
                 finally:
                     started.process.terminate()

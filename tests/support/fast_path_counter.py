@@ -1,9 +1,9 @@
-"""The server's basic-auth app factory, with a count of the requests the fast HTTP path answered itself; and the same
-under an auth mode without an authorization hook.
+"""The server's basic-auth and OIDC app factories, with a count of the requests the fast HTTP path answered itself;
+and the basic-auth app under an auth mode without an authorization hook.
 
-For test_fast_path_auth_generated.py: the fast path and MLflow's app answer alike by design, so only a count
-from inside the server shows that the fast path, not MLflow's app behind it, answered the generated writes
-(else a parity test would pass with the fast path never serving). Nothing is changed but the count:
+For test_fast_path_auth_generated.py and test_fast_path_oidc_generated.py: the fast path and MLflow's app answer
+alike by design, so only a count from inside the server shows that the fast path, not MLflow's app behind it,
+answered the generated writes (else a parity test would pass with the fast path never serving). Nothing is changed but the count:
 `fast_http._authorized_run` (the hook's decision, then the write) is wrapped, and GET /fast-path-answers
 returns {status: count}.
 """
@@ -28,6 +28,11 @@ MODE_WITHOUT_HOOK = "sso-of-tomorrow"
 
 def create_app_with_basic_auth() -> ASGIApp:
     return _counted(proxied_artifacts.create_app_with_basic_auth)
+
+
+def create_app_with_oidc() -> ASGIApp:
+    """mlflow-oidc-auth's app as the server builds it (the fast path inside the plugin's middleware), counted."""
+    return _counted(proxied_artifacts.create_app_with_oidc)
 
 
 def create_auth_app_under_a_mode_without_hook() -> ASGIApp:

@@ -23,6 +23,8 @@ then authorizes and answers it itself.
   counts from the next request. One difference remains: a run removed for good (`make gc`) stays known to a
   worker until it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's
   path answers 403.
+- `oidc`: mlflow-oidc-auth decides, with its own `before_request_hook`, for the caller its middlewares found
+  (fast_path_oidc.py; the fast path then sits inside the plugin's app, after those middlewares).
 
 This module imports nothing from MLflow at load (fast_path_guard.py imports it while MLflow is being imported).
 """
@@ -141,8 +143,15 @@ def basic_auth_hook() -> Authorize:
     return authorize
 
 
+def oidc_hook() -> Authorize:
+    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc)."""
+    from mlflow_stack_server.fast_path_oidc import oidc_hook as plugin_decision
+
+    return plugin_decision()
+
+
 # The auth modes whose hook exists, and how each is built. A mode missing here gets no fast path.
-HOOKS: dict[str, Callable[[], Authorize]] = {"none": no_login_hook, "basic": basic_auth_hook}
+HOOKS: dict[str, Callable[[], Authorize]] = {"none": no_login_hook, "basic": basic_auth_hook, "oidc": oidc_hook}
 
 
 def has_hook(auth_mode: str) -> bool:

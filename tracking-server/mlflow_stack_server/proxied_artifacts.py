@@ -150,14 +150,20 @@ class ProxiedArtifactsOnly:
         await self.app(scope, receive, capture)
 
 
+# Auth modes whose hook needs the caller the auth app's own middlewares found: the fast path is put inside that
+# app by its factory (create_app_with_oidc), never wrapped around it here.
+FAST_WRITES_INSIDE_THE_AUTH_APP = frozenset({"oidc"})
+
+
 def _wrap(mlflow_app: ASGIApp, settings: Settings) -> RequestMetrics:
     """Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
     Inside MLflow's app, so that its permission checks run first: artifact transfers streamed to and from S3
     (streamed_artifacts.py, added to `mlflow_app` by the caller). Innermost of our wrappers: the hot tracking
     writes answered without Flask (fast_http.py), inside the thread cap set above, each authorized first by the
-    hook of the active MLFLOW_AUTH mode (fast_path_auth.py): a mode without one gets no fast path."""
-    authorize = authorization_hook(settings.auth) if fast_path_enabled(settings) else None
-    inner = FastTrackingWrites(mlflow_app, authorize)
+    hook of the active MLFLOW_AUTH mode (fast_path_auth.py): a mode without one gets no fast path. With oidc the
+    fast path is inside the plugin's app instead (create_app_with_oidc), so nothing is wrapped around it here."""
+    outside = settings.auth not in FAST_WRITES_INSIDE_THE_AUTH_APP and fast_path_enabled(settings)
+    inner = FastTrackingWrites(mlflow_app, authorization_hook(settings.auth) if outside else None)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
     return RequestMetrics(outer, fast_path_state(settings.fast_store, auth_mode=settings.auth))
 
@@ -217,12 +223,18 @@ async def oidc_authorization(request: Request) -> None:
 
 def create_app_with_oidc() -> RequestMetrics:
     """mlflow-oidc-auth's app (sign-in through the provider, group grants, tokens; oidc_auth.py), wrapped like
-    basic auth's: no fast tracking writes (fast_path_auth.py has no hook for oidc, so the guard serves none), and the
-    streamed artifact routes guarded by the plugin's own decision (oidc_authorization)."""
+    basic auth's, with the streamed artifact routes guarded by the plugin's own decision (oidc_authorization).
+    The fast tracking writes sit innermost in the plugin's own middleware, after its AuthMiddleware found the
+    caller, and ask the plugin's before-request hook (fast_path_oidc.py)."""
     # Importing the module builds the plugin's app (and reads its settings, which serve exported).
     from mlflow_oidc_auth.app import app as oidc_app
 
+    from mlflow_stack_server.fast_path_oidc import install_inside
+
     settings = Settings.from_environment()
+    hook = authorization_hook(settings.auth) if fast_path_enabled(settings) else None
+    if hook is not None:
+        install_inside(oidc_app, FastTrackingWrites, hook)
     guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])
     return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings)
 

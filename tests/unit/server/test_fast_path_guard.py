@@ -128,8 +128,8 @@ def test_the_fast_http_path_writes_on_a_verified_version(monkeypatch: pytest.Mon
 
 # ---- the authorization guard: no hook for the active MLFLOW_AUTH mode, no fast path ----------------------------
 
-# Modes Settings does not offer (yet): the single sign-on of issue 19, and anything added after it.
-MODES_WITHOUT_HOOK = ("oidc", "sso-of-tomorrow")
+# A mode Settings does not offer (yet): whatever login kind is added next, before it gets a hook.
+MODES_WITHOUT_HOOK = ("sso-of-tomorrow",)
 
 
 def test_a_mode_without_a_hook_turns_the_http_path_off() -> None:
@@ -140,7 +140,7 @@ def test_a_mode_without_a_hook_turns_the_http_path_off() -> None:
             f"fast path off: no authorization hook for MLFLOW_AUTH={mode}; MLflow's app authorizes and answers "
             "every call"
         )
-    for mode in ("none", "basic"):
+    for mode in ("none", "basic", "oidc"):
         assert fast_path_state(True, auth_mode=mode) == fast_path_guard.FastPathState(
             True, ON, VERIFIED_MLFLOW_VERSIONS[0], mode
         )
@@ -225,3 +225,71 @@ def test_without_logins_the_same_requests_are_written_by_the_fast_path(monkeypat
     answered, written = _through_the_server_app(monkeypatch, "none")
     assert answered == ["fast path (200)"] * len(FAST_PATH_REQUESTS)
     assert written == ["r", "set-tag r", "update r"] * 2
+
+
+def test_oidc_is_not_wired_around_the_plugins_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Around the auth app nobody is known yet (the plugin's AuthMiddleware finds the caller inside it): with oidc,
+    `_wrap` wires no fast path there, so the auth app sees every request and nothing is written unchecked. The
+    fast path is put inside the plugin's app instead (test_the_oidc_app_has_the_fast_path_after_its_logins)."""
+    answered, written = _through_the_server_app(monkeypatch, "oidc")
+    assert answered == ["auth app (r)"] * len(FAST_PATH_REQUESTS)
+    assert written == []
+
+
+# Builds the server's OIDC app (the `proxied-artifacts-oidc` factory) and prints the plugin app's middleware, first
+# (outermost) to last, and the module of the fast path's authorization hook.
+SHOW_OIDC_MIDDLEWARE = """
+import json
+from mlflow_stack_server.fast_http import FastTrackingWrites
+from mlflow_stack_server.proxied_artifacts import create_app_with_oidc
+create_app_with_oidc()
+from mlflow_oidc_auth.app import app
+layers = [getattr(m.cls, "__name__", str(m.cls)) for m in app.user_middleware]
+hooks = [m.kwargs["authorize"].__module__ for m in app.user_middleware if m.cls is FastTrackingWrites]
+print(json.dumps([layers, hooks]))
+"""
+
+
+def _oidc_app_middleware(tmp_path: Path, fast_store: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    from mlflow_stack_server.oidc_auth import plugin_environment
+
+    tmp_path.mkdir()
+    stack = {
+        **SERVER_ENVIRONMENT,
+        "MLFLOW_AUTH": "oidc",
+        "MLFLOW_FAST_STORE": fast_store,
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "MLFLOW_OIDC_DATABASE_URI": f"sqlite:///{tmp_path}/users.db",
+        "MLFLOW_OIDC_ISSUER": "https://idp.invalid",  # never contacted: nothing is served
+        "MLFLOW_OIDC_CLIENT_ID": "mlflow",
+        "MLFLOW_OIDC_CLIENT_SECRET": "not-used",
+        "MLFLOW_OIDC_REDIRECT_URI": "http://127.0.0.1/callback",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key",
+    }
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OIDC_", "_MLFLOW_"))},
+        **stack,
+        **plugin_environment(Settings.from_environment(stack), None),
+        "LOG_LEVEL": "WARNING",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", SHOW_OIDC_MIDDLEWARE], env=environ, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_oidc_app_has_the_fast_path_after_its_logins(tmp_path: Path) -> None:
+    """oidc has a hook, and it is really wired: innermost in the plugin's middleware (after its ProxyHeaders,
+    Session, WorkspaceContext, Auth and permission middlewares), asking fast_path_oidc's hook; with the fast path
+    switched off, not at all. (tests/fast_store/test_fast_path_oidc_generated.py shows it answering.)"""
+    layers, hooks = _oidc_app_middleware(tmp_path / "on", "on")
+    assert layers[:4] == ["ProxyHeadersMiddleware", "SessionMiddleware", "WorkspaceContextMiddleware", "AuthMiddleware"]
+    assert layers[-1] == "FastTrackingWrites" and layers.count("FastTrackingWrites") == 1
+    assert hooks == ["mlflow_stack_server.fast_path_oidc"]
+    layers, hooks = _oidc_app_middleware(tmp_path / "off", "off")
+    assert "FastTrackingWrites" not in layers and hooks == []

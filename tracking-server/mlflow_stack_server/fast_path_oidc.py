@@ -1,0 +1,93 @@
+"""MLFLOW_AUTH=oidc on the fast HTTP path (fast_http.py): mlflow-oidc-auth's own decision, for one request.
+
+Who the caller is: the plugin's middlewares have found out before the fast path sees the request. The fast path
+sits inside the plugin's FastAPI app, after its ProxyHeaders, Session, WorkspaceContext, Auth and permission
+middlewares (`install_inside`): AuthMiddleware checks the session cookie, the token (the basic-auth password) or
+the bearer, answers 401 itself when there is none or it is refused, and puts the caller in the ASGI scope
+(AUTH_CONTEXT_KEY). What the caller may do: the plugin's Flask `before_request_hook` (the route's validator:
+`validate_can_log_metrics`, `validate_can_update_run`, the group and user grants through the plugin's 1-second
+permission cache), run in a Flask request context built from the same method, path, query, headers and body
+(the validators read run_id from the JSON body) with the caller in its environ, as the plugin's WSGI bridge puts
+it there. Nothing is decided here: None allows the write, a 401 or 403 is answered in the plugin's words (status,
+headers, body), anything else (a run that does not exist, a 400) goes to MLflow's app, whose Flask hook then
+answers it. No caller in the scope (a route the plugin leaves open) also goes to MLflow's app.
+
+The plugin's validators look a run's experiment up with one query of the run's row (its `get_run_experiment_id`),
+not the whole run as MLflow's basic-auth validators do, so no run-to-experiment map is kept here.
+
+This module imports nothing from MLflow or the plugin at load (fast_path_auth.py lists its hook factory).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlflow_stack_server.asgi import Scope
+from mlflow_stack_server.fast_path_auth import REFUSALS, Authorize, HandToMlflowError, Refusal
+
+# The key of an allowance: (username, method, path, run id). Equal keys get equal decisions from the plugin
+# while the grants do not change (the path picks the validator; the run picks the experiment).
+DecisionKey = tuple[str, str, str, str]
+
+
+def oidc_hook() -> Authorize:
+    """The plugin's before-request decision for one fast-path request. Built once per worker, after the plugin's
+    app (importing it reads the plugin's configuration and registers the hook on MLflow's Flask app)."""
+    from flask import Response
+    from mlflow.server import app as flask_app
+    from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
+    from mlflow_oidc_auth.hooks import before_request_hook
+
+    def authorize(scope: Scope, body: bytes) -> Refusal | None:
+        context = scope.get(AUTH_CONTEXT_KEY)
+        if context is None:
+            raise HandToMlflowError("no caller in the scope: the plugin answers")
+        headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
+        with flask_app.test_request_context(
+            scope["path"],
+            method=scope["method"],
+            headers=headers,
+            data=body,
+            query_string=scope.get("query_string", b""),
+            environ_overrides={AUTH_CONTEXT_KEY: context},
+        ):
+            answer: Any = before_request_hook()
+        if answer is None:
+            return None
+        if not isinstance(answer, Response) or answer.status_code not in REFUSALS:
+            raise HandToMlflowError(f"the plugin answered {answer!r}")
+        kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+        return answer.status_code, kept, answer.get_data()
+
+    return authorize
+
+
+def oidc_decision_key(scope: Scope, body: bytes) -> DecisionKey | None:
+    """What the plugin's decision on a fast-path write depends on, besides the grants: the caller, the method, the
+    path and the run; None when there is no caller or no plain run id (no allowance is kept for those)."""
+    from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
+
+    context = scope.get(AUTH_CONTEXT_KEY)
+    username = getattr(context, "username", None)
+    if not username or scope.get("query_string"):
+        return None  # a query string is one more place the validators read a run id from
+    try:
+        run_id = json.loads(body).get("run_id")
+    except (ValueError, AttributeError):
+        return None
+    if type(run_id) is not str or not run_id:
+        return None
+    return str(username), str(scope["method"]), str(scope["path"]), run_id
+
+
+def install_inside(plugin_app: Any, app_factory: Any, authorize: Authorize) -> None:
+    """Put `app_factory(app, authorize)` (FastTrackingWrites) innermost in the plugin's FastAPI middleware, so that
+    all the plugin's middlewares run first. Starlette builds the stack from `user_middleware` (first = outermost)
+    at the first request; after that nothing can be added, and the start stops here instead of serving writes
+    that nobody authenticated."""
+    from starlette.middleware import Middleware
+
+    if getattr(plugin_app, "middleware_stack", None) is not None:
+        raise RuntimeError("the plugin's app has already started; the fast path cannot be put inside it")
+    plugin_app.user_middleware.append(Middleware(app_factory, authorize=authorize))
