@@ -94,7 +94,9 @@ def team_rows(side: dict[str, Any]) -> list[dict[str, Any]]:
             m = medians.get((server, k))
             if not m:
                 continue
-            row: dict[str, Any] = {"server": server, "k": k, "m": m, "team": server in TEAM_MODES}
+            said = {r.get("fast_path", "") for r in side["rows"] if r["server"] == server and r["k"] == k} - {""}
+            row: dict[str, Any] = {"server": server, "k": k, "m": m, "team": server in TEAM_MODES,
+                                   "fast_path": "; ".join(sorted(said))}  # fmt: skip
             if peer:
                 row["throughput_vs_fasttrackml"] = m["requests_per_second"] / max(peer["requests_per_second"], 0.1)
             if shipped:

@@ -111,6 +111,13 @@ class Running:
     containers: dict[str, str | None] = field(default_factory=lambda: stack_containers(NAME))
     client: Client | None = None
     new_experiment: Callable[[str], str] | None = None
+    # The server's own line on whether its fast HTTP path serves the writes (empty for other servers).
+    fast_path: str = field(default_factory=lambda: _fast_path_line())
+
+
+def _fast_path_line() -> str:
+    logs = subprocess.run(["docker", "logs", NAME], cwd=REPO, capture_output=True, text=True).stdout.splitlines()
+    return next((line.split("] ", 1)[-1] for line in logs if line.startswith("[tracking-server] fast path")), "")
 
 
 def stop() -> None:
@@ -255,7 +262,8 @@ def side_by_side() -> None:
                         client=running.client, new_experiment=running.new_experiment,
                     )  # fmt: skip
                     rows.append({"server": label, "repeat": repeat + 1, "load_average_1m_before": before,
-                                 "load_average_1m_after": load_average(), **row})  # fmt: skip
+                                 "load_average_1m_after": load_average(), "fast_path": running.fast_path,
+                                 **row})  # fmt: skip
                     print(f"bench:   load average {before:.2f} -> {load_average():.2f}")
                     save("server_side_by_side", {"ks": SIDE_BY_SIDE_KS, "repeats": REPEATS, "rows": rows,
                                                  "failures": failures, "warmup": WARMUP})  # fmt: skip
