@@ -233,11 +233,11 @@ def side_by_side() -> None:
     """Each server in turn, the same closed-loop load at each K, REPEATS times; load average recorded with each
     measurement because the machine may be shared (CPU per request is the steadier number). Results are saved
     after every measurement, and a server that does not start is recorded and skipped."""
-    create_fasttrackml_database()
     labels = sys.argv[2:] or list(SIDE_BY_SIDE)
     unknown = [label for label in labels if label not in SIDE_BY_SIDE]
     if unknown:
         raise SystemExit(f"bench: unknown side-by-side server {unknown[0]!r}; expected one of {list(SIDE_BY_SIDE)}")
+    create_fasttrackml_database()
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     team_mode = TeamMode(NAME, PORT)

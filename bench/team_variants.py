@@ -215,8 +215,9 @@ class TeamMode:
         admin = Client(self.ca_file, (OIDC_ADMIN, _docker("exec", self.server_name, "python", "-c", OIDC_ADMIN_TOKEN)))
         token_name = f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
         token = _docker(
-            "exec", self.server_name, "mlflow-stack-token", "create", TRAINER, "--service-account", "--name", token_name
-        )
+            "exec", self.server_name, "mlflow-stack-token", "create", TRAINER, "--service-account", "--name", token_name,
+            "--expires-days", "1",  # one per start: the bench database keeps none for long
+        )  # fmt: skip
         trainer = Client(self.ca_file, (TRAINER, token))
 
         def new_experiment(name: str) -> str:
