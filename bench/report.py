@@ -24,6 +24,10 @@ TEMPLATE = Path(__file__).resolve().with_name("performance.md.j2")
 CORES_HERE = 2
 FASTTRACKML = "FastTrackML 0.6.0"
 SHIPPED = "stack, fast store"
+# The side-by-side variants with logins and TLS (bench/team_variants.py), compared with SHIPPED (no logins) and
+# FastTrackML: throughput at least FastTrackML's, server CPU per request within TEAM_CPU_LIMIT of no logins.
+TEAM_MODES = ("team mode, basic", "team mode, OIDC token")
+TEAM_CPU_LIMIT = 1.3
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -69,10 +73,36 @@ def side_by_side_medians(side: dict[str, Any]) -> dict[tuple[str, int], dict[str
             "errors": sum(r["errors"] for r in rows),
             "server_cpu_ms": round(_median([c.get("tracking_server", 0.0) for c in used]), 2),
             "postgres_cpu_ms": round(_median([c.get("postgres", 0.0) for c in used]), 2),
+            # Only behind a gateway (team mode): what ending TLS costs.
+            "gateway_cpu_ms": round(_median([c["gateway"] for c in used]), 2)
+            if all("gateway" in c for c in used)
+            else None,
             "load_min": min(min(r["load_average_1m_before"], r["load_average_1m_after"]) for r in rows),
             "load_max": max(max(r["load_average_1m_before"], r["load_average_1m_after"]) for r in rows),
         }
     return medians
+
+
+def team_rows(side: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per K: no logins, each team mode and FastTrackML, with the team modes' ratios to FastTrackML's
+    throughput and to the server CPU per request without logins."""
+    medians = side_by_side_medians(side)
+    rows = []
+    for k in side["ks"]:
+        shipped, peer = medians.get((SHIPPED, k)), medians.get((FASTTRACKML, k))
+        for server in (SHIPPED, *TEAM_MODES, FASTTRACKML):
+            m = medians.get((server, k))
+            if not m:
+                continue
+            said = {r.get("fast_path", "") for r in side["rows"] if r["server"] == server and r["k"] == k} - {""}
+            row: dict[str, Any] = {"server": server, "k": k, "m": m, "team": server in TEAM_MODES,
+                                   "fast_path": "; ".join(sorted(said))}  # fmt: skip
+            if peer:
+                row["throughput_vs_fasttrackml"] = m["requests_per_second"] / max(peer["requests_per_second"], 0.1)
+            if shipped:
+                row["cpu_vs_no_logins"] = m["server_cpu_ms"] / max(shipped["server_cpu_ms"], 0.01)
+            rows.append(row)
+    return rows
 
 
 def _newest_side_by_side(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -133,6 +163,8 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
         "load_errors": sorted({kind for r in load_results for row in r["rows"] for kind in row["error_kinds"]}),
         "side_by_side_medians": side_by_side_medians(side) if side else {},
         "side_by_side_servers": list(dict.fromkeys(row["server"] for row in side["rows"])) if side else [],
+        "team_rows": team_rows(side) if side else [],
+        "team_cpu_limit": TEAM_CPU_LIMIT,
         "fast_http_runs": fast_http_runs,
         "start_order": ", ".join(f"{s} {t}" for s, t in start.get("service_ready_seconds_median", {}).items())
         if start

@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,26 +88,47 @@ class Recorder:
                 self.metric_points += metric_points
 
 
-def client_session() -> requests.Session:
-    """Keep-alive session; against team mode (STACK_URL=https://...) with MLflow's own client variables:
-    MLFLOW_TRACKING_SERVER_CERT_PATH (certs/ca.crt) and MLFLOW_TRACKING_USERNAME / _PASSWORD."""
+@dataclass(frozen=True)
+class Client:
+    """How the simulated trainers reach the server: the CA file that verifies its HTTPS, and their login (a
+    password, or an access token sent as the password as MLflow's client does with MLflow OIDC tokens)."""
+
+    ca_file: str | None = None
+    login: tuple[str, str] | None = None
+
+    @classmethod
+    def from_environment(cls) -> Client:
+        """MLflow's own client variables: MLFLOW_TRACKING_SERVER_CERT_PATH (certs/ca.crt in team mode) and
+        MLFLOW_TRACKING_USERNAME / _PASSWORD."""
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        return cls(
+            os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None, (user, password) if user and password else None
+        )
+
+
+def client_session(client: Client | None = None) -> requests.Session:
+    """Keep-alive session; `client` None: from the environment (Client.from_environment)."""
+    client = client or Client.from_environment()
     session = requests.Session()
-    ca_file = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
-    if ca_file:
-        session.verify = ca_file
+    if client.ca_file:
+        session.verify = client.ca_file
         # Else requests prefers REQUESTS_CA_BUNDLE from the environment over the session's own CA file.
         session.trust_env = False
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user and password:
-        session.auth = (user, password)
+    if client.login:
+        session.auth = client.login
     return session
 
 
 def simulated_trainer(
-    api: str, experiment_id: str, recorder: Recorder, deadline: float, epoch_seconds: float = 0.0
+    api: str,
+    experiment_id: str,
+    recorder: Recorder,
+    deadline: float,
+    epoch_seconds: float = 0.0,
+    client: Client | None = None,
 ) -> int:
     """Returns the number of calls it never made because the deadline passed."""
-    session = client_session()
+    session = client_session(client)
     calls_made = 0
     if epoch_seconds:
         # Independent trainers do not start in step; without this all 64 would log in the same instant.
@@ -155,18 +178,30 @@ def simulated_trainer(
 
 
 def load(
-    k: int, containers: dict[str, str | None], api: str = API, deadline: float = DEADLINE, epoch_seconds: float = 0.0
+    k: int,
+    containers: dict[str, str | None],
+    api: str = API,
+    deadline: float = DEADLINE,
+    epoch_seconds: float = 0.0,
+    client: Client | None = None,
+    new_experiment: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
+    """`new_experiment(name)` makes the experiment the trainers log into and returns its id (another login
+    than theirs may create it and grant them access); by default the trainers' own login creates it."""
     name = f"bench-load-{uuid.uuid4().hex[:8]}"
-    response = client_session().post(api + "/experiments/create", json={"name": name}, timeout=CALL_TIMEOUT)
-    experiment_id = response.json()["experiment_id"]
+    if new_experiment:
+        experiment_id = new_experiment(name)
+    else:
+        response = client_session(client).post(api + "/experiments/create", json={"name": name}, timeout=CALL_TIMEOUT)
+        response.raise_for_status()
+        experiment_id = response.json()["experiment_id"]
     recorder = Recorder()
     cpu_before = {role: cpu_seconds(cid) if cid else None for role, cid in containers.items()}
     own_before = own_cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=k) as pool:
         futures = [
-            pool.submit(simulated_trainer, api, experiment_id, recorder, started + deadline, epoch_seconds)
+            pool.submit(simulated_trainer, api, experiment_id, recorder, started + deadline, epoch_seconds, client)
             for _ in range(k)
         ]
         never_made = sum(future.result() for future in futures)
@@ -207,8 +242,10 @@ def load_and_print(
     api: str = API,
     deadline: float = DEADLINE,
     epoch_seconds: float = 0.0,
+    client: Client | None = None,
+    new_experiment: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
-    row = load(k, containers, api, deadline, epoch_seconds)
+    row = load(k, containers, api, deadline, epoch_seconds, client, new_experiment)
     cpu = ", ".join(f"{role} {ms}" for role, ms in row["cpu_ms_per_request"].items())
     print(
         f"bench: {label} K={k}: {row['requests_per_second']} req/s, {row['metric_points_per_second']} points/s, "

@@ -3,7 +3,10 @@ container of the tracking-server image published on 127.0.0.1:5002 while the loa
 
     python -m bench.server_variants baseline      # `mlflow server` with MLflow's defaults, K = 1, 8, 32, 64
     python -m bench.server_variants tuning        # the knobs we tuned, one at a time, at K = 64
-    python -m bench.server_variants side-by-side  # stack (fast store on / off), MLflow defaults, FastTrackML
+    python -m bench.server_variants side-by-side [LABEL ...]
+        # stack (fast store on / off), MLflow defaults, team mode (basic, OIDC token), FastTrackML
+
+Team mode's variants run behind the stack's gateway configuration ending TLS (bench/team_variants.py).
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from bench.common import REPO, compose, save
-from bench.server_load import container_id, cpu_seconds, load, load_and_print, stack_containers
+from bench.server_load import Client, container_id, cpu_seconds, load, load_and_print, stack_containers
+from bench.team_variants import TeamMode
 from tests.support.waiting import wait_until
 
 # Per compose project, so that two stacks on one machine can each run their benchmark.
@@ -97,21 +103,48 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+@dataclass
+class Running:
+    """A started variant: where its API is, whose CPU to measure, and how its trainers log in."""
+
+    api: str = API
+    containers: dict[str, str | None] = field(default_factory=lambda: stack_containers(NAME))
+    client: Client | None = None
+    new_experiment: Callable[[str], str] | None = None
+    # The server's own line on whether its fast HTTP path serves the writes (empty for other servers).
+    fast_path: str = field(default_factory=lambda: _fast_path_line())
+
+
+def _fast_path_line() -> str:
+    logs = subprocess.run(["docker", "logs", NAME], cwd=REPO, capture_output=True, text=True).stdout.splitlines()
+    return next((line.split("] ", 1)[-1] for line in logs if line.startswith("[tracking-server] fast path")), "")
+
+
 def stop() -> None:
     subprocess.run(["docker", "rm", "-f", NAME], cwd=REPO, capture_output=True)
+    # A team-mode variant's gateway and provider (also after an interrupted run: the bench script's trap).
+    for role in ("gateway", "oidc"):
+        subprocess.run(["docker", "rm", "-f", f"{NAME}-{role}"], cwd=REPO, capture_output=True)
 
 
-def start(environment: dict[str, str], plain_mlflow: bool = False, fasttrackml: bool = False) -> None:
+def start(
+    environment: dict[str, str],
+    plain_mlflow: bool = False,
+    fasttrackml: bool = False,
+    team: str | None = None,
+    team_mode: TeamMode | None = None,
+) -> Running:
+    """`team` (basic or oidc, with `team_mode`): the stack's server with that login kind and MLFLOW_TLS=on,
+    unpublished, behind a gateway ending TLS on PORT."""
     stop()
-    command = [
-        "run",
-        "--detach",
-        "--no-deps",
-        "--name",
-        NAME,
-        "--publish",
-        f"127.0.0.1:{PORT}:5000",
-    ]
+    command = ["run", "--detach", "--no-deps", "--name", NAME]
+    if team:
+        assert team_mode is not None
+        environment = {**environment, **team_mode.server_environment(team)}
+        team_mode.prepare(team, environment)
+        command += ["--volume", team_mode.volume]
+    else:
+        command += ["--publish", f"127.0.0.1:{PORT}:5000"]
     for key, value in environment.items():
         command += ["--env", f"{key}={value}"]
     if plain_mlflow:
@@ -123,8 +156,16 @@ def start(environment: dict[str, str], plain_mlflow: bool = False, fasttrackml: 
     else:
         command += ["tracking-server"]
     compose(*command)
-    wait_until(_healthy, START_TIMEOUT, f"bench: {NAME} not healthy after {START_TIMEOUT} s (docker logs {NAME})", 1)
+    if team_mode and team:
+        team_mode.start_gateway()
+    healthy = team_mode.healthy if team_mode and team else _healthy
+    wait_until(healthy, START_TIMEOUT, f"bench: {NAME} not healthy after {START_TIMEOUT} s (docker logs {NAME})", 1)
     _wait_until_idle()
+    if not (team_mode and team):
+        return Running()
+    client, new_experiment = team_mode.logins(team)
+    containers = {**stack_containers(NAME), "gateway": container_id(team_mode.gateway_name)}
+    return Running(team_mode.api, containers, client, new_experiment)
 
 
 def _healthy() -> bool:
@@ -181,6 +222,9 @@ SIDE_BY_SIDE: dict[str, dict[str, Any]] = {
     "stack, fast store": {"environment": {"MLFLOW_FAST_STORE": "on"}},
     "stack, MLFLOW_FAST_STORE=off": {"environment": {"MLFLOW_FAST_STORE": "off"}},
     "MLflow defaults": {"environment": MLFLOW_DEFAULTS, "plain_mlflow": True},
+    # Team mode (TLS and logins): the shipped server with logins, behind the gateway ending TLS.
+    "team mode, basic": {"environment": {"MLFLOW_FAST_STORE": "on"}, "team": "basic"},
+    "team mode, OIDC token": {"environment": {"MLFLOW_FAST_STORE": "on"}, "team": "oidc"},
     "FastTrackML 0.6.0": {"environment": {}, "fasttrackml": True},
 }
 
@@ -189,31 +233,43 @@ def side_by_side() -> None:
     """Each server in turn, the same closed-loop load at each K, REPEATS times; load average recorded with each
     measurement because the machine may be shared (CPU per request is the steadier number). Results are saved
     after every measurement, and a server that does not start is recorded and skipped."""
-    create_fasttrackml_database()
     labels = sys.argv[2:] or list(SIDE_BY_SIDE)
+    unknown = [label for label in labels if label not in SIDE_BY_SIDE]
+    if unknown:
+        raise SystemExit(f"bench: unknown side-by-side server {unknown[0]!r}; expected one of {list(SIDE_BY_SIDE)}")
+    create_fasttrackml_database()
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
+    team_mode = TeamMode(NAME, PORT)
     try:
         for repeat in range(REPEATS):
             for label in labels:
                 try:
-                    start(**SIDE_BY_SIDE[label])
-                except SystemExit as error:
-                    failures.append(f"{label} (run {repeat + 1}): {error}")
-                    print(f"bench: {label} did not start, skipped: {error}")
+                    running = start(**SIDE_BY_SIDE[label], team_mode=team_mode)
+                except (SystemExit, subprocess.CalledProcessError, requests.RequestException) as error:
+                    reason = error.stderr.strip()[-500:] if isinstance(error, subprocess.CalledProcessError) else error
+                    failures.append(f"{label} (run {repeat + 1}): {reason}")
+                    print(f"bench: {label} did not start, skipped: {reason}")
                     continue
                 if WARMUP:
-                    load(8, stack_containers(NAME), API)
+                    load(
+                        8, running.containers, running.api, client=running.client, new_experiment=running.new_experiment
+                    )
                 for k in SIDE_BY_SIDE_KS:
                     before = load_average()
-                    row = load_and_print(f"{label} (run {repeat + 1})", k, stack_containers(NAME), API)
+                    row = load_and_print(
+                        f"{label} (run {repeat + 1})", k, running.containers, running.api,
+                        client=running.client, new_experiment=running.new_experiment,
+                    )  # fmt: skip
                     rows.append({"server": label, "repeat": repeat + 1, "load_average_1m_before": before,
-                                 "load_average_1m_after": load_average(), **row})  # fmt: skip
+                                 "load_average_1m_after": load_average(), "fast_path": running.fast_path,
+                                 **row})  # fmt: skip
                     print(f"bench:   load average {before:.2f} -> {load_average():.2f}")
                     save("server_side_by_side", {"ks": SIDE_BY_SIDE_KS, "repeats": REPEATS, "rows": rows,
                                                  "failures": failures, "warmup": WARMUP})  # fmt: skip
     finally:
         stop()
+        team_mode.close()
 
 
 if __name__ == "__main__":

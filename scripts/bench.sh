@@ -22,8 +22,10 @@ python -m bench.server_load shipped 1 8 32 64
 python -m bench.server_load shipped-paced 64 --epoch-seconds 1
 python -m bench.server_variants baseline
 python -m bench.server_variants tuning
-# Fast store on / off, MLflow defaults and FastTrackML side by side at K = 8 and 64 (BENCH_REPEATS, default 2),
-# and where one log_batch request's CPU goes with each store.
+# Fast store on / off, MLflow defaults, team mode (TLS through the gateway's configuration, with basic-auth logins
+# and with an OIDC service-account token; the test OpenID provider's image is built from tests/oidc_provider if
+# missing) and FastTrackML side by side at K = 8 and 64 (BENCH_REPEATS, default 2), and where one log_batch
+# request's CPU goes with each store.
 python -m bench.server_variants side-by-side
 python -m bench.profile_log_batch
 # 1 GiB up and down through the gateway (LARGE_ARTIFACT_MIB to change), with the server's peak memory.
