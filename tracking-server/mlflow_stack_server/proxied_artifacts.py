@@ -156,7 +156,7 @@ def _wrap(mlflow_app: ASGIApp, settings: Settings) -> RequestMetrics:
     (streamed_artifacts.py, added to `mlflow_app` by the caller). Innermost of our wrappers: the hot tracking
     writes answered without Flask (fast_http.py), inside the thread cap set above, each authorized first by the
     hook of the active MLFLOW_AUTH mode (fast_path_auth.py): a mode without one gets no fast path."""
-    authorize = authorization_hook(settings.auth) if fast_path_enabled(settings) else None
+    authorize = authorization_hook(settings) if fast_path_enabled(settings) else None
     inner = FastTrackingWrites(mlflow_app, authorize)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
     return RequestMetrics(outer, fast_path_state(settings.fast_store, auth_mode=settings.auth))
