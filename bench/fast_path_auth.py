@@ -6,8 +6,10 @@ Each configuration is one uvicorn process of the server's own app factory (no co
 gateway: the tracking server alone), on a database of its own on a throwaway Postgres of the stack's image
 (tests/fast_store's harness), driven by bench.server_load's closed-loop trainers. With basic auth they log in as
 a user that is not an admin (the one the stack gives trainers), so every write runs the auth app's permission
-check; the login cache is on (60 s), as the stack ships it. Reported: requests/s, p99, and the server process's
-CPU per request (from /proc, its threads included), best of BENCH_REPEATS rounds by requests/s.
+check; the login cache is on (60 s), and the fast path remembers an "allowed" for 1 s
+(MLFLOW_AUTH_DECISION_CACHE_SECONDS), as the stack ships them; one configuration switches that memory off (0).
+Reported: requests/s, p99, and the server process's CPU per request (from /proc, its threads included), each
+round of BENCH_REPEATS; BENCH_CONFIGURATIONS (labels separated by ";") runs only those.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ from tests.support.waiting import wait_until
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 ADMIN = ("bench-admin", secrets.token_hex(12))
 TRAINER = ("bench-trainer", secrets.token_hex(12))
-CONFIGURATIONS = {
-    "no logins, fast path": ("create_app", True),
-    "basic auth, fast path": ("create_app_with_basic_auth", True),
-    "basic auth, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_basic_auth", False),
-    "no logins, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app", False),
-}
+# label: (app factory, fast path on, MLFLOW_AUTH_DECISION_CACHE_SECONDS; None: the shipped default)
+CONFIGURATIONS: dict[str, tuple[str, bool, str | None]] = {
+    "no logins, fast path": ("create_app", True, None),
+    "basic auth, fast path": ("create_app_with_basic_auth", True, None),
+    "basic auth, fast path, every write decided (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0)": (
+        "create_app_with_basic_auth", True, "0",
+    ),
+    "basic auth, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_basic_auth", False, None),
+    "no logins, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app", False, None),
+}  # fmt: skip
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -44,7 +50,7 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _start_server(server: str, factory: str, fast: bool, folder: Path) -> Any:
+def _start_server(server: str, factory: str, fast: bool, decision_seconds: str | None, folder: Path) -> Any:
     database = create_database(server)
     extra: dict[str, str] = {}
     if factory == "create_app_with_basic_auth":
@@ -64,7 +70,9 @@ def _start_server(server: str, factory: str, fast: bool, folder: Path) -> Any:
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         }
-    name = f"{factory}-{'fast' if fast else 'mlflow'}"
+        if decision_seconds is not None:
+            extra["MLFLOW_AUTH_DECISION_CACHE_SECONDS"] = decision_seconds
+    name = f"{factory}-{'fast' if fast else 'mlflow'}-{decision_seconds or 'default'}"
     started = _start(name, database, fast, folder, f"mlflow_stack_server.proxied_artifacts:{factory}", extra)
     wait_until(lambda: _healthy(started), 120, name, interval=0.5, ignoring=(requests.RequestException,))
     if extra:
@@ -101,11 +109,16 @@ def measure(label: str, server: Any, k: int, logins: bool) -> dict[str, Any]:
 
 def main() -> None:
     ks = [int(k) for k in sys.argv[1:]] or [8]
+    chosen = [label.strip() for label in os.environ.get("BENCH_CONFIGURATIONS", "").split(";") if label.strip()]
+    unknown = set(chosen) - set(CONFIGURATIONS)
+    if unknown:
+        sys.exit(f"BENCH_CONFIGURATIONS: unknown {sorted(unknown)}; choose from {list(CONFIGURATIONS)}")
+    configurations = {label: CONFIGURATIONS[label] for label in chosen} or CONFIGURATIONS
     rows: list[dict[str, Any]] = []
     with postgres_container() as server, TemporaryDirectory() as folder:
         for repeat in range(REPEATS):
-            for label, (factory, fast) in CONFIGURATIONS.items():
-                started = _start_server(server, factory, fast, Path(folder))
+            for label, (factory, fast, decision_seconds) in configurations.items():
+                started = _start_server(server, factory, fast, decision_seconds, Path(folder))
                 try:
                     for k in ks:
                         row = measure(label, started, k, factory == "create_app_with_basic_auth")
