@@ -8,7 +8,9 @@ FastAPI routes, which take `is_admin` from the cached user) or a deleted user un
 
 `RevalidatedLoginCache` replaces that cache in each worker: a hit costs one indexed SELECT of the user's row
 (id, password hash, admin flag) in the auth database, and counts only if the row is still the one the password
-was verified against. Otherwise the entry is dropped and MLflow verifies the password again, so a change is
+was verified against. MLflow checks the login up to three times while it authorizes one request (the login, the
+admin check, the validator); the row is read once per Flask request (kept in the request's WSGI environ, which
+no other request shares). Otherwise the entry is dropped and MLflow verifies the password again, so a change is
 seen at the next request on every worker of every replica, and the hash is paid only after a change. The TTL
 still bounds the memory the cache holds; it no longer bounds revocation.
 """
@@ -18,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flask
 import sqlalchemy
 from cachetools import TTLCache
 
 # (id, password hash, is_admin) of a user as the auth database has it now; None: no such user.
 LoginRow = tuple[int, str, bool]
 CURRENT_LOGIN_ROW = sqlalchemy.text("SELECT id, password_hash, is_admin FROM users WHERE username = :username")
+ROWS_READ = "mlflow_stack.login_rows"  # in a Flask request's environ: {username: row} as this request read them
 
 
 def current_login_row(engine: sqlalchemy.engine.Engine, username: str) -> LoginRow | None:
@@ -45,10 +49,20 @@ class RevalidatedLoginCache(TTLCache):  # type: ignore[type-arg]
         if cached is None:
             return default
         # A failed lookup raises: MLflow then refuses the login (FastAPI) or answers 500 (Flask); never a stale yes.
-        if self._current_row(key[0]) != (cached.id, cached.password_hash, bool(cached.is_admin)):
+        if self._row_for_this_request(key[0]) != (cached.id, cached.password_hash, bool(cached.is_admin)):
             self.pop(key, None)
             return default
         return cached
+
+    def _row_for_this_request(self, username: str) -> LoginRow | None:
+        """The user's row, read once per Flask request (FastAPI routes have no Flask request: read every time)."""
+        if not flask.has_request_context():
+            return self._current_row(username)
+        # Not flask.g: an application context, and its g, may outlive one request.
+        rows: dict[str, LoginRow | None] = flask.request.environ.setdefault(ROWS_READ, {})
+        if username not in rows:
+            rows[username] = self._current_row(username)
+        return rows[username]
 
 
 def install_revalidated_login_cache(auth_module: Any) -> None:
