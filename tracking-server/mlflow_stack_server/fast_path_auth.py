@@ -24,7 +24,7 @@ words; an exception hands the request to MLflow's app, which then authorizes and
   - the auth app's "allowed" (remember_allowances), for MLFLOW_AUTH_DECISION_CACHE_SECONDS (1 s), per worker,
     keyed by the credentials (an HMAC of the Authorization header under a per-worker random key: no password
     is kept), the method, path, query and run. A trainer's loop writes to one run with one login, so most
-    writes skip the auth app's four queries and its Flask request context. Refusals and hand-offs are never
+    writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are never
     remembered: a grant given, a password set or a user created counts at the next request; a revoked or
     lowered grant, a DENY, a demotion, a changed password or a deleted user counts within those seconds (the
     stack promises 2 s, so more is refused at start).
@@ -122,7 +122,10 @@ def remember_allowances(
 def credential_key(secret: bytes) -> DecisionKey:
     """A request's decision key for a login sent in the Authorization header (basic auth): an HMAC of the header
     under `secret` (never the password itself), the method, path, query and run. None without exactly one such
-    header: nothing to remember for an anonymous request, and two would leave it to the auth app which counts."""
+    header: nothing to remember for an anonymous request, and two would leave it to the auth app which counts.
+    The rest of the body does not enter the auth app's decision on these writes: its validators read the run id,
+    and log-batch's only other input, a metric's model_id, is not in the shapes the fast path answers
+    (fast_http.METRIC_FIELDS)."""
 
     def key(scope: Scope, body: bytes, run_id: str) -> Hashable | None:
         credentials = [value for name, value in scope["headers"] if name == b"authorization"]
