@@ -1,7 +1,7 @@
 """What a login costs on the run writes: the server's app without logins, with basic auth and with OIDC tokens
 (mlflow-oidc-auth, no provider: the token is made in the plugin's database), fast path on and off.
 
-    python -m bench.fast_path_auth [K ...]      # default K = 8; BENCH_CONFIGURATIONS='oidc|...' picks some
+    python -m bench.fast_path_auth [K ...]      # default K = 8; BENCH_CONFIGURATIONS='label;label' picks some
 
 Each configuration is one uvicorn process of the server's own app factory (no compose stack, no TLS, no
 gateway: the tracking server alone), on a database of its own on a throwaway Postgres of the stack's image
@@ -33,19 +33,20 @@ from tests.support.waiting import wait_until
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 ADMIN = ("bench-admin", secrets.token_hex(12))
 TRAINER = ("bench-trainer", secrets.token_hex(12))
-CONFIGURATIONS = {
-    "no logins, fast path": ("create_app", True),
-    "basic auth, fast path": ("create_app_with_basic_auth", True),
-    "basic auth, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_basic_auth", False),
-    "no logins, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app", False),
-    "oidc token, fast path": ("create_app_with_oidc", True),
+# label: (app factory, fast path on, MLFLOW_AUTH_DECISION_CACHE_SECONDS; None: the shipped default)
+CONFIGURATIONS: dict[str, tuple[str, bool, str | None]] = {
+    "no logins, fast path": ("create_app", True, None),
+    "basic auth, fast path": ("create_app_with_basic_auth", True, None),
+    "basic auth, fast path, every write decided (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0)": (
+        "create_app_with_basic_auth", True, "0",
+    ),
+    "basic auth, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_basic_auth", False, None),
+    "no logins, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app", False, None),
+    "oidc token, fast path": ("create_app_with_oidc", True, None),
     # As before the oidc hook: the fast store on, every write through the plugin's Flask path.
-    "oidc token, writes through Flask": ("bench.fast_path_auth:create_app_with_oidc_without_fast_path", True),
-    "oidc token, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_oidc", False),
-}
-# BENCH_CONFIGURATIONS="oidc token|no logins, fast path": only the configurations whose label contains one of
-# these ("|"-separated: the labels hold commas).
-SELECTED = [part.strip() for part in os.environ.get("BENCH_CONFIGURATIONS", "").split("|") if part.strip()]
+    "oidc token, writes through Flask": ("bench.fast_path_auth:create_app_with_oidc_without_fast_path", True, None),
+    "oidc token, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_oidc", False, None),
+}  # fmt: skip
 OIDC_SECRET_KEY = secrets.token_hex(16)
 
 
@@ -97,7 +98,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _start_server(server: str, factory: str, fast: bool, folder: Path) -> tuple[Any, str | None]:
+def _start_server(
+    server: str, factory: str, fast: bool, decision_seconds: str | None, folder: Path
+) -> tuple[Any, str | None]:
+    """The server, and the oidc trainer's token (None: basic auth or no logins)."""
     database = create_database(server)
     extra: dict[str, str] = {}
     if factory == "create_app_with_basic_auth":
@@ -117,10 +121,12 @@ def _start_server(server: str, factory: str, fast: bool, folder: Path) -> tuple[
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         }
-    name = f"{factory.rsplit(':', 1)[-1]}-{'fast' if fast else 'mlflow'}"
+    name = f"{factory.rsplit(':', 1)[-1]}-{'fast' if fast else 'mlflow'}-{decision_seconds or 'default'}"
     token = None
     if "oidc" in factory:
         extra, token = _oidc_environment(server, database, folder, name)
+    if extra and decision_seconds is not None:
+        extra["MLFLOW_AUTH_DECISION_CACHE_SECONDS"] = decision_seconds
     full_name = factory if ":" in factory else f"mlflow_stack_server.proxied_artifacts:{factory}"
     started = _start(name, database, fast, folder, full_name, extra)
     wait_until(lambda: _healthy(started), 120, name, interval=0.5, ignoring=(requests.RequestException,))
@@ -159,13 +165,16 @@ def measure(label: str, server: Any, k: int, password: str | None) -> dict[str, 
 
 def main() -> None:
     ks = [int(k) for k in sys.argv[1:]] or [8]
+    chosen = [label.strip() for label in os.environ.get("BENCH_CONFIGURATIONS", "").split(";") if label.strip()]
+    unknown = set(chosen) - set(CONFIGURATIONS)
+    if unknown:
+        sys.exit(f"BENCH_CONFIGURATIONS: unknown {sorted(unknown)}; choose from {list(CONFIGURATIONS)}")
+    configurations = {label: CONFIGURATIONS[label] for label in chosen} or CONFIGURATIONS
     rows: list[dict[str, Any]] = []
     with postgres_container() as server, TemporaryDirectory() as folder:
         for repeat in range(REPEATS):
-            for label, (factory, fast) in CONFIGURATIONS.items():
-                if SELECTED and not any(part in label for part in SELECTED):
-                    continue
-                started, token = _start_server(server, factory, fast, Path(folder))
+            for label, (factory, fast, decision_seconds) in configurations.items():
+                started, token = _start_server(server, factory, fast, decision_seconds, Path(folder))
                 password = None if factory == "create_app" else token or TRAINER[1]
                 try:
                     for k in ks:

@@ -12,6 +12,13 @@ or DENY on the run's experiment, run-level grants, no grant, admin, a wrong or m
 deleted or whose password changed, while it grants, revokes, promotes, demotes, deletes and recreates those users
 between the writes. Every answer's status, content type, WWW-Authenticate and body (run ids masked) must be
 equal, and so must every run after each sequence.
+
+The fast server remembers the auth app's "allowed" for MLFLOW_AUTH_DECISION_CACHE_SECONDS as shipped (1 s): the
+same write is often sent a few times in a row, as a trainer's loop does, and those answers must be equal too. A
+change that may take a permission away (a grant given, changed or revoked, a demotion, a password change, a
+deletion) counts on the fast path within that window, not at the next request: before the next write, the test
+waits until every allowance the fast server may hold from before the change has expired. How soon a removed
+permission is refused there is tested on its own (test_a_removed_permission_counts_within_the_window).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
+from mlflow_stack_server.settings import Settings
 from tests.fast_store.conftest import create_database, fresh_database
 from tests.fast_store.test_fast_path_generated import (
     NOW,
@@ -47,7 +55,7 @@ from tests.fast_store.test_fast_path_generated import (
     _log_tail,
     _start,
 )
-from tests.support.fast_path_counter import COUNT_PATH
+from tests.support.fast_path_counter import COUNT_PATH, FROM_MEMORY
 from tests.support.waiting import wait_until
 
 # The server's basic-auth app factory, counting what the fast path answered itself (tests/support).
@@ -55,6 +63,11 @@ FACTORY = "tests.support.fast_path_counter:create_app_with_basic_auth"
 
 MINIMUM_WRITES = 150  # generated run writes per CI run (each to both servers), at least
 MINIMUM_PER_ANSWER = 15  # of each of 200, 401 and 403
+MINIMUM_FROM_MEMORY = 15  # fast-path answers given from remembered allowances, not decided again
+# How long the fast server reuses an "allowed": the shipped default (the test servers do not set it).
+DECISION_SECONDS = Settings().auth_decision_cache_seconds
+REPEATS_BY_STEP = (1, 1, 2, 3)  # how often each generated write is sent in a row, by its step (0 to 3)
+PROMISE_SECONDS = 2.0  # the stack's bound for a removed permission to count (README, docs/team-mode.md)
 EXAMPLES = 12
 STEPS = 30
 ADMIN = ("stack-admin", "admin-" + secrets.token_hex(8))
@@ -158,6 +171,23 @@ class AuthorizedWrites(RuleBasedStateMachine):
     experiments: dict[str, str]  # "A", "B" -> the experiment id (the same on both servers)
     writes = 0
     statuses: ClassVar[Counter[int]] = Counter()  # MLflow's answers to the generated writes
+    waited = 0.0  # seconds spent waiting out remembered allowances after changes
+    # When the fast server last answered a write other than 401/403 (an allowance may be remembered from then for
+    # DECISION_SECONDS), and whether a change that may take a permission away came after it. Over all sequences:
+    # the server and its users outlive each one.
+    last_allowed = 0.0
+    reduced = False
+
+    def _outlive_allowances(self) -> None:
+        """Before a write: if a permission may have been taken away since the fast server last allowed a write,
+        wait until what it remembers from then has expired (an allowance's age counts from before its decision,
+        which began before the answer arrived)."""
+        if AuthorizedWrites.reduced:
+            remaining = AuthorizedWrites.last_allowed + DECISION_SECONDS + 0.05 - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
+                AuthorizedWrites.waited += remaining
+            AuthorizedWrites.reduced = False
 
     def _on_both(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """An admin call on both servers; their outcomes must be equal; the status."""
@@ -202,9 +232,13 @@ class AuthorizedWrites(RuleBasedStateMachine):
         )
     )
     def write(self, writes: list[tuple[str, str, str, str, str, str, int]]) -> None:
-        """A few writes in a row (several per step: most steps are writes, as in a trainer's loop)."""
+        """A few writes in a row (several per step: most steps are writes, as in a trainer's loop), each sent one
+        to three times: the repeats the fast server may answer from a remembered allowance. How often follows
+        from the write's step (drawn anyway), so that the seed gives the same sequences as without repeats."""
+        self._outlive_allowances()
         for one in writes:
-            self._write(*one)
+            for _ in range(REPEATS_BY_STEP[one[-1]]):
+                self._write(*one)
 
     def _write(self, user: str, credential: str, endpoint: str, run: str, prefix: str, value: str, step: int) -> None:
         password = self.logins.password[user] or self.logins.previous[user]
@@ -242,6 +276,8 @@ class AuthorizedWrites(RuleBasedStateMachine):
             for side, server in (("fast", self.pair.fast), ("mlflow", self.pair.mlflow))
         ]
         responses = [f.result() for f in futures]
+        if responses[0].status_code not in (401, 403):
+            AuthorizedWrites.last_allowed = time.monotonic()
         AuthorizedWrites.statuses[responses[1].status_code] += 1
         fast, mlflow = (_outcome(self.pair, side, r) for side, r in zip(("fast", "mlflow"), responses, strict=True))
         assert fast == mlflow, f"{user} ({credential}) {endpoint} on {run}\nfast path: {fast}\nMLflow:    {mlflow}"
@@ -257,6 +293,9 @@ class AuthorizedWrites(RuleBasedStateMachine):
         """Between writes, as an admin would: a grant (experiment or run tier, DENY included) given, changed or
         revoked, the admin flag set or cleared, the password changed, the user deleted or created again."""
         kind, _, which = resource.partition(" ")
+        # Only a promotion and a user created again cannot take a permission away.
+        recreated = change == "delete or recreate" and self.logins.password[user] is None
+        AuthorizedWrites.reduced |= not ((change == "admin" and admin) or recreated)
         target = {"username": user, "resource_type": kind, "resource_id": self.experiments[which] if which else "*"}
         if change == "grant":
             self._on_both("POST", "/api/3.0/mlflow/users/permissions/grant", {**target, "permission": permission})
@@ -322,6 +361,7 @@ def test_generated_authorized_writes(auth_servers: tuple[Server, Server], tmp_pa
         AuthorizedWrites.experiments = _set_up_users(pair, logins)
         AuthorizedWrites.writes = 0
         AuthorizedWrites.statuses.clear()
+        AuthorizedWrites.waited, AuthorizedWrites.last_allowed, AuthorizedWrites.reduced = 0.0, 0.0, False
         run_state_machine_as_test(
             AuthorizedWrites,
             settings=settings(
@@ -331,8 +371,10 @@ def test_generated_authorized_writes(auth_servers: tuple[Server, Server], tmp_pa
             ),
         )  # fmt: skip
     answered_fast = [requests.get(server.url + COUNT_PATH, timeout=30).json() for server in auth_servers]
+    from_memory = answered_fast[0].get(FROM_MEMORY, 0)
     print(
-        f"{AuthorizedWrites.writes} generated writes in {time.monotonic() - started:.0f} s; MLflow answered "
+        f"{AuthorizedWrites.writes} generated writes in {time.monotonic() - started:.0f} s "
+        f"({AuthorizedWrites.waited:.0f} s of it waiting out remembered allowances after changes); MLflow answered "
         f"{dict(AuthorizedWrites.statuses)}, the fast path itself {answered_fast[0]}"
     )
     assert AuthorizedWrites.writes >= MINIMUM_WRITES, f"only {AuthorizedWrites.writes} generated writes"
@@ -342,6 +384,70 @@ def test_generated_authorized_writes(auth_servers: tuple[Server, Server], tmp_pa
     for status in ("200", "401", "403"):
         assert AuthorizedWrites.statuses[int(status)] >= MINIMUM_PER_ANSWER, AuthorizedWrites.statuses
         assert answered_fast[0].get(status, 0) >= MINIMUM_PER_ANSWER, answered_fast
+    # And the memory of allowances was on: parity held for answers the auth app did not decide again.
+    assert from_memory >= MINIMUM_FROM_MEMORY, answered_fast
+
+
+def _fast_path_counts(server: Server) -> Counter[str]:
+    return Counter(requests.get(server.url + COUNT_PATH, timeout=30).json())
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"), [("grant revoked", 403), ("user deleted", 401)], ids=["grant revoked", "user deleted"]
+)
+def test_a_removed_permission_counts_within_the_window(
+    auth_servers: tuple[Server, Server], change: str, refusal: int
+) -> None:
+    """On the fast server, with a user's writes to a run answered from a remembered allowance: right after the
+    grant is revoked (or the user deleted), writes as fast as the test can send them. An allowed answer may still
+    come, but only for a write sent within DECISION_SECONDS of the change; the first refusal comes within the
+    stack's 2 s; and after it, every write is refused, by the fast path itself."""
+    fast = auth_servers[0]
+    admin, name = _basic(*ADMIN), f"revoked-{uuid.uuid4().hex[:8]}"
+    experiment = _call(fast, "POST", "/api/2.0/mlflow/experiments/create", {"name": name}, admin).json()
+    assert _call(fast, "POST", "/api/2.0/mlflow/users/create", {"username": name, "password": name}, admin).ok
+    grant = {"username": name, "resource_type": "experiment", "resource_id": experiment["experiment_id"]}
+    assert _call(fast, "POST", "/api/3.0/mlflow/users/permissions/grant", {**grant, "permission": "EDIT"}, admin).ok
+    run = _call(fast, "POST", "/api/2.0/mlflow/runs/create", experiment, admin).json()["run"]["info"]["run_id"]
+    login = _basic(name, name)
+
+    def tag(step: int) -> int:
+        body = {"run_id": run, "key": "step", "value": str(step)}
+        return int(_call(fast, "POST", "/api/2.0/mlflow/runs/set-tag", body, login).status_code)
+
+    before = _fast_path_counts(fast)
+    assert [tag(step) for step in range(5)] == [200] * 5
+    counts = _fast_path_counts(fast) - before
+    # The fast path answered all five, some from the remembered allowance.
+    assert counts["200"] == 5 and counts[FROM_MEMORY] > 0, counts
+
+    changing = time.monotonic()
+    if change == "grant revoked":
+        assert _call(fast, "POST", "/api/3.0/mlflow/users/permissions/revoke", grant, admin).ok
+    else:
+        assert _call(fast, "DELETE", "/api/2.0/mlflow/users/delete", {"username": name}, admin).ok
+    changed = time.monotonic()
+    before = _fast_path_counts(fast)
+    answers: list[tuple[float, float, int]] = []  # (sent, answered, status), from the change on
+    while len(answers) < 1000 and time.monotonic() - changing < PROMISE_SECONDS + 3:
+        sent = time.monotonic()
+        answers.append((sent, time.monotonic(), tag(len(answers))))
+        refused = [answer for answer in answers if answer[2] != 200]
+        if refused and time.monotonic() - refused[0][1] > 0.3:
+            break
+    counts = _fast_path_counts(fast) - before
+    statuses = [status for _, _, status in answers]
+    first = next(index for index, status in enumerate(statuses) if status != 200)
+    allowed_late = [sent - changed for sent, _, status in answers if status == 200]
+    print(
+        f"{change}: {len(allowed_late)} writes still allowed from memory, the last sent "
+        f"{max(allowed_late, default=0):.2f} s after the change; the first refusal answered "
+        f"{answers[first][1] - changing:.2f} s after it was made; {len(answers) - first} refused"
+    )
+    assert all(late < DECISION_SECONDS for late in allowed_late), allowed_late
+    assert answers[first][1] - changing < PROMISE_SECONDS
+    assert statuses[first:] == [refusal] * (len(statuses) - first), statuses
+    assert counts[str(refusal)] == len(statuses) - first, counts  # refused by the fast path, not MLflow's app
 
 
 def test_an_auth_mode_without_a_hook_writes_nothing_through_the_fast_path(

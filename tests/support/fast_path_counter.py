@@ -5,21 +5,24 @@ For test_fast_path_auth_generated.py and test_fast_path_oidc_generated.py: the f
 alike by design, so only a count from inside the server shows that the fast path, not MLflow's app behind it,
 answered the generated writes (else a parity test would pass with the fast path never serving). Nothing is changed but the count:
 `fast_http._authorized_run` (the hook's decision, then the write) is wrapped, and GET /fast-path-answers
-returns {status: count}.
+returns {status: count}, plus under FROM_MEMORY how many of the hook's answers were a remembered "allowed"
+(fast_path_auth.remember_allowances), not a decision of the auth app.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from mlflow_stack_server import fast_http, proxied_artifacts
+from mlflow_stack_server import fast_http, fast_path_auth, proxied_artifacts
 from mlflow_stack_server.asgi import ASGIApp, Receive, Scope, Send
 
 COUNT_PATH = "/fast-path-answers"
+FROM_MEMORY = "allowed from memory"
 
 
 # An MLFLOW_AUTH mode no hook exists for (fast_path_auth.HOOKS): a mode added to Settings later, say.
@@ -62,7 +65,28 @@ def _counted(build: Callable[[], ASGIApp]) -> ASGIApp:
             answers[str(reply[0])] += 1
         return reply
 
+    remember = fast_path_auth.remember_allowances
+
+    def counted_decisions(authorize: fast_path_auth.Authorize, *args: Any, **kwargs: Any) -> fast_path_auth.Authorize:
+        decided = threading.local()  # whether the auth app decided the request this thread asks about
+
+        def deciding(*request: Any) -> Any:
+            decided.now = True
+            return authorize(*request)
+
+        remembering = remember(deciding, *args, **kwargs)
+
+        def asked(*request: Any) -> Any:
+            decided.now = False
+            answer = remembering(*request)
+            if not decided.now:
+                answers[FROM_MEMORY] += 1
+            return answer
+
+        return asked
+
     fast_http._authorized_run = counted  # type: ignore[assignment]
+    fast_path_auth.remember_allowances = counted_decisions
     app = build()
 
     async def with_count(scope: Scope, receive: Receive, send: Send) -> None:

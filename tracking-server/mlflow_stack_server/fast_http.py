@@ -242,10 +242,11 @@ class FastTrackingWrites:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, complete = await _read_body(receive, MAX_FAST_BODY)
-        call = self._fast_call(scope, body) if complete else None
+        write = self._fast_call(scope, body) if complete else None
         reply = None
-        if call is not None and self.authorize is not None:
-            reply = await anyio.to_thread.run_sync(_authorized_run, self.authorize, scope, body, call)
+        if write is not None and self.authorize is not None:
+            run_id, call = write
+            reply = await anyio.to_thread.run_sync(_authorized_run, self.authorize, scope, body, run_id, call)
         if reply is None:
             await self.app(scope, _replay(body, receive, complete), send)
             return
@@ -254,7 +255,8 @@ class FastTrackingWrites:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    def _fast_call(self, scope: Scope, body: bytes) -> Callable[[], Answer] | None:
+    def _fast_call(self, scope: Scope, body: bytes) -> tuple[str, Callable[[], Answer]] | None:
+        """(the run written to, the write), or None: MLflow's app answers."""
         content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
         if content_type.split(b";")[0].strip() != b"application/json":
             return None  # MLflow's app answers its "Content-Type must be ..." error
@@ -262,15 +264,19 @@ class FastTrackingWrites:
             request = json.loads(body)
             if type(request) is not dict:
                 return None  # empty, double-encoded (older clients) or not an object: MLflow's app
-            return self.routes[scope["path"]](request)
+            call = self.routes[scope["path"]](request)
         except Exception:  # not UTF-8, not JSON, nested too deep (RecursionError), anything odd: MLflow's app
             return None
+        # Every handler answers only a request whose run_id is a non-empty string.
+        return None if call is None else (request["run_id"], call)
 
 
-def _authorized_run(authorize: Authorize, scope: Scope, body: bytes, call: Callable[[], Answer]) -> Reply | None:
+def _authorized_run(
+    authorize: Authorize, scope: Scope, body: bytes, run_id: str, call: Callable[[], Answer]
+) -> Reply | None:
     """The auth hook's refusal, else the write's answer; None (MLflow's app answers) on any error in the hook."""
     try:
-        refusal = authorize(scope, body)
+        refusal = authorize(scope, body, run_id)
     except HandToMlflowError:
         return None
     except Exception:

@@ -5,26 +5,32 @@ that an auth app runs inside Flask. The fast path serves a request only when the
 here; any other mode (one added to Settings later, one wrapped differently) serves nothing, everything goes to
 MLflow's app, and the reason shows in the log, /metrics and `make status` (fast_path_guard.py).
 
-A hook runs in a worker thread (it reads the database) before the write and returns None (allowed), or the
-refusal to answer (401, 403) in the auth app's own words; an exception hands the request to MLflow's app, which
-then authorizes and answers it itself.
+A hook runs in a worker thread (it reads the database) before the write, is given the request (scope, body)
+and the run it writes to, and returns None (allowed), or the refusal to answer (401, 403) in the auth app's own
+words; an exception hands the request to MLflow's app, which then authorizes and answers it itself.
 
-- `none`: no logins: everyone may write, as MLflow's plain app lets them.
+- `none`: no logins: everyone may write, as MLflow's plain app lets them. Nothing to decide, nothing cached.
 - `basic`: MLflow's basic-auth app decides, with its own functions and store: its `_before_request` (the login,
   the admin check, the validator of the route: `validate_can_log_batch`, `validate_can_update_run`, with
   run-level grants and explicit DENY) runs inside a Flask request context built from the same method, path,
-  headers and body. The login goes through MLflow's login cache (re-checked against the user's row on every hit,
-  login_cache.py), so the password hash is paid once per changed login, as on MLflow's own path. Nothing is decided here: a copy of the rules
-  would drift from MLflow's at the next release. One lookup is cached: the run's experiment, which the
-  validators read through the tracking store's `get_run` (six queries loading the whole run, on every write).
-  A run never moves to another experiment, so while the auth app decides for the fast path, `get_run` answers
-  from a per-worker map of run to experiment (RunExperiments); every other caller gets the store itself.
-  Grants, users and logins are read as MLflow reads them, so a revoked grant, a demotion or a deleted user
-  counts from the next request. One difference remains: a run removed for good (`make gc`) stays known to a
-  worker until it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's
-  path answers 403.
+  headers and body. The login goes through MLflow's login cache (re-checked against the user's row on every
+  hit, login_cache.py), so the password hash is paid once per changed login, as on MLflow's own path. Nothing
+  is decided here: a copy of the rules would drift from MLflow's at the next release. Two things are cached:
+  - the run's experiment, which the validators read through the tracking store's `get_run` (six queries
+    loading the whole run, on every write). A run never moves to another experiment, so while the auth app
+    decides for the fast path, `get_run` answers from a per-worker map of run to experiment (RunExperiments);
+    every other caller gets the store itself. A run removed for good (`make gc`) stays known to a worker until
+    it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's path answers 403.
+  - the auth app's "allowed" (remember_allowances), for MLFLOW_AUTH_DECISION_CACHE_SECONDS (1 s), per worker,
+    keyed by the credentials (an HMAC of the Authorization header under a per-worker random key: no password
+    is kept), the method, path, query and run. A trainer's loop writes to one run with one login, so most
+    writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are never
+    remembered: a grant given, a password set or a user created counts at the next request; a revoked or
+    lowered grant, a DENY, a demotion, a changed password or a deleted user counts within those seconds (the
+    stack promises 2 s, so more is refused at start).
 - `oidc`: mlflow-oidc-auth decides, with its own `before_request_hook`, for the caller its middlewares found
-  (fast_path_oidc.py; the fast path then sits inside the plugin's app, after those middlewares).
+  (fast_path_oidc.py; the fast path then sits inside the plugin's app, after those middlewares). Its "allowed"
+  is not remembered here: the plugin keeps permissions for 1 s itself.
 
 This module imports nothing from MLflow at load (fast_path_guard.py imports it while MLflow is being imported).
 """
@@ -32,18 +38,25 @@ This module imports nothing from MLflow at load (fast_path_guard.py imports it w
 from __future__ import annotations
 
 import contextvars
+import hmac
+import secrets
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from types import SimpleNamespace
 from typing import Any
 
 from mlflow_stack_server.asgi import Scope
+from mlflow_stack_server.settings import Settings
 
 # (status, headers, body): the auth app's answer, sent as it is.
 Refusal = tuple[int, list[tuple[bytes, bytes]], bytes]
-# (scope, body) -> None to allow, a Refusal, or raise to hand the request to MLflow's app.
-Authorize = Callable[[Scope, bytes], Refusal | None]
+# (scope, body, run id) -> None to allow, a Refusal, or raise to hand the request to MLflow's app.
+Authorize = Callable[[Scope, bytes, str], Refusal | None]
+# (scope, body, run id) -> what an "allowed" is remembered under: everything the decision depends on besides the
+# auth database's rows; None: not remembered (this request is decided every time).
+DecisionKey = Callable[[Scope, bytes, str], Hashable | None]
 # The statuses a hook may answer itself; anything else the auth app says goes to MLflow's app.
 REFUSALS = (401, 403)
 
@@ -52,12 +65,80 @@ class HandToMlflowError(Exception):
     """The auth app answered something other than "allowed", 401 or 403: MLflow's app answers the request."""
 
 
-def allow_everyone(scope: Scope, body: bytes) -> Refusal | None:
+def allow_everyone(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
     return None
 
 
-def no_login_hook() -> Authorize:
+def no_login_hook(settings: Settings) -> Authorize:
     return allow_everyone
+
+
+ALLOWANCES_KEPT = 10_000  # remembered "allowed" decisions per worker (a few MB), the least recently used dropped
+
+
+def remember_allowances(
+    authorize: Authorize,
+    key: DecisionKey,
+    seconds: float,
+    kept: int = ALLOWANCES_KEPT,
+    clock: Callable[[], float] = time.monotonic,
+) -> Authorize:
+    """`authorize`, whose "allowed" answers are reused for `seconds` per `key`; 0: `authorize` itself.
+
+    Only "allowed" is remembered: a refusal, or an exception (a hand-off to MLflow's app), is decided again at
+    the next request, so a permission given counts at once. An allowance's age counts from before `authorize`
+    read anything, so one that a change made during the decision invalidates is used at most `seconds` after
+    that change; a refusal also forgets the key's allowance (another thread may have remembered it meanwhile).
+    Concurrent requests with the same key are each decided while nothing is remembered: none waits for another.
+    """
+    if seconds <= 0:
+        return authorize
+    allowed: OrderedDict[Hashable, float] = OrderedDict()  # key -> when its decision started (clock)
+    lock = threading.Lock()
+
+    def remembering(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
+        which = key(scope, body, run_id)
+        if which is None:
+            return authorize(scope, body, run_id)
+        started = clock()
+        with lock:
+            decided = allowed.get(which)
+            if decided is not None:
+                if started - decided < seconds:
+                    allowed.move_to_end(which)
+                    return None
+                del allowed[which]
+        refusal = authorize(scope, body, run_id)
+        with lock:
+            if refusal is not None:
+                allowed.pop(which, None)
+                return refusal
+            allowed[which] = started
+            allowed.move_to_end(which)
+            while len(allowed) > kept:
+                allowed.popitem(last=False)
+        return None
+
+    remembering.__wrapped__ = authorize  # type: ignore[attr-defined]
+    return remembering
+
+
+def credential_key(secret: bytes) -> DecisionKey:
+    """A request's decision key for a login sent in the Authorization header (basic auth): an HMAC of the header
+    under `secret` (never the password itself), the method, path, query and run. None without exactly one such
+    header: nothing to remember for an anonymous request, and two would leave it to the auth app which counts.
+    The rest of the body does not enter the auth app's decision on these writes: its validators read the run id,
+    and log-batch's only other input, a metric's model_id, is not in the shapes the fast path answers
+    (fast_http.METRIC_FIELDS)."""
+
+    def key(scope: Scope, body: bytes, run_id: str) -> Hashable | None:
+        credentials = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(credentials) != 1:
+            return None
+        login = hmac.digest(secret, credentials[0], "sha256")
+        return login, scope["method"], scope["path"], scope.get("query_string", b""), run_id
+
+    return key
 
 
 # Set while the auth app decides for the fast path (in the worker thread that runs the hook).
@@ -110,16 +191,17 @@ def _cache_run_experiments() -> None:
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
 
 
-def basic_auth_hook() -> Authorize:
-    """MLflow's basic-auth app's own before-request decision, for one request. Built once per worker, after the
-    auth app itself (its module reads the auth configuration and opens its store at import)."""
+def basic_auth_hook(settings: Settings) -> Authorize:
+    """MLflow's basic-auth app's own before-request decision, for one request, its "allowed" remembered for
+    MLFLOW_AUTH_DECISION_CACHE_SECONDS. Built once per worker, after the auth app itself (its module reads the auth
+    configuration and opens its store at import)."""
     from flask import Response
     from mlflow.server import app as flask_app
-    from mlflow.server.auth import _before_request
+    from mlflow.server.auth import _before_request, auth_config, authenticate_request_basic_auth, get_auth_func
 
     _cache_run_experiments()
 
-    def authorize(scope: Scope, body: bytes) -> Refusal | None:
+    def authorize(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
         with flask_app.test_request_context(
             scope["path"],
@@ -140,24 +222,31 @@ def basic_auth_hook() -> Authorize:
         kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
         return answer.status_code, kept, answer.get_data()
 
-    return authorize
+    # The key holds what MLflow's basic-auth login reads (the Authorization header); another authorization
+    # function, set in the auth config, may read anything: then every request is decided.
+    if get_auth_func(auth_config.authorization_function) is not authenticate_request_basic_auth:
+        return authorize
+    return remember_allowances(authorize, credential_key(secrets.token_bytes(32)), settings.auth_decision_cache_seconds)
 
 
-def oidc_hook() -> Authorize:
-    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc)."""
+def oidc_hook(settings: Settings) -> Authorize:
+    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc). Not wrapped in
+    remember_allowances: the plugin keeps its permissions for 1 s already (oidc_auth.PERMISSION_CACHE_TTL_SECONDS),
+    and an allowance decided on a permission up to 1 s old, kept 1 s more, would reach the 2-second promise."""
     from mlflow_stack_server.fast_path_oidc import oidc_hook as plugin_decision
 
     return plugin_decision()
 
 
 # The auth modes whose hook exists, and how each is built. A mode missing here gets no fast path.
-HOOKS: dict[str, Callable[[], Authorize]] = {"none": no_login_hook, "basic": basic_auth_hook, "oidc": oidc_hook}
+HOOKS: dict[str, Callable[[Settings], Authorize]] = {"none": no_login_hook, "basic": basic_auth_hook, "oidc": oidc_hook}
 
 
 def has_hook(auth_mode: str) -> bool:
     return auth_mode in HOOKS
 
 
-def authorization_hook(auth_mode: str) -> Authorize | None:
-    factory = HOOKS.get(auth_mode)
-    return None if factory is None else factory()
+def authorization_hook(settings: Settings) -> Authorize | None:
+    """The hook of settings.auth, built from the settings; None: the mode has none."""
+    factory = HOOKS.get(settings.auth)
+    return None if factory is None else factory(settings)

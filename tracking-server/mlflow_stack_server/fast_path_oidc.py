@@ -20,15 +20,10 @@ This module imports nothing from MLflow or the plugin at load (fast_path_auth.py
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mlflow_stack_server.asgi import Scope
 from mlflow_stack_server.fast_path_auth import REFUSALS, Authorize, HandToMlflowError, Refusal
-
-# The key of an allowance: (username, method, path, run id). Equal keys get equal decisions from the plugin
-# while the grants do not change (the path picks the validator; the run picks the experiment).
-DecisionKey = tuple[str, str, str, str]
 
 
 def oidc_hook() -> Authorize:
@@ -39,7 +34,7 @@ def oidc_hook() -> Authorize:
     from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
     from mlflow_oidc_auth.hooks import before_request_hook
 
-    def authorize(scope: Scope, body: bytes) -> Refusal | None:
+    def authorize(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         context = scope.get(AUTH_CONTEXT_KEY)
         if context is None:
             raise HandToMlflowError("no caller in the scope: the plugin answers")
@@ -61,24 +56,6 @@ def oidc_hook() -> Authorize:
         return answer.status_code, kept, answer.get_data()
 
     return authorize
-
-
-def oidc_decision_key(scope: Scope, body: bytes) -> DecisionKey | None:
-    """What the plugin's decision on a fast-path write depends on, besides the grants: the caller, the method, the
-    path and the run; None when there is no caller or no plain run id (no allowance is kept for those)."""
-    from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
-
-    context = scope.get(AUTH_CONTEXT_KEY)
-    username = getattr(context, "username", None)
-    if not username or scope.get("query_string"):
-        return None  # a query string is one more place the validators read a run id from
-    try:
-        run_id = json.loads(body).get("run_id")
-    except (ValueError, AttributeError):
-        return None
-    if type(run_id) is not str or not run_id:
-        return None
-    return str(username), str(scope["method"]), str(scope["path"]), run_id
 
 
 def install_inside(plugin_app: Any, app_factory: Any, authorize: Authorize) -> None:

@@ -163,7 +163,7 @@ def _wrap(mlflow_app: ASGIApp, settings: Settings) -> RequestMetrics:
     hook of the active MLFLOW_AUTH mode (fast_path_auth.py): a mode without one gets no fast path. With oidc the
     fast path is inside the plugin's app instead (create_app_with_oidc), so nothing is wrapped around it here."""
     outside = settings.auth not in FAST_WRITES_INSIDE_THE_AUTH_APP and fast_path_enabled(settings)
-    inner = FastTrackingWrites(mlflow_app, authorization_hook(settings.auth) if outside else None)
+    inner = FastTrackingWrites(mlflow_app, authorization_hook(settings) if outside else None)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
     return RequestMetrics(outer, fast_path_state(settings.fast_store, auth_mode=settings.auth))
 
@@ -232,7 +232,7 @@ def create_app_with_oidc() -> RequestMetrics:
     from mlflow_stack_server.fast_path_oidc import install_inside
 
     settings = Settings.from_environment()
-    hook = authorization_hook(settings.auth) if fast_path_enabled(settings) else None
+    hook = authorization_hook(settings) if fast_path_enabled(settings) else None
     if hook is not None:
         install_inside(oidc_app, FastTrackingWrites, hook)
     guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])

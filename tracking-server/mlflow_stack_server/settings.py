@@ -93,6 +93,21 @@ def seconds(name: str, raw: str) -> float:
     return value
 
 
+def seconds_up_to(most: float, why: str) -> Parse:
+    """A number of seconds from 0 to `most`; `why`: what a larger one would break, for the error line."""
+
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}; expected a number of seconds") from None
+        if not 0 <= value <= most:
+            raise SettingsError(f"{name}={raw!r}; expected 0 to {most:g} seconds ({why})")
+        return value
+
+    return parse
+
+
 def switch(name: str, raw: str) -> bool:
     value = raw.lower()
     if value in ("on", "true", "1"):
@@ -293,6 +308,14 @@ class Settings:
         "Seconds each worker remembers a verified login, re-checked against the user's row on every request, so "
         "a changed password, demotion or deleted user counts at the next one (0: hash the password every time).",
         whole_number(0),
+    )  # fmt: skip
+    auth_decision_cache_seconds: float = knob(
+        "MLFLOW_AUTH_DECISION_CACHE_SECONDS", "1", AUTH,
+        "Seconds each worker reuses the basic-auth app's \"allowed\" for a fast-path run write (log-batch, set-tag, "
+        "runs/update) with the same login, route and run; refusals are never reused. A revoked or lowered grant, "
+        "DENY, demotion, changed password or deleted user counts on those writes within these seconds, everything "
+        "else at the next request. At most 2 (the stack's revocation promise); 0: decide every write.",
+        seconds_up_to(2, "a revoked permission must count within 2 s"),
     )  # fmt: skip
     auth_database: str = knob(
         "MLFLOW_AUTH_DB", "mlflow_auth", AUTH,

@@ -1,10 +1,14 @@
 """The fast path's authorization step (fast_http._authorized_run, fast_path_auth.RunExperiments): a refusal is sent
-as the auth app words it, and any failure of the hook hands the request to MLflow's app, unwritten."""
+as the auth app words it, and any failure of the hook hands the request to MLflow's app, unwritten. And the memory
+of "allowed" decisions (fast_path_auth.remember_allowances, credential_key): only allowances, only per login,
+route and run, only for the configured seconds."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -12,7 +16,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_stack_server import fast_http
-from mlflow_stack_server.fast_path_auth import HandToMlflowError, Refusal, RunExperiments, allow_everyone
+from mlflow_stack_server.fast_path_auth import (
+    HandToMlflowError,
+    Refusal,
+    RunExperiments,
+    allow_everyone,
+    authorization_hook,
+    credential_key,
+    remember_allowances,
+)
+from mlflow_stack_server.settings import Settings
 
 SCOPE: dict[str, Any] = {"type": "http", "method": "POST", "path": "/api/2.0/mlflow/runs/set-tag", "headers": []}
 
@@ -25,7 +38,7 @@ def _decide(authorize: Any) -> tuple[Any, list[str]]:
         written.append("written")
         return 200, b"{}"
 
-    return fast_http._authorized_run(authorize, SCOPE, b"{}", write), written
+    return fast_http._authorized_run(authorize, SCOPE, b"{}", "r", write), written
 
 
 def test_allowed_writes_and_answers_json() -> None:
@@ -38,7 +51,7 @@ def test_a_refusal_is_sent_as_the_auth_app_words_it_and_nothing_is_written() -> 
         [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", b"9"), (b"www-authenticate", b"Basic")],
         b"no login!",
     )
-    reply, written = _decide(lambda scope, body: refusal)
+    reply, written = _decide(lambda scope, body, run_id: refusal)
     # Its own length is recomputed by the sender (fast_http._answer): the auth app's is dropped.
     assert reply == (
         401,
@@ -54,7 +67,7 @@ def test_a_refusal_is_sent_as_the_auth_app_words_it_and_nothing_is_written() -> 
     ids=["another answer of the auth app", "an unexpected error", "an MLflow error"],
 )
 def test_any_failure_of_the_hook_hands_the_request_to_mlflows_app(failure: Exception) -> None:
-    def authorize(scope: Any, body: bytes) -> Refusal | None:
+    def authorize(scope: Any, body: bytes, run_id: str) -> Refusal | None:
         raise failure
 
     assert _decide(authorize) == (None, [])
@@ -83,3 +96,208 @@ def test_a_runs_experiment_is_loaded_once_and_a_missing_run_every_time() -> None
             runs.get_run("unknown")
     assert store.loaded == ["r", "unknown", "unknown"]
     assert runs.get_experiment("7") == "experiment 7"  # everything else: the store's own
+
+
+# ---- remember_allowances: "allowed" reused per key for a few seconds, nothing else ------------------------------
+
+FORBIDDEN: Refusal = (403, [(b"content-type", b"text/html; charset=utf-8")], b"Permission denied")
+SECONDS = 1.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class AuthApp:
+    """Stands in for the auth app: answers `answer` (None: allowed) and counts its decisions."""
+
+    def __init__(self, clock: Clock | None = None, takes: float = 0.0) -> None:
+        self.answer: Refusal | None = None
+        self.decisions = 0
+        self.clock, self.takes = clock, takes
+
+    def __call__(self, scope: Any, body: bytes, run_id: str) -> Refusal | None:
+        self.decisions += 1
+        if self.clock is not None:
+            self.clock.now += self.takes  # the decision's own duration
+        return self.answer
+
+
+def _by_run(scope: Any, body: bytes, run_id: str) -> Hashable | None:
+    return run_id
+
+
+def _remembering(app: AuthApp, clock: Clock, key: Any = _by_run, seconds: float = SECONDS, kept: int = 100) -> Any:
+    return remember_allowances(app, key, seconds, kept=kept, clock=clock)
+
+
+def test_an_allowance_is_reused_for_the_same_key() -> None:
+    app, clock = AuthApp(), Clock()
+    authorize = _remembering(app, clock)
+    assert [authorize(SCOPE, b"{}", "r") for _ in range(5)] == [None] * 5
+    assert app.decisions == 1
+    assert authorize(SCOPE, b"{}", "other run") is None
+    assert app.decisions == 2
+
+
+def test_a_refusal_is_never_reused_and_a_grant_counts_at_the_next_request() -> None:
+    app, clock = AuthApp(), Clock()
+    authorize = _remembering(app, clock)
+    app.answer = FORBIDDEN
+    assert [authorize(SCOPE, b"{}", "r") for _ in range(3)] == [FORBIDDEN] * 3
+    assert app.decisions == 3
+    app.answer = None  # granted
+    assert authorize(SCOPE, b"{}", "r") is None
+    assert app.decisions == 4
+
+
+def test_a_hand_off_is_never_reused() -> None:
+    decisions = []
+
+    def hands_off(scope: Any, body: bytes, run_id: str) -> Refusal | None:
+        decisions.append(run_id)
+        raise HandToMlflowError("the auth app answered 500")
+
+    authorize = remember_allowances(hands_off, _by_run, SECONDS, clock=Clock())
+    for _ in range(2):
+        with pytest.raises(HandToMlflowError):
+            authorize(SCOPE, b"{}", "r")
+    assert decisions == ["r", "r"]
+
+
+def test_an_allowance_expires_after_the_seconds_and_a_revocation_then_counts() -> None:
+    app, clock = AuthApp(), Clock()
+    authorize = _remembering(app, clock)
+    assert authorize(SCOPE, b"{}", "r") is None
+    app.answer = FORBIDDEN  # revoked after the decision: the allowance may still be served, within SECONDS
+    clock.now += SECONDS - 0.01
+    assert authorize(SCOPE, b"{}", "r") is None
+    assert app.decisions == 1
+    clock.now += 0.01
+    assert authorize(SCOPE, b"{}", "r") == FORBIDDEN
+    assert app.decisions == 2
+    assert authorize(SCOPE, b"{}", "r") == FORBIDDEN  # and stays refused
+    assert app.decisions == 3
+
+
+def test_an_allowances_age_counts_from_before_the_decision() -> None:
+    # A decision that takes 0.8 s read the grants at its start: at 1 s from then it is decided again.
+    clock = Clock()
+    app = AuthApp(clock, takes=0.8)
+    authorize = _remembering(app, clock)
+    assert authorize(SCOPE, b"{}", "r") is None
+    clock.now += 0.2
+    assert authorize(SCOPE, b"{}", "r") is None
+    assert app.decisions == 2
+
+
+def test_a_refusal_forgets_an_allowance_remembered_during_the_decision() -> None:
+    # Two requests with one key decided at once: the older decision's "allowed" lands while the newer one
+    # refuses. The refusal wins: the next request is decided again.
+    clock = Clock()
+    answers: list[Refusal | None] = [None, FORBIDDEN]  # popped: the outer request refuses, the inner one allows
+    decisions = []
+
+    def auth_app(scope: Any, body: bytes, run_id: str) -> Refusal | None:
+        answer = answers.pop() if answers else FORBIDDEN
+        decisions.append(answer)
+        if answer is FORBIDDEN and len(decisions) == 1:
+            assert authorize(scope, body, run_id) is None  # the concurrent request, allowed meanwhile
+        return answer
+
+    authorize = remember_allowances(auth_app, _by_run, SECONDS, clock=clock)
+    assert authorize(SCOPE, b"{}", "r") == FORBIDDEN
+    assert authorize(SCOPE, b"{}", "r") == FORBIDDEN
+    assert decisions == [FORBIDDEN, None, FORBIDDEN]
+
+
+def test_without_a_key_every_request_is_decided() -> None:
+    app, clock = AuthApp(), Clock()
+    authorize = _remembering(app, clock, key=lambda scope, body, run_id: None)
+    for _ in range(3):
+        assert authorize(SCOPE, b"{}", "r") is None
+    assert app.decisions == 3
+
+
+def test_zero_seconds_is_the_auth_app_itself() -> None:
+    app = AuthApp()
+    assert remember_allowances(app, _by_run, 0) is app
+
+
+def test_the_least_recently_used_allowance_is_dropped_beyond_the_bound() -> None:
+    app, clock = AuthApp(), Clock()
+    authorize = _remembering(app, clock, kept=2)
+    for run in ("a", "b", "a", "c"):  # "a" used again after "b": "b" is the one dropped for "c"
+        authorize(SCOPE, b"{}", run)
+    assert app.decisions == 3
+    for run in ("a", "c"):
+        authorize(SCOPE, b"{}", run)
+    assert app.decisions == 3
+    authorize(SCOPE, b"{}", "b")
+    assert app.decisions == 4
+
+
+def test_many_threads_at_once_get_every_answer_and_the_bound_holds() -> None:
+    app, clock = AuthApp(), Clock()
+    authorize = _remembering(app, clock, kept=8)
+
+    def write(i: int) -> Refusal | None:
+        return authorize(SCOPE, b"{}", f"run-{i % 50}")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(write, range(4000))) == {None}
+    # With room for 8 of 50 runs, most writes in a round-robin over them were decided again.
+    assert app.decisions > 2000
+
+
+def _scope(authorization: list[bytes], path: str = "/api/2.0/mlflow/runs/log-batch", query: bytes = b"") -> Any:
+    headers = [(b"content-type", b"application/json"), *((b"authorization", value) for value in authorization)]
+    return {"type": "http", "method": "POST", "path": path, "query_string": query, "headers": headers}
+
+
+ALICE = b"Basic YWxpY2U6c2VjcmV0LXBhc3N3b3Jk"  # alice:secret-password
+
+
+def test_the_credential_key_separates_logins_routes_queries_and_runs() -> None:
+    key = credential_key(b"k" * 32)
+    alice = key(_scope([ALICE]), b"{}", "r")
+    assert alice == key(_scope([ALICE]), b'{"other": "body"}', "r")  # the body's run id comes as run_id
+    different = [
+        key(_scope([b"Basic Ym9iOnNlY3JldC1wYXNzd29yZA=="]), b"{}", "r"),  # another user
+        key(_scope([ALICE + b"x"]), b"{}", "r"),  # another password
+        key(_scope([ALICE], "/api/2.0/mlflow/runs/set-tag"), b"{}", "r"),
+        key(_scope([ALICE], "/ajax-api/2.0/mlflow/runs/log-batch"), b"{}", "r"),
+        key(_scope([ALICE], query=b"run_id=s"), b"{}", "r"),
+        key(_scope([ALICE]), b"{}", "s"),
+    ]
+    assert alice is not None and alice not in different and len(set(different)) == len(different)
+
+
+def test_the_credential_key_holds_no_password_and_none_without_one_login() -> None:
+    key = credential_key(b"k" * 32)
+    alice = key(_scope([ALICE]), b"{}", "r")
+    assert isinstance(alice, tuple) and ALICE not in alice and b"secret-password" not in repr(alice).encode()
+    assert alice != credential_key(b"j" * 32)(_scope([ALICE]), b"{}", "r")  # a per-worker key: no shared table
+    assert key(_scope([]), b"{}", "r") is None
+    assert key(_scope([ALICE, ALICE]), b"{}", "r") is None
+
+
+def test_with_different_logins_an_allowance_is_not_shared() -> None:
+    refused = b"Basic bWFsbG9yeTpndWVzcw=="
+
+    def auth_app(scope: Any, body: bytes, run_id: str) -> Refusal | None:
+        return None if (b"authorization", ALICE) in scope["headers"] else FORBIDDEN
+
+    authorize = remember_allowances(auth_app, credential_key(b"k" * 32), SECONDS, clock=Clock())
+    assert authorize(_scope([ALICE]), b"{}", "r") is None
+    assert authorize(_scope([refused]), b"{}", "r") == FORBIDDEN
+    assert authorize(_scope([]), b"{}", "r") == FORBIDDEN
+
+
+def test_no_logins_means_nothing_to_decide_or_remember() -> None:
+    settings = Settings.from_environment({"MLFLOW_AUTH": "none"}, server=False)
+    assert authorization_hook(settings) is allow_everyone

@@ -245,7 +245,11 @@ from mlflow_stack_server.proxied_artifacts import create_app_with_oidc
 create_app_with_oidc()
 from mlflow_oidc_auth.app import app
 layers = [getattr(m.cls, "__name__", str(m.cls)) for m in app.user_middleware]
-hooks = [m.kwargs["authorize"].__module__ for m in app.user_middleware if m.cls is FastTrackingWrites]
+# The plugin's decision, under the allowance memory that wraps it (remember_allowances sets __wrapped__).
+hooks = [
+    getattr(m.kwargs["authorize"], "__wrapped__", m.kwargs["authorize"]).__module__
+    for m in app.user_middleware if m.cls is FastTrackingWrites
+]
 print(json.dumps([layers, hooks]))
 """
 

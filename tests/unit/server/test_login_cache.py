@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import flask
 import mlflow.server.auth as mlflow_auth
 import pytest
 from cachetools import TTLCache
@@ -128,6 +129,7 @@ def test_the_row_is_checked_outside_mlflows_cache_lock(worker: Worker, monkeypat
         return current_login_row(engine, username)
 
     monkeypatch.setattr(login_cache, "current_login_row", watched)
+    assert worker.login(PASSWORD) is not None  # verified (hashed) and remembered: no row read
     assert worker.login(PASSWORD) is not None
     assert worker.login(PASSWORD) is not None
     assert held == [False, False]
@@ -138,3 +140,33 @@ def test_with_the_cache_off_there_is_nothing_to_swap(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(mlflow_auth, "_authenticate_cached", mlflow_auth._authenticate_cached)
     install_revalidated_logins(mlflow_auth)
     assert not getattr(mlflow_auth._authenticate_cached, "revalidated", False)
+
+
+def test_one_request_reads_the_users_row_once_and_the_next_request_again(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    read = login_cache.current_login_row
+
+    def counted(engine: Any, username: str) -> Any:
+        reads.append(username)
+        return read(engine, username)
+
+    monkeypatch.setattr(login_cache, "current_login_row", counted)
+    assert worker.login(PASSWORD) is not None  # verified (hashed) and remembered: no row read
+    app = flask.Flask(__name__)
+    with app.test_request_context("/"):
+        # MLflow checks one request's login up to three times (login, admin check, validator).
+        assert all(worker.login(PASSWORD) is not None for _ in range(3))
+    assert reads == [USER]
+    with app.app_context():  # an application context (and its g) outliving several requests
+        with app.test_request_context("/"):
+            assert worker.login(PASSWORD) is not None
+        worker.other_worker.update_user(USER, password=NEW_PASSWORD)
+        with app.test_request_context("/"):
+            assert worker.login(PASSWORD) is None  # the next request reads the row again
+    assert reads == [USER] * 3
+    assert worker.login(NEW_PASSWORD) is not None  # verified (hashed) and remembered: no row read
+    assert worker.login(NEW_PASSWORD) is not None  # outside a Flask request (FastAPI routes): read at every hit
+    assert worker.login(NEW_PASSWORD) is not None
+    assert reads == [USER] * 5

@@ -96,6 +96,25 @@ def test_a_bad_value_is_one_settings_error_naming_the_variable() -> None:
             Settings.from_environment({**BASE, "POSTGRES_PASSWORD": "x", variable: value})
 
 
+def test_the_auth_decision_cache_keeps_the_two_second_revocation_promise() -> None:
+    def seconds(value: str) -> float:
+        environ = {**BASE, "POSTGRES_PASSWORD": "x", "MLFLOW_AUTH_DECISION_CACHE_SECONDS": value}
+        return float(Settings.from_environment(environ).auth_decision_cache_seconds)
+
+    assert [seconds(value) for value in ("", "0", "0.5", "2")] == [1, 0, 0.5, 2]
+    for value in ("2.5", "60", "-1", "nan", "inf"):
+        with pytest.raises(SettingsError) as refused:
+            seconds(value)
+        assert str(refused.value) == (
+            f"MLFLOW_AUTH_DECISION_CACHE_SECONDS={value!r}; expected 0 to 2 seconds "
+            "(a revoked permission must count within 2 s)"
+        )
+    with pytest.raises(
+        SettingsError, match=r"^MLFLOW_AUTH_DECISION_CACHE_SECONDS='one'; expected a number of seconds$"
+    ):
+        seconds("one")
+
+
 def test_defaults_when_unset_or_empty() -> None:
     settings = Settings.from_environment({**BASE, "POSTGRES_PASSWORD": "x", "MLFLOW_WORKERS": ""})
     assert (settings.port, settings.workers, settings.request_threads, settings.pool_size) == (5000, 2, 8, 8)
