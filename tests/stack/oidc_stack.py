@@ -52,7 +52,7 @@ REPLICA_HOST_HEADER = {"Host": "tracking-server:5000"}
 WORKER_ANSWERS = """
 import glob, json, sys
 from prometheus_client.mmap_dict import MmapedDict
-wanted = {"endpoint": sys.argv[1], "method": "GET", "status": sys.argv[2]}
+wanted = {"endpoint": sys.argv[1], "method": sys.argv[3], "status": sys.argv[2]}
 counts = {}
 for path in glob.glob("/tmp/mlflow-metrics/counter_*.db"):
     values = MmapedDict.read_all_values_from_file(path)
@@ -128,12 +128,14 @@ class OidcStack:
         assert len(addresses) == REPLICAS and all(addresses), addresses
         return addresses
 
-    def answers_per_worker(self, endpoint: str, status: int) -> dict[str, float]:
-        """{"<replica container>/<worker pid>": how many GET `endpoint` it answered with `status`}."""
+    def answers_per_worker(self, endpoint: str, status: int, method: str = "GET") -> dict[str, float]:
+        """{"<replica container>/<worker pid>": how many `method` `endpoint` it answered with `status`}."""
         names = self.stack.compose("ps", "--format", "{{.Name}}", "tracking-server").stdout.split()
         counts: dict[str, float] = {}
         for name in names:
-            shown = self.stack.run("docker", "exec", name, "python", "-c", WORKER_ANSWERS, endpoint, str(status))
+            shown = self.stack.run(
+                "docker", "exec", name, "python", "-c", WORKER_ANSWERS, endpoint, str(status), method
+            )
             assert shown.returncode == 0, shown.stderr[-2000:]
             counts.update({f"{name}/{pid}": count for pid, count in json.loads(shown.stdout).items()})
         return counts

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -277,30 +278,37 @@ def test_a_trainer_on_another_network_with_only_a_token_trains_and_registers(oid
 # -- Revocation within 2 s on every worker of every replica -----------------------------------------------------
 
 
-def replica_status(address: str, path: str, auth: tuple[str, str] | None, cookies: dict[str, str] | None) -> int:
-    """One request to one replica on a new connection (so the replica's workers take turns accepting)."""
-    answer = requests.get(
+def replica_status(
+    address: str, path: str, auth: tuple[str, str] | None, cookies: dict[str, str] | None, body: Any = None
+) -> int:
+    """One request to one replica on a new connection (so the replica's workers take turns accepting): a GET, or a
+    POST of `body` as JSON."""
+    answer = requests.request(
+        "GET" if body is None else "POST",
         f"http://{address}:5000/api/2.0/mlflow/{path}",
         headers={**REPLICA_HOST_HEADER, "Connection": "close"},
         auth=auth,
         cookies=cookies,
+        json=body,
         timeout=10,
     )
     return answer.status_code
 
 
 def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, before: int, after: int,
-                   auth: tuple[str, str] | None = None, cookies: dict[str, str] | None = None) -> float:  # fmt: skip
+                   auth: tuple[str, str] | None = None, cookies: dict[str, str] | None = None,
+                   body: Any = None) -> float:  # fmt: skip
     """Seconds from the revoking call's answer to the first of SETTLED_STREAK requests in a row, round-robin over
     the replicas, that all answer `after`. Every replica answers `before` first, so the change is what moved it.
     Then every worker of every replica must have answered `after` at least once (their request counters say
     which process answered): more rounds of requests, each all `after`, until each has."""
     addresses = oidc.replica_addresses()
     for address in addresses * WORKERS * 2:
-        assert replica_status(address, path, auth, cookies) == before, (address, path)
+        assert replica_status(address, path, auth, cookies, body) == before, (address, path)
     # The label the server's metrics give this path (ids and e-mail addresses folded).
     endpoint = endpoint_of("/api/2.0/mlflow/" + path.split("?")[0])
-    counted = oidc.answers_per_worker(endpoint, after)
+    method = "GET" if body is None else "POST"
+    counted = oidc.answers_per_worker(endpoint, after, method)
     assert len(counted) == REPLICAS * WORKERS, counted
     revoke()
     start = time.monotonic()
@@ -308,7 +316,7 @@ def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, be
     while streak < SETTLED_STREAK:
         sent = time.monotonic()
         assert sent - start < 15, f"{path}: not settled on {after} 15 s after the change"
-        status = replica_status(addresses[asked % len(addresses)], path, auth, cookies)
+        status = replica_status(addresses[asked % len(addresses)], path, auth, cookies, body)
         asked += 1
         if status == after:
             streak_start = sent if streak == 0 else streak_start
@@ -318,13 +326,13 @@ def settle_seconds(oidc: OidcStack, revoke: Callable[[], None], path: str, *, be
             streak = 0
     print(f"{path}: {asked} requests, the last {SETTLED_STREAK} all {after}, done {time.monotonic() - start:.2f} s")
     for rounds in range(5):
-        now = oidc.answers_per_worker(endpoint, after)
+        now = oidc.answers_per_worker(endpoint, after, method)
         silent = [worker for worker, count in now.items() if count <= counted.get(worker, 0)]
         if not silent:
             print(f"{path}: every one of the {len(now)} workers answered {after} (extra rounds: {rounds})")
             break
         for address in addresses * SETTLED_STREAK:
-            assert replica_status(address, path, auth, cookies) == after, (address, path)
+            assert replica_status(address, path, auth, cookies, body) == after, (address, path)
     assert not silent, f"workers that never answered {after} after the change: {silent}"
     return streak_start - start
 
@@ -406,6 +414,29 @@ def test_a_removed_group_grant_is_refused_everywhere_within_2_s(oidc_stack: Oidc
         assert answer.status_code == 200, answer.text
 
     report("group grant removed", settle_seconds(oidc, remove, path, before=200, after=403, cookies=cookies))
+
+
+def test_a_removed_group_grant_stops_fast_path_writes_everywhere_within_2_s(oidc_stack: OidcStack) -> None:
+    """The run writes a trainer repeats (set-tag here) are answered by the fast path (fast_path_oidc.py), inside the
+    plugin's middleware: a removed EDIT grant refuses them within the same bound as a read."""
+    oidc = oidc_stack
+    bob = oidc.sign_in("bob")
+    cookies = server_cookies(bob)
+    experiment_id = oidc.create_experiment(oidc.admin(), f"sso-revoke-write-{suffix()}")
+    created = oidc.admin().post(oidc.api("runs/create"), json={"experiment_id": experiment_id}, timeout=30)
+    assert created.status_code == 200, created.text
+    body = {"run_id": created.json()["run"]["info"]["run_id"], "key": "probe", "value": "1"}
+    grant_group(oidc, experiment_id, "EDIT")
+    address = oidc.replica_addresses()[0]
+    wait_until(lambda: replica_status(address, "runs/set-tag", None, cookies, body) == 200, 5, "grant not seen")
+    time.sleep(1.2)  # every worker's cached "no grant" has expired
+
+    def remove() -> None:
+        answer = oidc.admin().delete(oidc.api(f"permissions/groups/{GROUP}/experiments/{experiment_id}"), timeout=30)
+        assert answer.status_code == 200, answer.text
+
+    seconds = settle_seconds(oidc, remove, "runs/set-tag", before=200, after=403, cookies=cookies, body=body)
+    report("group grant removed, fast-path write", seconds)
 
 
 def test_a_demotion_at_the_provider_with_sessions_revoked_holds_everywhere_within_2_s(oidc_stack: OidcStack) -> None:
