@@ -5,39 +5,24 @@ Screenshots go to test-artifacts/screenshots/ for a human to look at after the r
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.stack.conftest import REPO, STACK_URL, Names, Training
+from tests.support.chromium import launch
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-# Without the background-networking flags Chromium keeps dialing Google's hosts, which this machine refuses.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 UI_TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
 def page() -> Iterator[Page]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} missing: install Debian's chromium package (CI does)")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch(playwright)
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
         tab.set_default_timeout(UI_TIMEOUT_MS)
         yield tab

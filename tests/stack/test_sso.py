@@ -10,8 +10,6 @@ carol (no groups claim) and dave (an admin whom the provider demotes).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -40,9 +38,9 @@ from tests.stack.oidc_stack import (
     OidcStack,
     email,
 )
+from tests.support.chromium import launch, nss_home
 from tests.support.waiting import wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 # The promise (docs/security.md): a revocation holds on every worker of every replica within this.
 REVOCATION_BOUND_SECONDS = 2.0
@@ -80,20 +78,6 @@ def eventually(probe: Callable[[], int], expected: int, what: str) -> None:
 # -- Chromium: sign-in, the UI on each side of a grant, logout -------------------------------------------------
 
 
-def nss_home(tmp_path: Path, *cas: str) -> Path:
-    """A HOME whose NSS database trusts only the given CAs: Chromium on Linux reads its roots from there."""
-    if not shutil.which("certutil"):
-        pytest.fail("certutil missing: install Debian's libnss3-tools (CI does)")
-    nssdb = tmp_path / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True)
-    for number, ca in enumerate(cas):
-        subprocess.run(
-            ["certutil", "-A", "-d", f"sql:{nssdb}", "-n", f"ca-{number}", "-t", "C,,", "-i", ca], check=True
-        )
-    return tmp_path
-
-
 def browser_fetch(page: Page, url: str) -> tuple[int, str]:
     """A request from the page itself: the browser's cookies, name resolution and CAs."""
     status, body = page.evaluate(
@@ -126,15 +110,7 @@ def test_bob_signs_in_with_chromium_sees_an_experiment_only_after_a_group_grant_
     home = nss_home(tmp_path, oidc.stack_ca, oidc.test_ca)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                f"--host-resolver-rules=MAP {PUBLIC_NAME} {oidc.address}, MAP {ISSUER_NAME} {oidc.address}",
-            ],
-            env={**os.environ, "HOME": str(home)},
-        )  # fmt: skip
+        browser = launch(playwright, home, {PUBLIC_NAME: oidc.address, ISSUER_NAME: oidc.address})
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             page = context.new_page()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -27,6 +26,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.stack.conftest import MLFLOW_PORT, NPZ_IN_CONTAINER, REPO, mnist_npz
 from tests.stack.fresh_stack import FreshStack, copy_repository
+from tests.support.chromium import launch, nss_home
 from tests.support.waiting import wait_until
 
 PROJECT = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'mlflow-stack')}-team"
@@ -35,7 +35,6 @@ NETWORK = f"{PROJECT}-remote"
 TEAM_PORT = int(os.environ.get("TEAM_STACK_MLFLOW_PORT", str(MLFLOW_PORT + 12)))
 TEAM_CONSOLE_PORT = int(os.environ.get("TEAM_STACK_CONSOLE_PORT", str(MLFLOW_PORT + 13)))
 PUBLIC_NAME = "mlflow.team.test"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 
 
@@ -234,26 +233,12 @@ def test_team_mode_without_logins_refuses_to_start_in_one_line(team: Team) -> No
 
 
 def test_chromium_trusting_the_ca_logs_in_and_shows_the_registry(team: Team, tmp_path: Path) -> None:
-    if not shutil.which("certutil"):
-        pytest.fail("certutil missing: install Debian's libnss3-tools (CI does)")
-    # Chromium on Linux trusts the roots in the user's NSS database: a HOME of its own with only the stack's CA.
-    nssdb = tmp_path / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True)
-    subprocess.run(
-        ["certutil", "-A", "-d", f"sql:{nssdb}", "-n", "mlflow-stack", "-t", "C,,", "-i", team.ca], check=True
-    )
+    # Chromium trusts the roots in the user's NSS database: a HOME of its own with only the stack's CA.
+    home = nss_home(tmp_path, team.ca)
     model = f"mnist-team-{team.suffix}"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", f"--host-resolver-rules=MAP {PUBLIC_NAME} {team.address}",
-            ],
-            env={**os.environ, "HOME": str(tmp_path)},
-        )  # fmt: skip
+        browser = launch(playwright, home, {PUBLIC_NAME: team.address})
         try:
             context = browser.new_context(
                 http_credentials={"username": team.trainer[0], "password": team.trainer[1]},
