@@ -191,36 +191,50 @@ def _cache_run_experiments() -> None:
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
 
 
+def decide_in_flask(
+    decide: Callable[[], Any], scope: Scope, body: bytes, environ_overrides: dict[str, Any] | None = None
+) -> Refusal | None:
+    """`decide` (an auth app's before-request hook) in a Flask request context built from the request's method,
+    path, query, headers and body: None when it allows, its 401 or 403 as it words it; any other answer hands the
+    request to MLflow's app."""
+    from flask import Response
+    from mlflow.server import app as flask_app
+
+    headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
+    with flask_app.test_request_context(
+        scope["path"],
+        method=scope["method"],
+        headers=headers,
+        data=body,
+        query_string=scope.get("query_string", b""),
+        environ_overrides=environ_overrides,
+    ):
+        answer: Any = decide()
+    if answer is None:
+        return None
+    if not isinstance(answer, Response) or answer.status_code not in REFUSALS:
+        raise HandToMlflowError(f"the auth app answered {answer!r}")
+    kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+    return answer.status_code, kept, answer.get_data()
+
+
 def basic_auth_hook(settings: Settings) -> Authorize:
     """MLflow's basic-auth app's own before-request decision, for one request, its "allowed" remembered for
     MLFLOW_AUTH_DECISION_CACHE_SECONDS. Built once per worker, after the auth app itself (its module reads the auth
     configuration and opens its store at import)."""
-    from flask import Response
-    from mlflow.server import app as flask_app
     from mlflow.server.auth import _before_request, auth_config, authenticate_request_basic_auth, get_auth_func
 
     _cache_run_experiments()
 
+    def before_request() -> Any:
+        deciding = _DECIDING.set(True)
+        try:
+            return _before_request()
+        finally:
+            _DECIDING.reset(deciding)
+
     def authorize(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
-        headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
-        with flask_app.test_request_context(
-            scope["path"],
-            method=scope["method"],
-            headers=headers,
-            data=body,
-            query_string=scope.get("query_string", b""),
-        ):
-            deciding = _DECIDING.set(True)
-            try:
-                answer: Any = _before_request()
-            finally:
-                _DECIDING.reset(deciding)
-        if answer is None:
-            return None
-        if not isinstance(answer, Response) or answer.status_code not in REFUSALS:
-            raise HandToMlflowError(f"the auth app answered {answer!r}")
-        kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
-        return answer.status_code, kept, answer.get_data()
+        return decide_in_flask(before_request, scope, body)
 
     # The key holds what MLflow's basic-auth login reads (the Authorization header); another authorization
     # function, set in the auth config, may read anything: then every request is decided.

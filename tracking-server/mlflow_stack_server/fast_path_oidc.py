@@ -23,14 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow_stack_server.asgi import Scope
-from mlflow_stack_server.fast_path_auth import REFUSALS, Authorize, HandToMlflowError, Refusal
+from mlflow_stack_server.fast_path_auth import Authorize, HandToMlflowError, Refusal, decide_in_flask
 
 
 def oidc_hook() -> Authorize:
     """The plugin's before-request decision for one fast-path request. Built once per worker, after the plugin's
     app (importing it reads the plugin's configuration and registers the hook on MLflow's Flask app)."""
-    from flask import Response
-    from mlflow.server import app as flask_app
     from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
     from mlflow_oidc_auth.hooks import before_request_hook
 
@@ -38,22 +36,7 @@ def oidc_hook() -> Authorize:
         context = scope.get(AUTH_CONTEXT_KEY)
         if context is None:
             raise HandToMlflowError("no caller in the scope: the plugin answers")
-        headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
-        with flask_app.test_request_context(
-            scope["path"],
-            method=scope["method"],
-            headers=headers,
-            data=body,
-            query_string=scope.get("query_string", b""),
-            environ_overrides={AUTH_CONTEXT_KEY: context},
-        ):
-            answer: Any = before_request_hook()
-        if answer is None:
-            return None
-        if not isinstance(answer, Response) or answer.status_code not in REFUSALS:
-            raise HandToMlflowError(f"the plugin answered {answer!r}")
-        kept = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
-        return answer.status_code, kept, answer.get_data()
+        return decide_in_flask(before_request_hook, scope, body, {AUTH_CONTEXT_KEY: context})
 
     return authorize
 
