@@ -73,35 +73,46 @@ def no_login_hook(settings: Settings) -> Authorize:
 ALLOWANCES_KEPT = 10_000  # remembered "allowed" decisions per worker (a few MB), the least recently used dropped
 
 
+def unchanging() -> int | None:
+    """The generation of a memory that nothing invalidates: allowances expire with their age only."""
+    return 0
+
+
 def remember_allowances(
     authorize: Authorize,
     key: DecisionKey,
     seconds: float,
     kept: int = ALLOWANCES_KEPT,
     clock: Callable[[], float] = time.monotonic,
+    generation: Callable[[], int | None] = unchanging,
 ) -> Authorize:
-    """`authorize`, whose "allowed" answers are reused for `seconds` per `key`; 0: `authorize` itself.
+    """`authorize`, whose "allowed" answers are reused for `seconds` per `key`, while `generation()` stays the one
+    they were decided in; 0 seconds: `authorize` itself.
 
+    `generation` (auth_changes.ChangeListener) moves on at every change of the auth database; None: changes may go
+    unnoticed, so nothing is reused or remembered. Both an allowance's generation and its age are read before
+    `authorize` reads anything: a change made during the decision makes it stale at once (its notification moves
+    the generation on) or `seconds` after that change.
     Only "allowed" is remembered: a refusal, or an exception (a hand-off to MLflow's app), is decided again at
-    the next request, so a permission given counts at once. An allowance's age counts from before `authorize`
-    read anything, so one that a change made during the decision invalidates is used at most `seconds` after
-    that change; a refusal also forgets the key's allowance (another thread may have remembered it meanwhile).
+    the next request, so a permission given counts at once. A refusal also forgets the key's allowance (another
+    thread may have remembered it meanwhile).
     Concurrent requests with the same key are each decided while nothing is remembered: none waits for another.
     """
     if seconds <= 0:
         return authorize
-    allowed: OrderedDict[Hashable, float] = OrderedDict()  # key -> when its decision started (clock)
+    allowed: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()  # key -> (when its decision started, generation)
     lock = threading.Lock()
 
     def remembering(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         which = key(scope, body, run_id)
-        if which is None:
+        current = generation()
+        if which is None or current is None:
             return authorize(scope, body, run_id)
         started = clock()
         with lock:
             decided = allowed.get(which)
             if decided is not None:
-                if started - decided < seconds:
+                if started - decided[0] < seconds and decided[1] == current:
                     allowed.move_to_end(which)
                     return None
                 del allowed[which]
@@ -110,7 +121,7 @@ def remember_allowances(
             if refusal is not None:
                 allowed.pop(which, None)
                 return refusal
-            allowed[which] = started
+            allowed[which] = (started, current)
             allowed.move_to_end(which)
             while len(allowed) > kept:
                 allowed.popitem(last=False)
@@ -222,7 +233,30 @@ def basic_auth_hook(settings: Settings) -> Authorize:
     # function, set in the auth config, may read anything: then every request is decided.
     if get_auth_func(auth_config.authorization_function) is not authenticate_request_basic_auth:
         return authorize
-    return remember_allowances(authorize, credential_key(secrets.token_bytes(32)), settings.auth_decision_cache_seconds)
+    key = credential_key(secrets.token_bytes(32))
+    seconds = settings.auth_decision_cache_seconds
+    listener = _change_listener()
+    if listener is None:
+        return remember_allowances(authorize, key, min(seconds, UNNOTIFIED_SECONDS))
+    return remember_allowances(authorize, key, seconds, generation=listener.generation)
+
+
+# How long an allowance is reused when the auth database sends no change notifications (not Postgres).
+UNNOTIFIED_SECONDS = 1.0
+
+
+def _change_listener() -> Any:
+    """This worker's auth_changes.ChangeListener on MLflow's auth database, started; None when that database is not
+    Postgres (no notifications: allowances then expire after UNNOTIFIED_SECONDS)."""
+    from mlflow.server.auth import store
+
+    from mlflow_stack_server import auth_changes
+    from mlflow_stack_server.console import Console
+
+    if store.engine.dialect.name != "postgresql":
+        return None
+    uri = store.engine.url.render_as_string(hide_password=False)
+    return auth_changes.ChangeListener(auth_changes.psycopg2_connector(uri), Console("[tracking-server]").log).start()
 
 
 # The auth modes whose hook exists, and how each is built. A mode missing here gets no fast path.

@@ -215,6 +215,73 @@ def test_a_refusal_forgets_an_allowance_remembered_during_the_decision() -> None
     assert decisions == [FORBIDDEN, None, FORBIDDEN]
 
 
+class Generation:
+    """Stands in for auth_changes.ChangeListener.generation: None while not listening."""
+
+    def __init__(self) -> None:
+        self.now: int | None = 1
+
+    def __call__(self) -> int | None:
+        return self.now
+
+
+def test_a_change_of_the_auth_database_forgets_every_allowance_at_once() -> None:
+    app, clock, generation = AuthApp(), Clock(), Generation()
+    authorize = remember_allowances(app, _by_run, 60, clock=clock, generation=generation)
+    for run in ("r", "s", "r", "s"):
+        assert authorize(SCOPE, b"{}", run) is None
+    assert app.decisions == 2
+    app.answer = FORBIDDEN  # revoked, and notified: the next request is decided again, long before 60 s
+    generation.now = 2
+    assert authorize(SCOPE, b"{}", "r") == FORBIDDEN
+    assert authorize(SCOPE, b"{}", "s") == FORBIDDEN
+    assert app.decisions == 4
+
+
+def test_an_allowance_lives_up_to_the_cap_while_nothing_changes() -> None:
+    app, clock, generation = AuthApp(), Clock(), Generation()
+    authorize = remember_allowances(app, _by_run, 60, clock=clock, generation=generation)
+    authorize(SCOPE, b"{}", "r")
+    clock.now += 59.9
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 1
+    clock.now += 0.1
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 2
+
+
+def test_while_not_listening_nothing_is_reused_nor_remembered() -> None:
+    app, clock, generation = AuthApp(), Clock(), Generation()
+    authorize = remember_allowances(app, _by_run, 60, clock=clock, generation=generation)
+    authorize(SCOPE, b"{}", "r")
+    generation.now = None  # connection lost: a change may go unnoticed
+    for _ in range(3):
+        assert authorize(SCOPE, b"{}", "r") is None
+    assert app.decisions == 4
+    generation.now = 2  # listening again, on a new connection: a new generation, nothing from before counts
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 5
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 5
+
+
+def test_an_allowance_decided_while_a_change_arrives_is_not_reused() -> None:
+    # The generation is read before the decision: a change notified while the auth app decides makes the answer
+    # stale at once (the auth app may have read the rows from before the change).
+    generation = Generation()
+
+    def changes_meanwhile(scope: Any, body: bytes, run_id: str) -> Refusal | None:
+        decisions.append(run_id)
+        generation.now = (generation.now or 0) + 1
+        return None
+
+    decisions: list[str] = []
+    authorize = remember_allowances(changes_meanwhile, _by_run, 60, clock=Clock(), generation=generation)
+    authorize(SCOPE, b"{}", "r")
+    authorize(SCOPE, b"{}", "r")
+    assert decisions == ["r", "r"]
+
+
 def test_without_a_key_every_request_is_decided() -> None:
     app, clock = AuthApp(), Clock()
     authorize = _remembering(app, clock, key=lambda scope, body, run_id: None)
