@@ -106,9 +106,12 @@ def test_a_change_made_by_another_server_is_counted_within_milliseconds(
         for change, make in _changes(other_server):
             make()
             changed = time.monotonic()
-            wait_until(
-                lambda g=generation: listener.generation() not in (g, None), 5, f"{change}: not counted", interval=0.001
-            )
+            counted = generation
+
+            def moved_on(counted: int = counted) -> bool:
+                return listener.generation() not in (counted, None)
+
+            wait_until(moved_on, 5, f"{change}: not counted", interval=0.001)
             delays[change] = time.monotonic() - changed
             generation = listener.generation()  # type: ignore[assignment]
         print({change: f"{1000 * delay:.1f} ms" for change, delay in delays.items()})
