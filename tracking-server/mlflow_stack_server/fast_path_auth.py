@@ -21,13 +21,18 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     decides for the fast path, `get_run` answers from a per-worker map of run to experiment (RunExperiments);
     every other caller gets the store itself. A run removed for good (`make gc`) stays known to a worker until
     it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's path answers 403.
-  - the auth app's "allowed" (remember_allowances), for MLFLOW_AUTH_DECISION_CACHE_SECONDS (1 s), per worker,
-    keyed by the credentials (an HMAC of the Authorization header under a per-worker random key: no password
-    is kept), the method, path, query and run. A trainer's loop writes to one run with one login, so most
-    writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are never
-    remembered: a grant given, a password set or a user created counts at the next request; a revoked or
-    lowered grant, a DENY, a demotion, a changed password or a deleted user counts within those seconds (the
-    stack promises 2 s, so more is refused at start).
+  - the auth app's "allowed" (remember_allowances), per worker, keyed by the credentials (an HMAC of the
+    Authorization header under a per-worker random key: no password is kept), the method, path, query and run.
+    A trainer's loop writes to one run with one login, so most writes skip the auth app's database reads and
+    its Flask request context. Refusals and hand-offs are never remembered: a grant given, a password set or a
+    user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
+    database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
+    a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
+    notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
+    is used. An allowance lives at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (60 s) while nothing changes;
+    without notifications (an auth database that is not Postgres) at most UNNOTIFIED_SECONDS (1 s). MLflow's
+    basic auth has nothing that changes with time alone: users, passwords, admin flags, grants and roles are
+    all rows of that database.
 
 This module imports nothing from MLflow at load (fast_path_guard.py imports it while MLflow is being imported).
 """
