@@ -4,6 +4,7 @@ listening (generation None: no remembered allowance used) while its connection i
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,3 +188,33 @@ def test_a_hung_listener_is_not_listening_after_the_liveness_bound(auth_database
         assert listener.generation() is None
     finally:
         listener.stop()
+
+
+def test_the_role_that_migrated_the_auth_database_installs_the_triggers_without_superuser(
+    postgres_server: str,
+) -> None:
+    """As with a managed Postgres: the server's role is no superuser, owns the auth database (MLFLOW_AUTH_DATABASE_URI
+    made by an operator with OWNER, or created by prepare with CREATEDB) and so the tables its migrations create;
+    that is all the triggers need."""
+    role, password = f"owner_{secrets.token_hex(4)}", secrets.token_hex(12)
+    database = f"auth_{secrets.token_hex(4)}"
+    admin = sqlalchemy.create_engine(postgres_server + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN NOSUPERUSER PASSWORD '{password}'"))
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {database} OWNER {role}"))
+    admin.dispose()
+    host = postgres_server.rsplit("@", 1)[1]
+    uri = f"postgresql+psycopg2://{role}:{password}@{host}/{database}"
+    store = SqlAlchemyStore()
+    store.init_db(uri)
+    notify_auth_changes(uri)
+    watched = {table: count for table, count in _triggers(uri).items() if not table.startswith("alembic_version")}
+    assert "users" in watched and set(watched.values()) == {1}, watched
+    listener = _listening(uri)
+    try:
+        generation = _wait_listening(listener)
+        store.create_user("bob", "a-long-password")
+        wait_until(lambda: listener.generation() not in (generation, None), 5, "not counted", interval=0.01)
+    finally:
+        listener.stop()
+        store.engine.dispose()
