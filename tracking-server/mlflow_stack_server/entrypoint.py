@@ -336,7 +336,9 @@ def size_connection_pool(settings: Settings) -> None:
     # Per worker: the tracking and registry stores (and auth's) each keep pool_size idle connections,
     # and at most two per request thread are in use at once.
     engines = 2 if settings.auth == "none" else 3
-    needed = workers * (2 * threads + pool_size * (engines - 1))
+    # With basic auth each worker also keeps one session listening for changes of the auth database (auth_changes).
+    listeners = 1 if settings.auth == "basic" else 0
+    needed = workers * (2 * threads + pool_size * (engines - 1) + listeners)
     engine = sqlalchemy.create_engine(settings.backend_store_uri)
     try:
         with engine.connect() as connection:
