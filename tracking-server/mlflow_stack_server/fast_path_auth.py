@@ -252,13 +252,15 @@ UNNOTIFIED_SECONDS = 1.0
 
 def _change_listener() -> Any:
     """This worker's auth_changes.ChangeListener on MLflow's auth database, started; None when that database is not
-    Postgres (no notifications: allowances then expire after UNNOTIFIED_SECONDS)."""
+    Postgres (no notifications: allowances then expire after UNNOTIFIED_SECONDS), or when the auth app reads from a
+    replica (read_database_uri): a decision made after a notification could read the replica's rows from before
+    the change, and be remembered as current."""
     from mlflow.server.auth import store
 
     from mlflow_stack_server import auth_changes
     from mlflow_stack_server.console import Console
 
-    if store.engine.dialect.name != "postgresql":
+    if store.engine.dialect.name != "postgresql" or getattr(store, "read_engine", None) is not None:
         return None
     uri = store.engine.url.render_as_string(hide_password=False)
     return auth_changes.ChangeListener(auth_changes.psycopg2_connector(uri), Console("[tracking-server]").log).start()
