@@ -184,7 +184,8 @@ class ChangeListener:
             error = state.outcome.exception() if state.outcome else None
             pause = state.next_action.sleep if state.next_action else 0.0
             self._log(
-                f"auth change notifications: not listening ({type(error).__name__}: {str(error).strip()[:200]}); "
+                f"auth change notifications: not listening ({type(error).__name__}: "
+                f"{(str(error).strip().splitlines() or [''])[0][:200]}); "
                 f"remembered fast-path allowances unused, retrying in {pause:.1f} s"
             )
 
@@ -212,6 +213,7 @@ class ChangeListener:
                     raise TriggersMissingError(f"no change trigger on {', '.join(unwatched)} (run prepare)")
                 # Changes made while nobody listened were missed: everything remembered before is forgotten.
                 self._state = (self._state[0] + 1, None)
+                self._log("auth change notifications: listening")
                 sent: dict[str, float] = {}  # heartbeat payload -> clock time before it was sent
                 next_beat = 0.0
                 while not self._stopping.is_set():
