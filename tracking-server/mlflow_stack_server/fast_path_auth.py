@@ -29,7 +29,10 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
     a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
     notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
-    is used. An allowance lives at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (60 s) while nothing changes;
+    is used. The auth database reads a decision makes (the login's row, the user, its grants) are remembered
+    the same way, for fast-path decisions only (remember_reads), so that a decision not remembered yet (a new run,
+    another route) makes no database round trip either.
+    An allowance lives at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (60 s) while nothing changes;
     without notifications (an auth database that is not Postgres) at most UNNOTIFIED_SECONDS (1 s). MLflow's
     basic auth has nothing that changes with time alone: users, passwords, admin flags, grants and roles are
     all rows of that database.
@@ -243,7 +246,87 @@ def basic_auth_hook(settings: Settings) -> Authorize:
     listener = _change_listener()
     if listener is None:
         return remember_allowances(authorize, key, min(seconds, UNNOTIFIED_SECONDS))
+    if seconds > 0:
+        _remember_auth_reads(listener.generation, seconds)
     return remember_allowances(authorize, key, seconds, generation=listener.generation)
+
+
+AUTH_READS_KEPT = 10_000  # remembered answers per read of the auth store per worker, the least recently used dropped
+
+
+def _hashable(value: Any) -> Hashable:
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def remember_reads(
+    read: Callable[..., Any],
+    generation: Callable[[], int | None],
+    seconds: float,
+    kept: int = AUTH_READS_KEPT,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[..., Any]:
+    """`read` (a read of the auth store), whose answers are reused per arguments while `generation()` stays the one
+    they were read in, for at most `seconds`; None: read every time. Errors are never remembered; a list answered is
+    copied for each caller."""
+    answers: OrderedDict[Hashable, tuple[float, int, Any]] = OrderedDict()
+    lock = threading.Lock()
+
+    def remembering(*args: Any, **kwargs: Any) -> Any:
+        current = generation()
+        if current is None:
+            return read(*args, **kwargs)
+        which = (tuple(_hashable(a) for a in args), tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
+        started = clock()
+        with lock:
+            known = answers.get(which)
+            if known is not None and known[1] == current and started - known[0] < seconds:
+                answers.move_to_end(which)
+                value = known[2]
+                return list(value) if isinstance(value, list) else value
+        value = read(*args, **kwargs)
+        with lock:
+            answers[which] = (started, current, value)
+            answers.move_to_end(which)
+            while len(answers) > kept:
+                answers.popitem(last=False)
+        return list(value) if isinstance(value, list) else value
+
+    return remembering
+
+
+def _during_decisions(remembering: Callable[..., Any], plain: Callable[..., Any]) -> Callable[..., Any]:
+    """`remembering` while the auth app decides for the fast path, `plain` for every other caller (MLflow's own
+    handlers read their writes back in the same request, before the change's notification has arrived)."""
+
+    def read(*args: Any, **kwargs: Any) -> Any:
+        return remembering(*args, **kwargs) if _DECIDING.get() else plain(*args, **kwargs)
+
+    return read
+
+
+def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -> None:
+    """During fast-path decisions: the auth database reads the auth app makes for one (the login's row, the user, its
+    grants) answered from memory while no change of that database was notified (the same bound as allowances),
+    so that a decision not yet remembered (a new run, another route) costs no database round trip."""
+    from mlflow.server import auth
+
+    from mlflow_stack_server.login_cache import RevalidatedLoginCache
+
+    store = auth.store
+    if getattr(store, "fast_path_reads", False):
+        return  # already in place (a second app built in this process)
+    for name in ("get_user", "list_grants"):
+        plain = getattr(store, name)
+        setattr(store, name, _during_decisions(remember_reads(plain, generation, seconds), plain))
+    setattr(store, "fast_path_reads", True)  # noqa: B010
+    cache = auth._USER_AUTH_CACHE
+    if isinstance(cache, RevalidatedLoginCache):
+        plain_row = cache._current_row
+        cache._current_row = _during_decisions(remember_reads(plain_row, generation, seconds), plain_row)
 
 
 # How long an allowance is reused when the auth database sends no change notifications (not Postgres).

@@ -15,7 +15,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_stack_server import fast_http
+from mlflow_stack_server import fast_http, fast_path_auth
 from mlflow_stack_server.fast_path_auth import (
     HandToMlflowError,
     Refusal,
@@ -24,6 +24,7 @@ from mlflow_stack_server.fast_path_auth import (
     authorization_hook,
     credential_key,
     remember_allowances,
+    remember_reads,
 )
 from mlflow_stack_server.settings import Settings
 
@@ -368,3 +369,60 @@ def test_with_different_logins_an_allowance_is_not_shared() -> None:
 def test_no_logins_means_nothing_to_decide_or_remember() -> None:
     settings = Settings.from_environment({"MLFLOW_AUTH": "none"}, server=False)
     assert authorization_hook(settings) is allow_everyone
+
+
+# ---- remember_reads: the auth store's reads during fast-path decisions, per generation ---------------------------
+
+
+class Reads:
+    def __init__(self) -> None:
+        self.made: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> list[str]:
+        self.made.append(args)
+        if args[0] == "missing":
+            raise MlflowException("User with username=missing not found", RESOURCE_DOES_NOT_EXIST)
+        return [f"grant of {args[0]}"]
+
+
+def test_a_read_is_reused_per_arguments_until_a_change_is_notified() -> None:
+    reads, generation = Reads(), Generation()
+    read = remember_reads(reads, generation, 60, clock=Clock())
+    assert read(1, "default", {"experiment"}) == read(1, "default", {"experiment"}) == ["grant of 1"]
+    read(2, "default", {"experiment"})
+    assert len(reads.made) == 2
+    generation.now = 2
+    read(1, "default", {"experiment"})
+    assert len(reads.made) == 3
+
+
+def test_a_read_is_made_every_time_while_not_listening_and_errors_are_never_reused() -> None:
+    reads, generation = Reads(), Generation()
+    read = remember_reads(reads, generation, 60, clock=Clock())
+    generation.now = None
+    read(1)
+    read(1)
+    generation.now = 1
+    for _ in range(2):
+        with pytest.raises(MlflowException):
+            read("missing")
+    assert len(reads.made) == 4
+
+
+def test_a_remembered_list_is_a_copy_for_each_caller() -> None:
+    read = remember_reads(Reads(), Generation(), 60, clock=Clock())
+    read(1).append("changed by a caller")
+    assert read(1) == ["grant of 1"]
+
+
+def test_reads_are_remembered_during_fast_path_decisions_only() -> None:
+    reads, plain = Reads(), Reads()
+    read = fast_path_auth._during_decisions(remember_reads(reads, Generation(), 60, clock=Clock()), plain)
+    read(1)
+    deciding = fast_path_auth._DECIDING.set(True)
+    try:
+        read(1)
+        read(1)
+    finally:
+        fast_path_auth._DECIDING.reset(deciding)
+    assert (len(plain.made), len(reads.made)) == (1, 1)
