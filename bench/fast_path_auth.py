@@ -7,8 +7,13 @@ Each configuration is one uvicorn process of the server's own app factory (no co
 gateway: the tracking server alone), on a database of its own on a throwaway Postgres of the stack's image
 (tests/fast_store's harness), driven by bench.server_load's closed-loop trainers. With basic auth they log in as
 a user that is not an admin (the one the stack gives trainers), so every write runs the auth app's permission
-check; the login cache is on (60 s), as the stack ships it. Reported: requests/s, p99, and the server process's
-CPU per request (from /proc, its threads included), best of BENCH_REPEATS rounds by requests/s.
+check; the login cache is on (60 s), and the fast path remembers an "allowed" until the auth database changes
+(at most MLFLOW_AUTH_DECISION_CACHE_SECONDS, 60 s), as the stack ships them: the auth database is prepared as the
+entrypoint's prepare leaves it (MLflow's auth schema and the change triggers of auth_changes.py). One configuration
+caps an allowance at 1 s, one switches the memory off (0).
+Reported: requests/s, p99, the server process's CPU per request (from /proc, its threads included), and with
+basic auth the share of the fast path's writes answered from a remembered allowance, each round of BENCH_REPEATS.
+BENCH_EPOCH_SECONDS paces each trainer's epochs (bench.server_load; default 0: closed loop).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import secrets
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -27,16 +33,24 @@ import requests
 from bench.common import save
 from bench.server_load import load
 from tests.fast_store.conftest import create_database, postgres_container
+from tests.fast_store.test_auth_changes import migrated_auth_database
 from tests.fast_store.test_fast_path_generated import _healthy, _start
+from tests.support.fast_path_counter import COUNT_PATH, FROM_MEMORY
 from tests.support.waiting import wait_until
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
+EPOCH_SECONDS = float(os.environ.get("BENCH_EPOCH_SECONDS", "0"))
+# With basic auth: the server's factory with a count of the fast path's answers (and of those from memory).
+COUNTED_BASIC_AUTH = "tests.support.fast_path_counter:create_app_with_basic_auth"
 ADMIN = ("bench-admin", secrets.token_hex(12))
 TRAINER = ("bench-trainer", secrets.token_hex(12))
 # label: (app factory, fast path on, MLFLOW_AUTH_DECISION_CACHE_SECONDS; None: the shipped default)
 CONFIGURATIONS: dict[str, tuple[str, bool, str | None]] = {
     "no logins, fast path": ("create_app", True, None),
     "basic auth, fast path": ("create_app_with_basic_auth", True, None),
+    "basic auth, fast path, allowances for at most 1 s (MLFLOW_AUTH_DECISION_CACHE_SECONDS=1)": (
+        "create_app_with_basic_auth", True, "1",
+    ),
     "basic auth, fast path, every write decided (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0)": (
         "create_app_with_basic_auth", True, "0",
     ),
@@ -108,7 +122,7 @@ def _start_server(
         config = folder / f"{factory}-{fast}.ini"
         config.write_text(
             "[mlflow]\ndefault_permission = READ\n"
-            f"database_uri = {create_database(server).replace('%', '%%')}\n"
+            f"database_uri = {migrated_auth_database(server).replace('%', '%%')}\n"
             f"admin_username = {ADMIN[0]}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
             "auth_cache_ttl_seconds = 60\n"
@@ -128,7 +142,8 @@ def _start_server(
     if extra and decision_seconds is not None:
         extra["MLFLOW_AUTH_DECISION_CACHE_SECONDS"] = decision_seconds
     full_name = factory if ":" in factory else f"mlflow_stack_server.proxied_artifacts:{factory}"
-    started = _start(name, database, fast, folder, full_name, extra)
+    app = COUNTED_BASIC_AUTH if factory == "create_app_with_basic_auth" else full_name
+    started = _start(name, database, fast, folder, app, extra)
     wait_until(lambda: _healthy(started), 120, name, interval=0.5, ignoring=(requests.RequestException,))
     if extra and token is None:
         answer = requests.post(
@@ -141,26 +156,40 @@ def _start_server(
     return started, token
 
 
-def measure(label: str, server: Any, k: int, password: str | None) -> dict[str, Any]:
-    """`password`: the trainer's (basic auth) or its token (oidc); None: no logins."""
+def measure(label: str, server: Any, k: int, password: str | None, counted: bool) -> dict[str, Any]:
+    """`password`: the trainer's (basic auth) or its token (oidc); None: no logins. `counted`: the server counts
+    its fast path's answers (basic auth)."""
     if password is not None:
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = TRAINER[0], password
     else:
         os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
         os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
     api = server.url + "/api/2.0/mlflow"
-    load(k, {}, api)  # warm-up: stores, pools, the login cache
+    load(k, {}, api, epoch_seconds=EPOCH_SECONDS)  # warm-up: stores, pools, the login cache
+    answered = _fast_path_answers(server, counted)
     before, started = process_cpu_seconds(server.process.pid), time.perf_counter()
-    row = load(k, {}, api)
+    row = load(k, {}, api, epoch_seconds=EPOCH_SECONDS)
     cpu = process_cpu_seconds(server.process.pid) - before
     row["cpu_ms_per_request"] = {"tracking_server": round(1000 * cpu / max(1, row["requests"]), 2)}
+    if counted:
+        answered = _fast_path_answers(server, counted) - answered
+        writes = sum(count for status, count in answered.items() if status != FROM_MEMORY)
+        row["fast_path_writes"] = writes
+        row["allowed_from_memory"] = round(answered[FROM_MEMORY] / max(1, writes), 3)
     row["load_average_1m"] = os.getloadavg()[0]
     print(
         f"bench: {label} K={k}: {row['requests_per_second']} req/s, p99 {row['latency_ms_p99']} ms, "
-        f"server CPU {row['cpu_ms_per_request']['tracking_server']} ms/request, errors {row['errors']} "
+        f"server CPU {row['cpu_ms_per_request']['tracking_server']} ms/request, errors {row['errors']}, "
+        f"from memory {row.get('allowed_from_memory', '-')} "
         f"({time.perf_counter() - started:.0f} s, load {row['load_average_1m']:.1f})"
     )
     return row
+
+
+def _fast_path_answers(server: Any, counted: bool) -> Counter[str]:
+    if not counted:
+        return Counter()
+    return Counter(requests.get(server.url + COUNT_PATH, timeout=30).json())
 
 
 def main() -> None:
@@ -178,12 +207,12 @@ def main() -> None:
                 password = None if factory == "create_app" else token or TRAINER[1]
                 try:
                     for k in ks:
-                        row = measure(label, started, k, password)
+                        row = measure(label, started, k, password, factory == "create_app_with_basic_auth")
                         rows.append({"configuration": label, "repeat": repeat + 1, **row})
                 finally:
                     started.process.terminate()
                     started.process.wait(timeout=30)
-    save("fast_path_auth", {"ks": ks, "repeats": REPEATS, "rows": rows})
+    save("fast_path_auth", {"ks": ks, "repeats": REPEATS, "epoch_seconds": EPOCH_SECONDS, "rows": rows})
 
 
 if __name__ == "__main__":

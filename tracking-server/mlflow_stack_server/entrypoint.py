@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TypeVar
 import tenacity
 
 from mlflow_stack_server import oidc_auth
+from mlflow_stack_server.auth_changes import prepare_change_notifications
 from mlflow_stack_server.auth_db import AuthDatabase, auth_database, create_database_statement
 from mlflow_stack_server.console import Console
 from mlflow_stack_server.fast_path_guard import fast_path_state
@@ -291,8 +292,21 @@ def prepare_basic_auth(settings: Settings) -> None:
             # basic-auth` does before forking workers); a no-op on the next run.
             bootstrap_admin_user()
             ensure_client_user(settings)
+            notify_auth_changes(auth_database_uri(settings).uri)
     finally:
         engine.dispose()
+
+
+def notify_auth_changes(uri: str) -> None:
+    """After MLflow's auth migrations (a table they add is watched too): the triggers through which every worker
+    learns of a change of users and permissions (auth_changes.py). Postgres only: elsewhere nothing listens."""
+    import sqlalchemy
+
+    if sqlalchemy.engine.make_url(uri).get_backend_name() != "postgresql":
+        log("auth database is not Postgres: fast-path allowances are remembered for at most 1 s")
+        return
+    tables = prepare_change_notifications(uri)
+    log(f"auth change notifications on {len(tables)} tables: {', '.join(tables)}")
 
 
 def ensure_client_user(settings: Settings) -> None:
@@ -322,7 +336,9 @@ def size_connection_pool(settings: Settings) -> None:
     # Per worker: the tracking and registry stores (and auth's) each keep pool_size idle connections,
     # and at most two per request thread are in use at once.
     engines = 2 if settings.auth == "none" else 3
-    needed = workers * (2 * threads + pool_size * (engines - 1))
+    # With basic auth each worker also keeps one session listening for changes of the auth database (auth_changes).
+    listeners = 1 if settings.auth == "basic" else 0
+    needed = workers * (2 * threads + pool_size * (engines - 1) + listeners)
     engine = sqlalchemy.create_engine(settings.backend_store_uri)
     try:
         with engine.connect() as connection:

@@ -21,13 +21,21 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     decides for the fast path, `get_run` answers from a per-worker map of run to experiment (RunExperiments);
     every other caller gets the store itself. A run removed for good (`make gc`) stays known to a worker until
     it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's path answers 403.
-  - the auth app's "allowed" (remember_allowances), for MLFLOW_AUTH_DECISION_CACHE_SECONDS (1 s), per worker,
-    keyed by the credentials (an HMAC of the Authorization header under a per-worker random key: no password
-    is kept), the method, path, query and run. A trainer's loop writes to one run with one login, so most
-    writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are never
-    remembered: a grant given, a password set or a user created counts at the next request; a revoked or
-    lowered grant, a DENY, a demotion, a changed password or a deleted user counts within those seconds (the
-    stack promises 2 s, so more is refused at start).
+  - the auth app's "allowed" (remember_allowances), per worker, keyed by the credentials (an HMAC of the
+    Authorization header under a per-worker random key: no password is kept), the method, path, query and run.
+    A trainer's loop writes to one run with one login, so most writes skip the auth app's database reads and
+    its Flask request context. Refusals and hand-offs are never remembered: a grant given, a password set or a
+    user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
+    database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
+    a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
+    notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
+    is used. The auth database reads a decision makes (the login's row, the user, its grants) are remembered
+    the same way, for fast-path decisions only (remember_reads), so that a decision not remembered yet (a new run,
+    another route) makes no database round trip either.
+    An allowance lives at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (60 s) while nothing changes;
+    without notifications (an auth database that is not Postgres) at most UNNOTIFIED_SECONDS (1 s). MLflow's
+    basic auth has nothing that changes with time alone: users, passwords, admin flags, grants and roles are
+    all rows of that database.
 - `oidc`: mlflow-oidc-auth decides, with its own `before_request_hook`, for the caller its middlewares found
   (fast_path_oidc.py; the fast path then sits inside the plugin's app, after those middlewares). Its "allowed"
   is not remembered here: the plugin keeps permissions for 1 s itself.
@@ -76,35 +84,46 @@ def no_login_hook(settings: Settings) -> Authorize:
 ALLOWANCES_KEPT = 10_000  # remembered "allowed" decisions per worker (a few MB), the least recently used dropped
 
 
+def unchanging() -> int | None:
+    """The generation of a memory that nothing invalidates: allowances expire with their age only."""
+    return 0
+
+
 def remember_allowances(
     authorize: Authorize,
     key: DecisionKey,
     seconds: float,
     kept: int = ALLOWANCES_KEPT,
     clock: Callable[[], float] = time.monotonic,
+    generation: Callable[[], int | None] = unchanging,
 ) -> Authorize:
-    """`authorize`, whose "allowed" answers are reused for `seconds` per `key`; 0: `authorize` itself.
+    """`authorize`, whose "allowed" answers are reused for `seconds` per `key`, while `generation()` stays the one
+    they were decided in; 0 seconds: `authorize` itself.
 
+    `generation` (auth_changes.ChangeListener) moves on at every change of the auth database; None: changes may go
+    unnoticed, so nothing is reused or remembered. Both an allowance's generation and its age are read before
+    `authorize` reads anything: a change made during the decision makes it stale at once (its notification moves
+    the generation on) or `seconds` after that change.
     Only "allowed" is remembered: a refusal, or an exception (a hand-off to MLflow's app), is decided again at
-    the next request, so a permission given counts at once. An allowance's age counts from before `authorize`
-    read anything, so one that a change made during the decision invalidates is used at most `seconds` after
-    that change; a refusal also forgets the key's allowance (another thread may have remembered it meanwhile).
+    the next request, so a permission given counts at once. A refusal also forgets the key's allowance (another
+    thread may have remembered it meanwhile).
     Concurrent requests with the same key are each decided while nothing is remembered: none waits for another.
     """
     if seconds <= 0:
         return authorize
-    allowed: OrderedDict[Hashable, float] = OrderedDict()  # key -> when its decision started (clock)
+    allowed: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()  # key -> (when its decision started, generation)
     lock = threading.Lock()
 
     def remembering(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         which = key(scope, body, run_id)
-        if which is None:
+        current = generation()
+        if which is None or current is None:
             return authorize(scope, body, run_id)
         started = clock()
         with lock:
             decided = allowed.get(which)
             if decided is not None:
-                if started - decided < seconds:
+                if started - decided[0] < seconds and decided[1] == current:
                     allowed.move_to_end(which)
                     return None
                 del allowed[which]
@@ -113,7 +132,7 @@ def remember_allowances(
             if refusal is not None:
                 allowed.pop(which, None)
                 return refusal
-            allowed[which] = started
+            allowed[which] = (started, current)
             allowed.move_to_end(which)
             while len(allowed) > kept:
                 allowed.popitem(last=False)
@@ -240,7 +259,111 @@ def basic_auth_hook(settings: Settings) -> Authorize:
     # function, set in the auth config, may read anything: then every request is decided.
     if get_auth_func(auth_config.authorization_function) is not authenticate_request_basic_auth:
         return authorize
-    return remember_allowances(authorize, credential_key(secrets.token_bytes(32)), settings.auth_decision_cache_seconds)
+    key = credential_key(secrets.token_bytes(32))
+    seconds = settings.auth_decision_cache_seconds
+    listener = _change_listener()
+    if listener is None:
+        return remember_allowances(authorize, key, min(seconds, UNNOTIFIED_SECONDS))
+    if seconds > 0:
+        _remember_auth_reads(listener.generation, seconds)
+    return remember_allowances(authorize, key, seconds, generation=listener.generation)
+
+
+AUTH_READS_KEPT = 10_000  # remembered answers per read of the auth store per worker, the least recently used dropped
+
+
+def _hashable(value: Any) -> Hashable:
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def remember_reads(
+    read: Callable[..., Any],
+    generation: Callable[[], int | None],
+    seconds: float,
+    kept: int = AUTH_READS_KEPT,
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[..., Any]:
+    """`read` (a read of the auth store), whose answers are reused per arguments while `generation()` stays the one
+    they were read in, for at most `seconds`; None: read every time. Errors are never remembered; a list answered is
+    copied for each caller."""
+    answers: OrderedDict[Hashable, tuple[float, int, Any]] = OrderedDict()
+    lock = threading.Lock()
+
+    def remembering(*args: Any, **kwargs: Any) -> Any:
+        current = generation()
+        if current is None:
+            return read(*args, **kwargs)
+        which = (tuple(_hashable(a) for a in args), tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
+        started = clock()
+        with lock:
+            known = answers.get(which)
+            if known is not None and known[1] == current and started - known[0] < seconds:
+                answers.move_to_end(which)
+                value = known[2]
+                return list(value) if isinstance(value, list) else value
+        value = read(*args, **kwargs)
+        with lock:
+            answers[which] = (started, current, value)
+            answers.move_to_end(which)
+            while len(answers) > kept:
+                answers.popitem(last=False)
+        return list(value) if isinstance(value, list) else value
+
+    return remembering
+
+
+def _during_decisions(remembering: Callable[..., Any], plain: Callable[..., Any]) -> Callable[..., Any]:
+    """`remembering` while the auth app decides for the fast path, `plain` for every other caller (MLflow's own
+    handlers read their writes back in the same request, before the change's notification has arrived)."""
+
+    def read(*args: Any, **kwargs: Any) -> Any:
+        return remembering(*args, **kwargs) if _DECIDING.get() else plain(*args, **kwargs)
+
+    return read
+
+
+def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -> None:
+    """During fast-path decisions: the auth database reads the auth app makes for one (the login's row, the user, its
+    grants) answered from memory while no change of that database was notified (the same bound as allowances),
+    so that a decision not yet remembered (a new run, another route) costs no database round trip."""
+    from mlflow.server import auth
+
+    from mlflow_stack_server import login_cache
+
+    store = auth.store
+    if getattr(store, "fast_path_reads", False):
+        return  # already in place (a second app built in this process)
+    for name in ("get_user", "list_grants"):
+        plain = getattr(store, name)
+        setattr(store, name, _during_decisions(remember_reads(plain, generation, seconds), plain))
+    setattr(store, "fast_path_reads", True)  # noqa: B010
+    # The login's row, which install_revalidated_logins re-reads at every login answered from MLflow's cache.
+    plain_row = login_cache.row_for_this_request
+    login_cache.row_for_this_request = _during_decisions(remember_reads(plain_row, generation, seconds), plain_row)
+
+
+# How long an allowance is reused when the auth database sends no change notifications (not Postgres).
+UNNOTIFIED_SECONDS = 1.0
+
+
+def _change_listener() -> Any:
+    """This worker's auth_changes.ChangeListener on MLflow's auth database, started; None when that database is not
+    Postgres (no notifications: allowances then expire after UNNOTIFIED_SECONDS), or when the auth app reads from a
+    replica (read_database_uri): a decision made after a notification could read the replica's rows from before
+    the change, and be remembered as current."""
+    from mlflow.server.auth import store
+
+    from mlflow_stack_server import auth_changes
+    from mlflow_stack_server.console import Console
+
+    if store.engine.dialect.name != "postgresql" or getattr(store, "read_engine", None) is not None:
+        return None
+    uri = store.engine.url.render_as_string(hide_password=False)
+    return auth_changes.ChangeListener(auth_changes.psycopg2_connector(uri), Console("[tracking-server]").log).start()
 
 
 def oidc_hook(settings: Settings) -> Authorize:

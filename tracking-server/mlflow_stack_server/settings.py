@@ -310,12 +310,13 @@ class Settings:
         whole_number(0),
     )  # fmt: skip
     auth_decision_cache_seconds: float = knob(
-        "MLFLOW_AUTH_DECISION_CACHE_SECONDS", "1", AUTH,
-        "Seconds each worker reuses the basic-auth app's \"allowed\" for a fast-path run write (log-batch, set-tag, "
-        "runs/update) with the same login, route and run; refusals are never reused. A revoked or lowered grant, "
-        "DENY, demotion, changed password or deleted user counts on those writes within these seconds, everything "
-        "else at the next request. At most 2 (the stack's revocation promise); 0: decide every write.",
-        seconds_up_to(2, "a revoked permission must count within 2 s"),
+        "MLFLOW_AUTH_DECISION_CACHE_SECONDS", "60", AUTH,
+        "Longest time each worker reuses the basic-auth app's \"allowed\" for a fast-path run write (log-batch, "
+        "set-tag, runs/update) with the same login, route and run; refusals are never reused. With the auth database "
+        "on Postgres every worker listens for its changes (triggers installed by prepare) and forgets what it "
+        "remembers at any change, within milliseconds; while it is not listening it reuses nothing. On another "
+        "database at most 1 s is used. 0: decide every write.",
+        seconds_up_to(3600, "remembered allowances beyond an hour save nothing more"),
     )  # fmt: skip
     auth_database: str = knob(
         "MLFLOW_AUTH_DB", "mlflow_auth", AUTH,

@@ -15,7 +15,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_stack_server import fast_http
+from mlflow_stack_server import fast_http, fast_path_auth
 from mlflow_stack_server.fast_path_auth import (
     HandToMlflowError,
     Refusal,
@@ -24,6 +24,7 @@ from mlflow_stack_server.fast_path_auth import (
     authorization_hook,
     credential_key,
     remember_allowances,
+    remember_reads,
 )
 from mlflow_stack_server.settings import Settings
 
@@ -215,6 +216,73 @@ def test_a_refusal_forgets_an_allowance_remembered_during_the_decision() -> None
     assert decisions == [FORBIDDEN, None, FORBIDDEN]
 
 
+class Generation:
+    """Stands in for auth_changes.ChangeListener.generation: None while not listening."""
+
+    def __init__(self) -> None:
+        self.now: int | None = 1
+
+    def __call__(self) -> int | None:
+        return self.now
+
+
+def test_a_change_of_the_auth_database_forgets_every_allowance_at_once() -> None:
+    app, clock, generation = AuthApp(), Clock(), Generation()
+    authorize = remember_allowances(app, _by_run, 60, clock=clock, generation=generation)
+    for run in ("r", "s", "r", "s"):
+        assert authorize(SCOPE, b"{}", run) is None
+    assert app.decisions == 2
+    app.answer = FORBIDDEN  # revoked, and notified: the next request is decided again, long before 60 s
+    generation.now = 2
+    assert authorize(SCOPE, b"{}", "r") == FORBIDDEN
+    assert authorize(SCOPE, b"{}", "s") == FORBIDDEN
+    assert app.decisions == 4
+
+
+def test_an_allowance_lives_up_to_the_cap_while_nothing_changes() -> None:
+    app, clock, generation = AuthApp(), Clock(), Generation()
+    authorize = remember_allowances(app, _by_run, 60, clock=clock, generation=generation)
+    authorize(SCOPE, b"{}", "r")
+    clock.now += 59.9
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 1
+    clock.now += 0.1
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 2
+
+
+def test_while_not_listening_nothing_is_reused_nor_remembered() -> None:
+    app, clock, generation = AuthApp(), Clock(), Generation()
+    authorize = remember_allowances(app, _by_run, 60, clock=clock, generation=generation)
+    authorize(SCOPE, b"{}", "r")
+    generation.now = None  # connection lost: a change may go unnoticed
+    for _ in range(3):
+        assert authorize(SCOPE, b"{}", "r") is None
+    assert app.decisions == 4
+    generation.now = 2  # listening again, on a new connection: a new generation, nothing from before counts
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 5
+    authorize(SCOPE, b"{}", "r")
+    assert app.decisions == 5
+
+
+def test_an_allowance_decided_while_a_change_arrives_is_not_reused() -> None:
+    # The generation is read before the decision: a change notified while the auth app decides makes the answer
+    # stale at once (the auth app may have read the rows from before the change).
+    generation = Generation()
+
+    def changes_meanwhile(scope: Any, body: bytes, run_id: str) -> Refusal | None:
+        decisions.append(run_id)
+        generation.now = (generation.now or 0) + 1
+        return None
+
+    decisions: list[str] = []
+    authorize = remember_allowances(changes_meanwhile, _by_run, 60, clock=Clock(), generation=generation)
+    authorize(SCOPE, b"{}", "r")
+    authorize(SCOPE, b"{}", "r")
+    assert decisions == ["r", "r"]
+
+
 def test_without_a_key_every_request_is_decided() -> None:
     app, clock = AuthApp(), Clock()
     authorize = _remembering(app, clock, key=lambda scope, body, run_id: None)
@@ -301,3 +369,60 @@ def test_with_different_logins_an_allowance_is_not_shared() -> None:
 def test_no_logins_means_nothing_to_decide_or_remember() -> None:
     settings = Settings.from_environment({"MLFLOW_AUTH": "none"}, server=False)
     assert authorization_hook(settings) is allow_everyone
+
+
+# ---- remember_reads: the auth store's reads during fast-path decisions, per generation ---------------------------
+
+
+class Reads:
+    def __init__(self) -> None:
+        self.made: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> list[str]:
+        self.made.append(args)
+        if args[0] == "missing":
+            raise MlflowException("User with username=missing not found", RESOURCE_DOES_NOT_EXIST)
+        return [f"grant of {args[0]}"]
+
+
+def test_a_read_is_reused_per_arguments_until_a_change_is_notified() -> None:
+    reads, generation = Reads(), Generation()
+    read = remember_reads(reads, generation, 60, clock=Clock())
+    assert read(1, "default", {"experiment"}) == read(1, "default", {"experiment"}) == ["grant of 1"]
+    read(2, "default", {"experiment"})
+    assert len(reads.made) == 2
+    generation.now = 2
+    read(1, "default", {"experiment"})
+    assert len(reads.made) == 3
+
+
+def test_a_read_is_made_every_time_while_not_listening_and_errors_are_never_reused() -> None:
+    reads, generation = Reads(), Generation()
+    read = remember_reads(reads, generation, 60, clock=Clock())
+    generation.now = None
+    read(1)
+    read(1)
+    generation.now = 1
+    for _ in range(2):
+        with pytest.raises(MlflowException):
+            read("missing")
+    assert len(reads.made) == 4
+
+
+def test_a_remembered_list_is_a_copy_for_each_caller() -> None:
+    read = remember_reads(Reads(), Generation(), 60, clock=Clock())
+    read(1).append("changed by a caller")
+    assert read(1) == ["grant of 1"]
+
+
+def test_reads_are_remembered_during_fast_path_decisions_only() -> None:
+    reads, plain = Reads(), Reads()
+    read = fast_path_auth._during_decisions(remember_reads(reads, Generation(), 60, clock=Clock()), plain)
+    read(1)
+    deciding = fast_path_auth._DECIDING.set(True)
+    try:
+        read(1)
+        read(1)
+    finally:
+        fast_path_auth._DECIDING.reset(deciding)
+    assert (len(plain.made), len(reads.made)) == (1, 1)

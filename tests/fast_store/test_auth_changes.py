@@ -1,0 +1,220 @@
+"""The auth database's change notifications (auth_changes.py) on a real Postgres: the triggers prepare installs, and
+a worker's ChangeListener that counts every change made by another process within milliseconds, and that is not
+listening (generation None: no remembered allowance used) while its connection is lost or a table lacks a trigger."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+from mlflow_stack_server import auth_changes
+from mlflow_stack_server.entrypoint import notify_auth_changes
+from tests.fast_store.conftest import create_database
+from tests.support.waiting import wait_until
+
+NOTIFIED_SECONDS = 0.1  # a change counts in every listening worker within this, on an idle machine
+
+
+def migrated_auth_database(server: str) -> str:
+    """A new database with MLflow's auth schema (as the auth app's start migrates it) and, as prepare leaves it,
+    the change triggers; its URI."""
+    uri = create_database(server)
+    store = SqlAlchemyStore()
+    store.init_db(uri)
+    store.engine.dispose()
+    notify_auth_changes(uri)
+    return uri
+
+
+@pytest.fixture
+def auth_database(postgres_server: str) -> str:
+    return migrated_auth_database(postgres_server)
+
+
+@pytest.fixture
+def other_server(auth_database: str) -> Iterator[SqlAlchemyStore]:
+    """MLflow's auth store in this process: another server writing users and grants to the same database."""
+    store = SqlAlchemyStore()
+    store.init_db(auth_database)
+    yield store
+    store.engine.dispose()
+
+
+def _listening(uri: str, logged: list[str] | None = None) -> auth_changes.ChangeListener:
+    sink = logged if logged is not None else []
+    return auth_changes.ChangeListener(auth_changes.psycopg2_connector(uri), sink.append).start()
+
+
+def _wait_listening(listener: auth_changes.ChangeListener, seconds: float = 10) -> int:
+    wait_until(lambda: listener.generation() is not None, seconds, "the listener did not start listening")
+    generation = listener.generation()
+    assert generation is not None
+    return generation
+
+
+def _triggers(uri: str) -> dict[str, int]:
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sqlalchemy.text(
+                    "SELECT c.relname, count(t.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "LEFT JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname = :trigger "
+                    "WHERE n.nspname = current_schema() AND c.relkind = 'r' GROUP BY c.relname"
+                ),
+                {"trigger": auth_changes.TRIGGER},
+            )
+            return {str(name): int(count) for name, count in rows}
+    finally:
+        engine.dispose()
+
+
+def test_every_table_but_alembics_gets_one_trigger_however_often_prepare_runs(auth_database: str) -> None:
+    notify_auth_changes(auth_database)  # the next prepare
+    triggers = _triggers(auth_database)
+    watched = {table: count for table, count in triggers.items() if not table.startswith("alembic_version")}
+    assert {"users", "experiment_permissions", "registered_model_permissions"} <= set(watched), triggers
+    assert set(watched.values()) == {1}, triggers
+    assert all(count == 0 for table, count in triggers.items() if table not in watched), triggers
+
+
+def _changes(store: SqlAlchemyStore) -> list[tuple[str, Any]]:
+    return [
+        ("user created", lambda: store.create_user("alice", "password-number-1")),
+        ("grant given", lambda: store.create_experiment_permission("1", "alice", "EDIT")),
+        ("grant lowered", lambda: store.update_experiment_permission("1", "alice", "READ")),
+        ("grant removed", lambda: store.delete_experiment_permission("1", "alice")),
+        ("promoted", lambda: store.update_user("alice", is_admin=True)),
+        ("demoted", lambda: store.update_user("alice", is_admin=False)),
+        ("password changed", lambda: store.update_user("alice", password="password-number-2")),
+        ("user deleted", lambda: store.delete_user("alice")),
+    ]
+
+
+def test_a_change_made_by_another_server_is_counted_within_milliseconds(
+    auth_database: str, other_server: SqlAlchemyStore
+) -> None:
+    listener = _listening(auth_database)
+    try:
+        generation = _wait_listening(listener)
+        delays = {}
+        for change, make in _changes(other_server):
+            make()
+            changed = time.monotonic()
+            counted = generation
+
+            def moved_on(counted: int = counted) -> bool:
+                return listener.generation() not in (counted, None)
+
+            wait_until(moved_on, 5, f"{change}: not counted", interval=0.001)
+            delays[change] = time.monotonic() - changed
+            generation = listener.generation()  # type: ignore[assignment]
+        print({change: f"{1000 * delay:.1f} ms" for change, delay in delays.items()})
+        assert all(delay < NOTIFIED_SECONDS for delay in delays.values()), delays
+        time.sleep(3 * auth_changes.HEARTBEAT_SECONDS)
+        assert listener.generation() == generation  # heartbeats are not changes
+    finally:
+        listener.stop()
+
+
+def _terminate_listeners(uri: str) -> int:
+    """Ends the database sessions of the listeners (as a Postgres restart or a network cut would)."""
+    engine = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    sqlalchemy.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE '%pg_notify%'"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_lost_connection_stops_the_memory_until_listening_again_with_a_new_generation(
+    auth_database: str, other_server: SqlAlchemyStore
+) -> None:
+    logged: list[str] = []
+    listener = _listening(auth_database, logged)
+    try:
+        before = _wait_listening(listener)
+        assert _terminate_listeners(auth_database) == 1
+        wait_until(lambda: listener.generation() is None, 2, "still listening after its session ended", interval=0.01)
+        other_server.create_user("made-while-nobody-listened", "a-long-password")  # its notification is lost
+        after = _wait_listening(listener)
+        assert after != before  # nothing remembered before the loss counts
+        assert any("not listening" in line for line in logged), logged
+    finally:
+        listener.stop()
+
+
+def test_without_a_trigger_on_every_table_nothing_is_listened_to(auth_database: str) -> None:
+    engine = sqlalchemy.create_engine(auth_database)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"DROP TRIGGER {auth_changes.TRIGGER} ON experiment_permissions"))
+    engine.dispose()
+    logged: list[str] = []
+    listener = _listening(auth_database, logged)
+    try:
+        wait_until(lambda: any("experiment_permissions" in line for line in logged), 10, "no refusal logged")
+        assert listener.generation() is None
+        notify_auth_changes(auth_database)  # prepare runs
+        _wait_listening(listener, seconds=15)
+    finally:
+        listener.stop()
+
+
+def test_a_hung_listener_is_not_listening_after_the_liveness_bound(auth_database: str) -> None:
+    """Heartbeats that stop coming back (a hung connection) close the gate within LIVENESS_SECONDS, although the
+    listener never saw an error."""
+    clock = [100.0]
+    listener = auth_changes.ChangeListener(
+        auth_changes.psycopg2_connector(auth_database), print, clock=lambda: clock[0]
+    ).start()
+    try:
+        _wait_listening(listener)
+        listener._heartbeat = 3600.0  # no further heartbeat is sent
+        time.sleep(0.5)
+        clock[0] += auth_changes.LIVENESS_SECONDS + 1
+        assert listener.generation() is None
+    finally:
+        listener.stop()
+
+
+def test_the_role_that_migrated_the_auth_database_installs_the_triggers_without_superuser(
+    postgres_server: str,
+) -> None:
+    """As with a managed Postgres: the server's role is no superuser, owns the auth database (MLFLOW_AUTH_DATABASE_URI
+    made by an operator with OWNER, or created by prepare with CREATEDB) and so the tables its migrations create;
+    that is all the triggers need."""
+    role, password = f"owner_{secrets.token_hex(4)}", secrets.token_hex(12)
+    database = f"auth_{secrets.token_hex(4)}"
+    admin = sqlalchemy.create_engine(postgres_server + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN NOSUPERUSER PASSWORD '{password}'"))
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {database} OWNER {role}"))
+    admin.dispose()
+    host = postgres_server.rsplit("@", 1)[1]
+    uri = f"postgresql+psycopg2://{role}:{password}@{host}/{database}"
+    store = SqlAlchemyStore()
+    store.init_db(uri)
+    notify_auth_changes(uri)
+    watched = {table: count for table, count in _triggers(uri).items() if not table.startswith("alembic_version")}
+    assert "users" in watched and set(watched.values()) == {1}, watched
+    listener = _listening(uri)
+    try:
+        generation = _wait_listening(listener)
+        store.create_user("bob", "a-long-password")
+        wait_until(lambda: listener.generation() not in (generation, None), 5, "not counted", interval=0.01)
+    finally:
+        listener.stop()
+        store.engine.dispose()
