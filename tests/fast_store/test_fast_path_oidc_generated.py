@@ -422,3 +422,36 @@ def test_generated_oidc_writes(oidc_sides: list[Side]) -> None:
     for login in ("token", "session"):
         for code in (200, 403):
             assert OidcWrites.by_login[login, code] >= MINIMUM_PER_LOGIN, OidcWrites.by_login
+
+
+def test_a_revoked_token_or_deactivated_user_is_refused_at_the_next_fast_write(oidc_sides: list[Side]) -> None:
+    """The server remembers a verified token and the profile it belongs to (oidc_login_cache.py), re-checking both
+    on every request: a token deleted, or its user deactivated, through another process (here: this test's own
+    plugin store) is refused at the very next write, with no wait, after writes that the memory answered."""
+    side = oidc_sides[0]
+    user = f"cache-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"name": f"oidc-cache-{uuid.uuid4().hex}"}).encode()
+    experiment_id = side.server.post("/experiments/create", body, "application/json").json()["experiment_id"]
+    side.store.create_user(user, user, is_admin=False, is_service_account=False)
+    side.store.create_experiment_permission(experiment_id, user, "EDIT")
+    body = json.dumps({"experiment_id": experiment_id, "start_time": NOW}).encode()
+    run_id = side.server.post("/runs/create", body, "application/json").json()["run"]["info"]["run_id"]
+
+    def set_tag() -> int:
+        headers = {"Authorization": _basic(user, side.tokens[user])}
+        tag = {"run_id": run_id, "key": "team", "value": "a"}
+        return int(_call(side, "/api/2.0/mlflow/runs/set-tag", tag, headers, {}).status_code)
+
+    def answered_fast() -> int:
+        return int(requests.get(side.server.url + COUNT_PATH, timeout=30).json().get("200", 0))
+
+    side.new_token(user)
+    before = answered_fast()
+    assert [set_tag() for _ in range(3)] == [200] * 3
+    assert answered_fast() == before + 3  # the fast path wrote them, after the plugin's own check
+    side.store.delete_user_tokens(user)
+    assert set_tag() == 401
+    side.new_token(user)
+    assert set_tag() == 200
+    side.store.update_user(user, active=False)
+    assert set_tag() == 401

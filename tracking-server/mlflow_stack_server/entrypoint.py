@@ -32,6 +32,7 @@ from mlflow_stack_server.auth_db import AuthDatabase, auth_database, create_data
 from mlflow_stack_server.console import Console
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.migration_lock import migration_lock
+from mlflow_stack_server.oidc_login_cache import RECHECK_CONNECTIONS
 from mlflow_stack_server.settings import Settings
 
 T = TypeVar("T")
@@ -334,11 +335,13 @@ def size_connection_pool(settings: Settings) -> None:
     os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(pool_size)
     os.environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(settings.max_overflow)
     # Per worker: the tracking and registry stores (and auth's) each keep pool_size idle connections,
-    # and at most two per request thread are in use at once.
+    # and at most two per request thread are in use at once; with oidc, the login re-checks keep a few more
+    # (oidc_login_cache.py).
     engines = 2 if settings.auth == "none" else 3
     # With basic auth each worker also keeps one session listening for changes of the auth database (auth_changes).
     listeners = 1 if settings.auth == "basic" else 0
-    needed = workers * (2 * threads + pool_size * (engines - 1) + listeners)
+    rechecks = RECHECK_CONNECTIONS if settings.auth == "oidc" else 0
+    needed = workers * (2 * threads + pool_size * (engines - 1) + listeners + rechecks)
     engine = sqlalchemy.create_engine(settings.backend_store_uri)
     try:
         with engine.connect() as connection:

@@ -38,6 +38,7 @@ from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
 from mlflow_stack_server.fast_path_auth import authorization_hook
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.login_cache import install_revalidated_logins
+from mlflow_stack_server.oidc_login_cache import install_revalidated_accounts
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
 from mlflow_stack_server.streamed_artifacts import CUT_SHORT, stream_artifact_transfers
@@ -228,10 +229,14 @@ def create_app_with_oidc() -> RequestMetrics:
     caller, and ask the plugin's before-request hook (fast_path_oidc.py)."""
     # Importing the module builds the plugin's app (and reads its settings, which serve exported).
     from mlflow_oidc_auth.app import app as oidc_app
+    from mlflow_oidc_auth.sqlalchemy_store import SqlAlchemyStore as OidcStore
 
     from mlflow_stack_server.fast_path_oidc import install_inside
 
     settings = Settings.from_environment()
+    # The token check and the profile read of every request, re-checked against the plugin's database on every
+    # hit: changes count at the next request (oidc_login_cache.py).
+    install_revalidated_accounts(OidcStore)
     hook = authorization_hook(settings) if fast_path_enabled(settings) else None
     if hook is not None:
         install_inside(oidc_app, FastTrackingWrites, hook)
