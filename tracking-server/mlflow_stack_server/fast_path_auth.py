@@ -18,20 +18,26 @@ words; an exception hands the request to MLflow's app, which then authorizes and
   is decided here: a copy of the rules would drift from MLflow's at the next release. Two things are cached:
   - the run's experiment, which the validators read through the tracking store's `get_run` (six queries
     loading the whole run, on every write). A run never moves to another experiment, so while the auth app
-    decides for the fast path, `get_run` answers from a per-worker map of run to experiment (RunExperiments);
-    every other caller gets the store itself. A run removed for good (`make gc`) stays known to a worker until
-    it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's path answers 403.
+    decides for the fast path, `get_run` answers from a per-worker map of run to experiment (RunExperiments),
+    filled by the first lookup or by MLflow's create-run answer when the run was created through this worker (a
+    trainer's first call: its first write then loads nothing); every other caller gets the store itself. A run
+    removed for good (`make gc`) stays known to a worker until it restarts, so a non-admin's write to it gets the
+    store's "not found" (404) where MLflow's path answers 403.
   - the auth app's "allowed" (remember_allowances), per worker, keyed by the credentials (an HMAC of the
-    Authorization header under a per-worker random key: no password is kept), the method, path, query and run.
+    Authorization header under a per-worker random key: no password is kept), the method, the route, the query
+    and the run. The route is the validator MLflow's own `_find_validator` maps the path to (validator_of_route):
+    set-tag and runs/update, both validate_can_update_run, share one allowance.
     A trainer's loop writes to one run with one login, so most writes skip the auth app's database reads and
     its Flask request context. Refusals and hand-offs are never remembered: a grant given, a password set or a
     user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
     database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
     a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
     notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
-    is used. The auth database reads a decision makes (the login's row, the user, its grants) are remembered
-    the same way, for fast-path decisions only (remember_reads), so that a decision not remembered yet (a new run,
-    another route) makes no database round trip either.
+    is used. The auth database reads the auth app's before-request check makes (the login's row, the user, its
+    grants) are remembered the same way (remember_reads), during that check only, for fast-path decisions and
+    MLflow's own Flask routes (create-run) alike, so that a decision not remembered yet (a new run, another route)
+    makes no database round trip either. MLflow's handlers and after-request hooks always read the database: they
+    change it and read it back in the same request, before the change's notification arrives.
     An allowance lives at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (60 s) while nothing changes;
     without notifications (an auth database that is not Postgres) at most UNNOTIFIED_SECONDS (1 s). MLflow's
     basic auth has nothing that changes with time alone: users, passwords, admin flags, grants and roles are
@@ -46,6 +52,7 @@ This module imports nothing from MLflow at load (fast_path_guard.py imports it w
 from __future__ import annotations
 
 import contextvars
+import functools
 import hmac
 import secrets
 import threading
@@ -142,9 +149,14 @@ def remember_allowances(
     return remembering
 
 
-def credential_key(secret: bytes) -> DecisionKey:
+def the_path(method: str, path: str) -> Hashable:
+    return path
+
+
+def credential_key(secret: bytes, route: Callable[[str, str], Hashable] = the_path) -> DecisionKey:
     """A request's decision key for a login sent in the Authorization header (basic auth): an HMAC of the header
-    under `secret` (never the password itself), the method, path, query and run. None without exactly one such
+    under `secret` (never the password itself), the method, the route (`route(method, path)`: the path, or what the
+    auth app decides the path with, validator_of_route), the query and the run. None without exactly one such
     header: nothing to remember for an anonymous request, and two would leave it to the auth app which counts.
     The rest of the body does not enter the auth app's decision on these writes: its validators read the run id,
     and log-batch's only other input, a metric's model_id, is not in the shapes the fast path answers
@@ -155,13 +167,43 @@ def credential_key(secret: bytes) -> DecisionKey:
         if len(credentials) != 1:
             return None
         login = hmac.digest(secret, credentials[0], "sha256")
-        return login, scope["method"], scope["path"], scope.get("query_string", b""), run_id
+        method = scope["method"]
+        return login, method, route(method, scope["path"]), scope.get("query_string", b""), run_id
 
     return key
 
 
+ROUTES_KEPT = 256  # (method, path) -> validator answers per worker; the fast path serves six paths
+
+
+def validator_of_route(
+    find_validator: Callable[[Any], Any], unprotected: Callable[[str], bool]
+) -> Callable[[str, str], Hashable]:
+    """The route as MLflow's basic-auth app decides it: the validator its own `_find_validator` maps the method and
+    path to (set-tag and runs/update share validate_can_update_run, /api and /ajax-api share theirs), so that the
+    routes it checks with one function share their allowances. The path itself for a route that has no validator,
+    that the auth app does not protect, or that its lookup cannot place from the method and path alone (the
+    before-request check then depends on more than its validator)."""
+
+    @functools.lru_cache(maxsize=ROUTES_KEPT)
+    def route(method: str, path: str) -> Hashable:
+        if unprotected(path):
+            return path
+        try:
+            validator = find_validator(SimpleNamespace(method=method, path=path))
+        except Exception:
+            return path
+        return path if validator is None else ("validator", validator)
+
+    return route
+
+
 # Set while the auth app decides for the fast path (in the worker thread that runs the hook).
 _DECIDING = contextvars.ContextVar("fast_path_deciding", default=False)
+# Set while the auth app decides whether a request may go on (its before-request check, for the fast path or on
+# MLflow's own Flask path): the auth store's reads may then be answered from memory (remember_reads). Never set
+# while a handler or an after-request hook runs: those change the auth database and read it back at once.
+_BEFORE_REQUEST = contextvars.ContextVar("auth_before_request", default=False)
 RUN_EXPERIMENTS_KEPT = 100_000  # runs remembered per worker (a few MB), the least recently used dropped
 
 
@@ -183,10 +225,7 @@ class RunExperiments:
                 self._known.move_to_end(run_id)
         if experiment_id is None:
             run = self._store.get_run(run_id)
-            with self._lock:
-                self._known[run_id] = run.info.experiment_id
-                if len(self._known) > RUN_EXPERIMENTS_KEPT:
-                    self._known.popitem(last=False)
+            learn_run(self._known, self._lock, run_id, run.info.experiment_id)
             return run
         return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id))
 
@@ -208,6 +247,49 @@ def _cache_run_experiments() -> None:
 
     tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
+    from mlflow.server import app as flask_app
+
+    _learn_created_runs(flask_app, known, lock)
+
+
+def learn_run(known: OrderedDict[str, str], lock: threading.Lock, run_id: str, experiment_id: str) -> None:
+    with lock:
+        known[run_id] = experiment_id
+        known.move_to_end(run_id)
+        if len(known) > RUN_EXPERIMENTS_KEPT:
+            known.popitem(last=False)
+
+
+def created_run(path: str, method: str, status: int, answer: Callable[[], Any], create_paths: set[str]) -> Any:
+    """(run id, experiment id) of a run MLflow's create-run handler answered as created; else None. `answer`: the
+    response's JSON, parsed only for a successful create-run."""
+    if method != "POST" or status != 200 or path not in create_paths:
+        return None
+    info = ((answer() or {}).get("run") or {}).get("info") or {}
+    run_id, experiment_id = info.get("run_id"), info.get("experiment_id")
+    if type(run_id) is not str or type(experiment_id) is not str or not run_id or not experiment_id:
+        return None
+    return run_id, experiment_id
+
+
+def _learn_created_runs(flask_app: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
+    """A run created through this worker (MLflow's create-run, a trainer's first call) is known to RunExperiments
+    from its creation (the experiment in the answer is the one the store wrote), so that the first fast-path
+    decision on it loads nothing (else the whole run: six queries)."""
+    from flask import Response, request
+    from mlflow.server import handlers
+
+    create_paths = set(handlers._get_paths("/mlflow/runs/create"))
+
+    def learn_created_run(response: Response) -> Response:
+        created = created_run(
+            request.path, request.method, response.status_code, lambda: response.get_json(silent=True), create_paths
+        )
+        if created is not None:
+            learn_run(known, lock, *created)
+        return response
+
+    flask_app.after_request(learn_created_run)
 
 
 def decide_in_flask(
@@ -241,15 +323,23 @@ def basic_auth_hook(settings: Settings) -> Authorize:
     """MLflow's basic-auth app's own before-request decision, for one request, its "allowed" remembered for
     MLFLOW_AUTH_DECISION_CACHE_SECONDS. Built once per worker, after the auth app itself (its module reads the auth
     configuration and opens its store at import)."""
-    from mlflow.server.auth import _before_request, auth_config, authenticate_request_basic_auth, get_auth_func
+    from mlflow.server.auth import (
+        _before_request,
+        _find_validator,
+        auth_config,
+        authenticate_request_basic_auth,
+        get_auth_func,
+        is_unprotected_route,
+    )
 
     _cache_run_experiments()
 
     def before_request() -> Any:
-        deciding = _DECIDING.set(True)
+        deciding, checking = _DECIDING.set(True), _BEFORE_REQUEST.set(True)
         try:
             return _before_request()
         finally:
+            _BEFORE_REQUEST.reset(checking)
             _DECIDING.reset(deciding)
 
     def authorize(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
@@ -259,7 +349,7 @@ def basic_auth_hook(settings: Settings) -> Authorize:
     # function, set in the auth config, may read anything: then every request is decided.
     if get_auth_func(auth_config.authorization_function) is not authenticate_request_basic_auth:
         return authorize
-    key = credential_key(secrets.token_bytes(32))
+    key = credential_key(secrets.token_bytes(32), validator_of_route(_find_validator, is_unprotected_route))
     seconds = settings.auth_decision_cache_seconds
     listener = _change_listener()
     if listener is None:
@@ -317,19 +407,44 @@ def remember_reads(
 
 
 def _during_decisions(remembering: Callable[..., Any], plain: Callable[..., Any]) -> Callable[..., Any]:
-    """`remembering` while the auth app decides for the fast path, `plain` for every other caller (MLflow's own
-    handlers read their writes back in the same request, before the change's notification has arrived)."""
+    """`remembering` while the auth app's before-request check runs (for the fast path or on MLflow's Flask path),
+    `plain` for every other caller (MLflow's own handlers and after-request hooks change the auth database and
+    read it back in the same request, before the change's notification has arrived)."""
 
     def read(*args: Any, **kwargs: Any) -> Any:
-        return remembering(*args, **kwargs) if _DECIDING.get() else plain(*args, **kwargs)
+        return remembering(*args, **kwargs) if _BEFORE_REQUEST.get() else plain(*args, **kwargs)
 
     return read
 
 
+def _with_reads_from_memory(before_request: Callable[[], Any]) -> Callable[[], Any]:
+    def checking() -> Any:
+        token = _BEFORE_REQUEST.set(True)
+        try:
+            return before_request()
+        finally:
+            _BEFORE_REQUEST.reset(token)
+
+    checking.reads_from_memory = True  # type: ignore[attr-defined]
+    return checking
+
+
+def _remember_reads_in_flasks_check(flask_app: Any, before_request: Callable[[], Any]) -> None:
+    """The auth app's before-request hook as Flask runs it for MLflow's own routes (create-run, reads, the UI's
+    calls), with the auth store's reads answered from memory like a fast-path decision's: the login's row, the
+    user (its admin flag) and its grants, while no change of the auth database was notified."""
+    hooks = flask_app.before_request_funcs.get(None, [])
+    for index, hook in enumerate(hooks):
+        if hook is before_request:
+            hooks[index] = _with_reads_from_memory(hook)
+
+
 def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -> None:
-    """During fast-path decisions: the auth database reads the auth app makes for one (the login's row, the user, its
-    grants) answered from memory while no change of that database was notified (the same bound as allowances),
-    so that a decision not yet remembered (a new run, another route) costs no database round trip."""
+    """During the auth app's before-request check (fast-path decisions and MLflow's Flask routes alike): the auth
+    database reads it makes (the login's row, the user, its grants) answered from memory while no change of that
+    database was notified (the same bound as allowances), so that a decision not yet remembered (a new run, another
+    route) and a create-run cost no database round trip for the login."""
+    from mlflow.server import app as flask_app
     from mlflow.server import auth
 
     from mlflow_stack_server import login_cache
@@ -344,6 +459,7 @@ def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -
     # The login's row, which install_revalidated_logins re-reads at every login answered from MLflow's cache.
     plain_row = login_cache.row_for_this_request
     login_cache.row_for_this_request = _during_decisions(remember_reads(plain_row, generation, seconds), plain_row)
+    _remember_reads_in_flasks_check(flask_app, auth._before_request)
 
 
 # How long an allowance is reused when the auth database sends no change notifications (not Postgres).
