@@ -36,8 +36,10 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     is used. The auth database reads the auth app's before-request check makes (the login's row, the user, its
     grants) are remembered the same way (remember_reads), during that check only, for fast-path decisions and
     MLflow's own Flask routes (create-run) alike, so that a decision not remembered yet (a new run, another route)
-    makes no database round trip either. MLflow's handlers and after-request hooks always read the database: they
-    change it and read it back in the same request, before the change's notification arrives.
+    makes no database round trip either. Only an "allowed" is answered from remembered reads: anything else is
+    decided again on the database's rows (reads_from_memory_first), so a permission just given counts at the next
+    request. MLflow's handlers and after-request hooks always read the database: they change it and read it back
+    in the same request, before the change's notification arrives.
     An allowance lives at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (60 s) while nothing changes;
     without notifications (an auth database that is not Postgres) at most UNNOTIFIED_SECONDS (1 s). MLflow's
     basic auth has nothing that changes with time alone: users, passwords, admin flags, grants and roles are
@@ -333,29 +335,31 @@ def basic_auth_hook(settings: Settings) -> Authorize:
     )
 
     _cache_run_experiments()
+    # The key holds what MLflow's basic-auth login reads (the Authorization header); another authorization
+    # function, set in the auth config, may read anything: then every request is decided, its reads made.
+    remembering = get_auth_func(auth_config.authorization_function) is authenticate_request_basic_auth
+    seconds = settings.auth_decision_cache_seconds
+    listener = _change_listener() if remembering else None
+    check = _before_request
+    if listener is not None and seconds > 0:
+        _remember_auth_reads(listener.generation, seconds)
+        check = reads_from_memory_first(_before_request)
 
     def before_request() -> Any:
-        deciding, checking = _DECIDING.set(True), _BEFORE_REQUEST.set(True)
+        deciding = _DECIDING.set(True)
         try:
-            return _before_request()
+            return check()
         finally:
-            _BEFORE_REQUEST.reset(checking)
             _DECIDING.reset(deciding)
 
     def authorize(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         return decide_in_flask(before_request, scope, body)
 
-    # The key holds what MLflow's basic-auth login reads (the Authorization header); another authorization
-    # function, set in the auth config, may read anything: then every request is decided.
-    if get_auth_func(auth_config.authorization_function) is not authenticate_request_basic_auth:
+    if not remembering:
         return authorize
     key = credential_key(secrets.token_bytes(32), validator_of_route(_find_validator, is_unprotected_route))
-    seconds = settings.auth_decision_cache_seconds
-    listener = _change_listener()
     if listener is None:
         return remember_allowances(authorize, key, min(seconds, UNNOTIFIED_SECONDS))
-    if seconds > 0:
-        _remember_auth_reads(listener.generation, seconds)
     return remember_allowances(authorize, key, seconds, generation=listener.generation)
 
 
@@ -417,13 +421,22 @@ def _during_decisions(remembering: Callable[..., Any], plain: Callable[..., Any]
     return read
 
 
-def _with_reads_from_memory(before_request: Callable[[], Any]) -> Callable[[], Any]:
+def reads_from_memory_first(before_request: Callable[[], Any]) -> Callable[[], Any]:
+    """The auth app's before-request check with the auth store's reads answered from memory; any answer but
+    "allowed" (a refusal, an error, an exception) is decided again on the database's current rows. Remembered
+    reads may lag a change until its notification arrives: a permission taken away counts from then on (as a
+    remembered allowance would), while a permission just given (a grant, the MANAGE MLflow gives the creator of
+    an experiment, a user created) counts at the very next request, on every worker."""
+
     def checking() -> Any:
         token = _BEFORE_REQUEST.set(True)
         try:
-            return before_request()
+            answer = before_request()
+        except Exception:
+            answer = "decided again"
         finally:
             _BEFORE_REQUEST.reset(token)
+        return None if answer is None else before_request()
 
     checking.reads_from_memory = True  # type: ignore[attr-defined]
     return checking
@@ -432,11 +445,12 @@ def _with_reads_from_memory(before_request: Callable[[], Any]) -> Callable[[], A
 def _remember_reads_in_flasks_check(flask_app: Any, before_request: Callable[[], Any]) -> None:
     """The auth app's before-request hook as Flask runs it for MLflow's own routes (create-run, reads, the UI's
     calls), with the auth store's reads answered from memory like a fast-path decision's: the login's row, the
-    user (its admin flag) and its grants, while no change of the auth database was notified."""
+    user (its admin flag) and its grants, while no change of the auth database was notified; anything but
+    "allowed" decided again on the database's rows (reads_from_memory_first)."""
     hooks = flask_app.before_request_funcs.get(None, [])
     for index, hook in enumerate(hooks):
         if hook is before_request:
-            hooks[index] = _with_reads_from_memory(hook)
+            hooks[index] = reads_from_memory_first(hook)
 
 
 def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -> None:

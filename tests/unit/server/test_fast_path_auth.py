@@ -5,6 +5,7 @@ route and run, only for the configured seconds."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -526,3 +527,30 @@ def test_a_route_the_lookup_cannot_place_stands_for_itself() -> None:
 
     route = fast_path_auth.validator_of_route(lookup, lambda path: False)
     assert route("POST", "/api/2.0/mlflow/runs/set-tag") == "/api/2.0/mlflow/runs/set-tag"
+
+
+def test_anything_but_allowed_from_remembered_reads_is_decided_again_on_the_databases_rows() -> None:
+    remembered_grant = {"alice": "NO_PERMISSIONS"}  # read before the grant below; its notification not arrived
+    current_grant = {"alice": "EDIT"}
+    asked: list[bool] = []
+
+    def check(user: str) -> Any:
+        from_memory = fast_path_auth._BEFORE_REQUEST.get()
+        asked.append(from_memory)
+        if user == "raises" and from_memory:
+            raise RuntimeError("a remembered row that no longer fits")
+        grant = (remembered_grant if from_memory else current_grant).get(user)
+        return None if grant == "EDIT" else FORBIDDEN
+
+    for user, answer, passes in (
+        ("alice", None, [True, False]),  # the grant just given counts at once
+        ("bob", FORBIDDEN, [True, False]),  # refused on the current rows too
+        ("raises", FORBIDDEN, [True, False]),
+    ):
+        asked.clear()
+        assert fast_path_auth.reads_from_memory_first(functools.partial(check, user))() == answer
+        assert asked == passes
+    remembered_grant["alice"] = "EDIT"
+    asked.clear()
+    assert fast_path_auth.reads_from_memory_first(lambda: check("alice"))() is None
+    assert asked == [True]  # allowed from memory: one pass
