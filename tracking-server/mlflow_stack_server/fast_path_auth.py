@@ -423,10 +423,12 @@ def _during_decisions(remembering: Callable[..., Any], plain: Callable[..., Any]
 
 def reads_from_memory_first(before_request: Callable[[], Any]) -> Callable[[], Any]:
     """The auth app's before-request check with the auth store's reads answered from memory; any answer but
-    "allowed" (a refusal, an error, an exception) is decided again on the database's current rows. Remembered
+    "allowed" or 401 (a 403, an error, an exception) is decided again on the database's current rows. Remembered
     reads may lag a change until its notification arrives: a permission taken away counts from then on (as a
     remembered allowance would), while a permission just given (a grant, the MANAGE MLflow gives the creator of
-    an experiment, a user created) counts at the very next request, on every worker."""
+    an experiment, a user created) counts at the very next request, on every worker. A 401 is MLflow's password
+    check failing, which reads the database itself (store.authenticate_user is never remembered): deciding it again
+    would only pay a wrong password's hash twice."""
 
     def checking() -> Any:
         token = _BEFORE_REQUEST.set(True)
@@ -436,7 +438,9 @@ def reads_from_memory_first(before_request: Callable[[], Any]) -> Callable[[], A
             answer = "decided again"
         finally:
             _BEFORE_REQUEST.reset(token)
-        return None if answer is None else before_request()
+        if answer is None or getattr(answer, "status_code", None) == 401:
+            return answer
+        return before_request()
 
     checking.reads_from_memory = True  # type: ignore[attr-defined]
     return checking

@@ -554,3 +554,16 @@ def test_anything_but_allowed_from_remembered_reads_is_decided_again_on_the_data
     asked.clear()
     assert fast_path_auth.reads_from_memory_first(lambda: check("alice"))() is None
     assert asked == [True]  # allowed from memory: one pass
+
+
+def test_a_401_from_the_password_check_is_final() -> None:
+    import flask
+
+    passes: list[bool] = []
+
+    def wrong_password() -> Any:
+        passes.append(fast_path_auth._BEFORE_REQUEST.get())
+        return flask.Response("You are not authenticated.", status=401)
+
+    assert fast_path_auth.reads_from_memory_first(wrong_password)().status_code == 401
+    assert passes == [True]
