@@ -35,8 +35,9 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
     is used. The auth database reads the auth app's before-request check makes (the login's row, the user, its
     grants) are remembered the same way (remember_reads), during that check only, for fast-path decisions and
-    MLflow's own Flask routes (create-run) alike, so that a decision not remembered yet (a new run, another route)
-    makes no database round trip either. Only an "allowed" is answered from remembered reads: anything else is
+    MLflow's Flask create-run (ROUTES_CHECKED_FROM_MEMORY: a trainer's other call), so that a decision not
+    remembered yet (a new run, another route) makes no database round trip either; every other route of MLflow's
+    reads the database at every request. Only an "allowed" is answered from remembered reads: anything else is
     decided again on the database's rows (reads_from_memory_first), so a permission just given counts at the next
     request. MLflow's handlers and after-request hooks always read the database: they change it and read it back
     in the same request, before the change's notification arrives.
@@ -446,19 +447,34 @@ def reads_from_memory_first(before_request: Callable[[], Any]) -> Callable[[], A
     return checking
 
 
-def _remember_reads_in_flasks_check(flask_app: Any, before_request: Callable[[], Any]) -> None:
-    """The auth app's before-request hook as Flask runs it for MLflow's own routes (create-run, reads, the UI's
-    calls), with the auth store's reads answered from memory like a fast-path decision's: the login's row, the
-    user (its admin flag) and its grants, while no change of the auth database was notified; anything but
-    "allowed" decided again on the database's rows (reads_from_memory_first)."""
+# MLflow's Flask routes whose before-request check may read from memory (with MLflow's /api and /ajax-api prefixes):
+# a trainer's call besides the three fast-path writes, so that a login on the trainer's path makes no auth read.
+# Every other route keeps reading the auth database at every request: there a change counts at the next request.
+ROUTES_CHECKED_FROM_MEMORY = ("/mlflow/runs/create",)
+
+
+def _remember_reads_in_flasks_check(flask_app: Any, before_request: Callable[[], Any], paths: set[str]) -> None:
+    """The auth app's before-request hook as Flask runs it for a POST to one of `paths` (create-run), with the auth
+    store's reads answered from memory like a fast-path decision's: the login's row, the user (its admin flag) and
+    its grants, while no change of the auth database was notified; anything but "allowed" decided again on the
+    database's rows (reads_from_memory_first). Any other request: the hook itself."""
+    from flask import request
+
+    def checking() -> Any:
+        if request.method == "POST" and request.path in paths:
+            return from_memory_first()
+        return before_request()
+
+    from_memory_first = reads_from_memory_first(before_request)
+    checking.reads_from_memory = True  # type: ignore[attr-defined]
     hooks = flask_app.before_request_funcs.get(None, [])
     for index, hook in enumerate(hooks):
         if hook is before_request:
-            hooks[index] = reads_from_memory_first(hook)
+            hooks[index] = checking
 
 
 def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -> None:
-    """During the auth app's before-request check (fast-path decisions and MLflow's Flask routes alike): the auth
+    """During the auth app's before-request check (fast-path decisions and MLflow's Flask create-run): the auth
     database reads it makes (the login's row, the user, its grants) answered from memory while no change of that
     database was notified (the same bound as allowances), so that a decision not yet remembered (a new run, another
     route) and a create-run cost no database round trip for the login."""
@@ -477,7 +493,10 @@ def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -
     # The login's row, which install_revalidated_logins re-reads at every login answered from MLflow's cache.
     plain_row = login_cache.row_for_this_request
     login_cache.row_for_this_request = _during_decisions(remember_reads(plain_row, generation, seconds), plain_row)
-    _remember_reads_in_flasks_check(flask_app, auth._before_request)
+    from mlflow.server import handlers
+
+    paths = {path for route in ROUTES_CHECKED_FROM_MEMORY for path in handlers._get_paths(route)}
+    _remember_reads_in_flasks_check(flask_app, auth._before_request, paths)
 
 
 # How long an allowance is reused when the auth database sends no change notifications (not Postgres).

@@ -474,7 +474,7 @@ def test_a_run_learned_at_its_creation_is_decided_without_loading_it() -> None:
     assert store.loaded == []
 
 
-def test_flasks_before_request_check_reads_from_memory_and_the_handler_never() -> None:
+def test_flasks_check_reads_from_memory_on_create_run_only_and_the_handler_never() -> None:
     import flask
 
     app = flask.Flask("checked")
@@ -489,14 +489,20 @@ def test_flasks_before_request_check_reads_from_memory_and_the_handler_never() -
     app.before_request(before_request)
     app.before_request(other_hook)
 
-    @app.get("/view")
+    @app.route("/api/2.0/mlflow/runs/create", methods=["GET", "POST"])
+    @app.post("/api/2.0/mlflow/experiments/get")
     def view() -> str:
         seen.append(("handler", fast_path_auth._BEFORE_REQUEST.get()))
         return "ok"
 
-    fast_path_auth._remember_reads_in_flasks_check(app, before_request)
-    assert app.test_client().get("/view").status_code == 200
+    fast_path_auth._remember_reads_in_flasks_check(app, before_request, {"/api/2.0/mlflow/runs/create"})
+    client = app.test_client()
+    assert client.post("/api/2.0/mlflow/runs/create").status_code == 200
     assert seen == [("check", True), ("other hook", False), ("handler", False)]
+    for method, path in (("POST", "/api/2.0/mlflow/experiments/get"), ("GET", "/api/2.0/mlflow/runs/create")):
+        seen.clear()
+        assert client.open(path, method=method).status_code == 200
+        assert seen == [("check", False), ("other hook", False), ("handler", False)]
 
 
 def test_routes_mlflow_decides_with_one_validator_share_an_allowance() -> None:
