@@ -20,7 +20,8 @@ few times in a row, as a trainer's loop does, and those answers must be equal to
 permission away (a grant given, changed or revoked, a demotion, a password change, a deletion) reaches the fast
 server's listener as a notification once committed: before the next write the test leaves it NOTIFIED_SECONDS.
 A removed permission made through another process is tested on its own (test_a_change_by_another_server_counts_
-at_once), and so is a listener that is not listening (test_while_not_listening_every_write_is_decided).
+at_once), and so are a grant whose notification never comes (test_a_grant_counts_at_the_next_request_even_when_no_
+notification_says_so) and a listener that is not listening (test_while_not_listening_every_write_is_decided).
 """
 
 from __future__ import annotations
