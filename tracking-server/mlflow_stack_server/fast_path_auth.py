@@ -292,7 +292,9 @@ def _learn_created_runs(flask_app: Any, known: OrderedDict[str, str], lock: thre
             learn_run(known, lock, *created)
         return response
 
-    flask_app.after_request(learn_created_run)
+    # Appended as Flask's after_request does, without its check that no request was served yet: the hook may be
+    # built in a process whose Flask app already answered (a second app factory call, tests).
+    flask_app.after_request_funcs.setdefault(None, []).append(learn_created_run)
 
 
 def decide_in_flask(
