@@ -235,6 +235,7 @@ class RunExperiments:
 
 def _cache_run_experiments() -> None:
     """Route the auth app's tracking-store lookups through RunExperiments, during fast-path decisions only."""
+    from mlflow.server import app as flask_app
     from mlflow.server import auth
 
     # The name the auth app's validators call (imported from mlflow.server.handlers into its module).
@@ -250,8 +251,6 @@ def _cache_run_experiments() -> None:
 
     tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
-    from mlflow.server import app as flask_app
-
     _learn_created_runs(flask_app, known, lock)
 
 
@@ -481,7 +480,7 @@ def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -
     database was notified (the same bound as allowances), so that a decision not yet remembered (a new run, another
     route) and a create-run cost no database round trip for the login."""
     from mlflow.server import app as flask_app
-    from mlflow.server import auth
+    from mlflow.server import auth, handlers
 
     from mlflow_stack_server import login_cache
 
@@ -495,8 +494,6 @@ def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -
     # The login's row, which install_revalidated_logins re-reads at every login answered from MLflow's cache.
     plain_row = login_cache.row_for_this_request
     login_cache.row_for_this_request = _during_decisions(remember_reads(plain_row, generation, seconds), plain_row)
-    from mlflow.server import handlers
-
     paths = {path for route in ROUTES_CHECKED_FROM_MEMORY for path in handlers._get_paths(route)}
     _remember_reads_in_flasks_check(flask_app, auth._before_request, paths)
 
