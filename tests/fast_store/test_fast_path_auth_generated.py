@@ -20,7 +20,8 @@ few times in a row, as a trainer's loop does, and those answers must be equal to
 permission away (a grant given, changed or revoked, a demotion, a password change, a deletion) reaches the fast
 server's listener as a notification once committed: before the next write the test leaves it NOTIFIED_SECONDS.
 A removed permission made through another process is tested on its own (test_a_change_by_another_server_counts_
-at_once), and so is a listener that is not listening (test_while_not_listening_every_write_is_decided).
+at_once), and so are a grant whose notification never comes (test_a_grant_counts_at_the_next_request_even_when_no_
+notification_says_so) and a listener that is not listening (test_while_not_listening_every_write_is_decided).
 """
 
 from __future__ import annotations
@@ -466,6 +467,55 @@ def test_a_change_by_another_server_counts_at_once(
     assert all(late < NOTIFIED_SECONDS for late in allowed_late), allowed_late
     assert statuses[first:] == [refusal] * (len(statuses) - first), statuses
     assert counts[str(refusal)] == len(statuses) - first, counts  # refused by the fast path, not MLflow's app
+
+
+def test_a_grant_counts_at_the_next_request_even_when_no_notification_says_so(
+    auth_servers: tuple[Server, Server],
+) -> None:
+    """The fast server remembers the auth reads of its decisions (the user, its grants) until a change is notified.
+    A grant given while no notification is sent (the trigger disabled around it) leaves those reads stale for as
+    long as the allowance cap: the user's next write and create-run, refused on the remembered reads, are decided
+    again on the database's rows and allowed, by the fast path and MLflow's Flask path alike."""
+    fast = auth_servers[0]
+    uri = AUTH_DATABASES[fast.name]
+    admin, name = _basic(*ADMIN), f"late-{uuid.uuid4().hex[:8]}"
+    experiment = _call(fast, "POST", "/api/2.0/mlflow/experiments/create", {"name": name}, admin).json()
+    assert _call(fast, "POST", "/api/2.0/mlflow/users/create", {"username": name, "password": name}, admin).ok
+    run = _call(fast, "POST", "/api/2.0/mlflow/runs/create", experiment, admin).json()["run"]["info"]["run_id"]
+    login = _basic(name, name)
+
+    def tag() -> int:
+        body = {"run_id": run, "key": "k", "value": "v"}
+        return int(_call(fast, "POST", "/api/2.0/mlflow/runs/set-tag", body, login).status_code)
+
+    def create_run() -> int:
+        return int(_call(fast, "POST", "/api/2.0/mlflow/runs/create", experiment, login).status_code)
+
+    engine = sqlalchemy.create_engine(uri)
+    store = SqlAlchemyStore()
+    store.init_db(uri)
+    time.sleep(NOTIFIED_SECONDS)  # the setup's own changes counted: the reads below are remembered under them
+    assert [tag(), tag(), create_run()] == [403, 403, 403]  # the server's default, READ
+    with engine.connect() as connection:
+        tables = [str(row[0]) for row in connection.execute(sqlalchemy.text(auth_changes._WATCHED_TABLES_SQL))]
+
+    def triggers(state: str) -> None:
+        with engine.begin() as connection:
+            for table in tables:
+                connection.execute(
+                    sqlalchemy.text(f"ALTER TABLE {auth_changes.quoted(table)} {state} TRIGGER {auth_changes.TRIGGER}")
+                )
+
+    try:
+        triggers("DISABLE")
+        store.create_experiment_permission(experiment["experiment_id"], name, "EDIT")
+    finally:
+        triggers("ENABLE")
+        store.engine.dispose()
+        engine.dispose()
+    before = _fast_path_counts(fast)
+    assert [tag(), tag(), create_run()] == [200, 200, 200]
+    assert (_fast_path_counts(fast) - before)["200"] == 2  # the writes answered by the fast path itself
 
 
 def test_while_not_listening_every_write_is_decided(auth_servers: tuple[Server, Server]) -> None:

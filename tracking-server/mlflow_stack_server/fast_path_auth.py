@@ -18,20 +18,29 @@ words; an exception hands the request to MLflow's app, which then authorizes and
   is decided here: a copy of the rules would drift from MLflow's at the next release. Two things are cached:
   - the run's experiment, which the validators read through the tracking store's `get_run` (six queries
     loading the whole run, on every write). A run never moves to another experiment, so while the auth app
-    decides for the fast path, `get_run` answers from a per-worker map of run to experiment (RunExperiments);
-    every other caller gets the store itself. A run removed for good (`make gc`) stays known to a worker until
-    it restarts, so a non-admin's write to it gets the store's "not found" (404) where MLflow's path answers 403.
+    decides for the fast path, `get_run` answers from a per-worker map of run to experiment (RunExperiments),
+    filled by the first lookup or by MLflow's create-run answer when the run was created through this worker (a
+    trainer's first call: its first write then loads nothing); every other caller gets the store itself. A run
+    removed for good (`make gc`) stays known to a worker until it restarts, so a non-admin's write to it gets the
+    store's "not found" (404) where MLflow's path answers 403.
   - the auth app's "allowed" (remember_allowances), per worker, keyed by the credentials (an HMAC of the
-    Authorization header under a per-worker random key: no password is kept), the method, path, query and run.
+    Authorization header under a per-worker random key: no password is kept), the method, the route, the query
+    and the run. The route is the validator MLflow's own `_find_validator` maps the path to (validator_of_route):
+    set-tag and runs/update, both validate_can_update_run, share one allowance.
     A trainer's loop writes to one run with one login, so most writes skip the auth app's database reads and
     its Flask request context. Refusals and hand-offs are never remembered: a grant given, a password set or a
     user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
     database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
     a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
     notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
-    is used. The auth database reads a decision makes (the login's row, the user, its grants) are remembered
-    the same way, for fast-path decisions only (remember_reads), so that a decision not remembered yet (a new run,
-    another route) makes no database round trip either.
+    is used. The auth database reads the auth app's before-request check makes (the login's row, the user, its
+    grants) are remembered the same way (remember_reads), during that check only, for fast-path decisions and
+    MLflow's Flask create-run (ROUTES_CHECKED_FROM_MEMORY: a trainer's other call), so that a decision not
+    remembered yet (a new run, another route) makes no database round trip either; every other route of MLflow's
+    reads the database at every request. Only an "allowed" is answered from remembered reads: anything else is
+    decided again on the database's rows (reads_from_memory_first), so a permission just given counts at the next
+    request. MLflow's handlers and after-request hooks always read the database: they change it and read it back
+    in the same request, before the change's notification arrives.
     An allowance lives at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (60 s) while nothing changes;
     without notifications (an auth database that is not Postgres) at most UNNOTIFIED_SECONDS (1 s). MLflow's
     basic auth has nothing that changes with time alone: users, passwords, admin flags, grants and roles are
@@ -46,6 +55,7 @@ This module imports nothing from MLflow at load (fast_path_guard.py imports it w
 from __future__ import annotations
 
 import contextvars
+import functools
 import hmac
 import secrets
 import threading
@@ -142,9 +152,14 @@ def remember_allowances(
     return remembering
 
 
-def credential_key(secret: bytes) -> DecisionKey:
+def the_path(method: str, path: str) -> Hashable:
+    return path
+
+
+def credential_key(secret: bytes, route: Callable[[str, str], Hashable] = the_path) -> DecisionKey:
     """A request's decision key for a login sent in the Authorization header (basic auth): an HMAC of the header
-    under `secret` (never the password itself), the method, path, query and run. None without exactly one such
+    under `secret` (never the password itself), the method, the route (`route(method, path)`: the path, or what the
+    auth app decides the path with, validator_of_route), the query and the run. None without exactly one such
     header: nothing to remember for an anonymous request, and two would leave it to the auth app which counts.
     The rest of the body does not enter the auth app's decision on these writes: its validators read the run id,
     and log-batch's only other input, a metric's model_id, is not in the shapes the fast path answers
@@ -155,13 +170,43 @@ def credential_key(secret: bytes) -> DecisionKey:
         if len(credentials) != 1:
             return None
         login = hmac.digest(secret, credentials[0], "sha256")
-        return login, scope["method"], scope["path"], scope.get("query_string", b""), run_id
+        method = scope["method"]
+        return login, method, route(method, scope["path"]), scope.get("query_string", b""), run_id
 
     return key
 
 
+ROUTES_KEPT = 256  # (method, path) -> validator answers per worker; the fast path serves six paths
+
+
+def validator_of_route(
+    find_validator: Callable[[Any], Any], unprotected: Callable[[str], bool]
+) -> Callable[[str, str], Hashable]:
+    """The route as MLflow's basic-auth app decides it: the validator its own `_find_validator` maps the method and
+    path to (set-tag and runs/update share validate_can_update_run, /api and /ajax-api share theirs), so that the
+    routes it checks with one function share their allowances. The path itself for a route that has no validator,
+    that the auth app does not protect, or that its lookup cannot place from the method and path alone (the
+    before-request check then depends on more than its validator)."""
+
+    @functools.lru_cache(maxsize=ROUTES_KEPT)
+    def route(method: str, path: str) -> Hashable:
+        if unprotected(path):
+            return path
+        try:
+            validator = find_validator(SimpleNamespace(method=method, path=path))
+        except Exception:
+            return path
+        return path if validator is None else ("validator", validator)
+
+    return route
+
+
 # Set while the auth app decides for the fast path (in the worker thread that runs the hook).
 _DECIDING = contextvars.ContextVar("fast_path_deciding", default=False)
+# Set while the auth app decides whether a request may go on (its before-request check, for the fast path or on
+# MLflow's own Flask path): the auth store's reads may then be answered from memory (remember_reads). Never set
+# while a handler or an after-request hook runs: those change the auth database and read it back at once.
+_BEFORE_REQUEST = contextvars.ContextVar("auth_before_request", default=False)
 RUN_EXPERIMENTS_KEPT = 100_000  # runs remembered per worker (a few MB), the least recently used dropped
 
 
@@ -183,16 +228,14 @@ class RunExperiments:
                 self._known.move_to_end(run_id)
         if experiment_id is None:
             run = self._store.get_run(run_id)
-            with self._lock:
-                self._known[run_id] = run.info.experiment_id
-                if len(self._known) > RUN_EXPERIMENTS_KEPT:
-                    self._known.popitem(last=False)
+            learn_run(self._known, self._lock, run_id, run.info.experiment_id)
             return run
         return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id))
 
 
 def _cache_run_experiments() -> None:
     """Route the auth app's tracking-store lookups through RunExperiments, during fast-path decisions only."""
+    from mlflow.server import app as flask_app
     from mlflow.server import auth
 
     # The name the auth app's validators call (imported from mlflow.server.handlers into its module).
@@ -208,6 +251,49 @@ def _cache_run_experiments() -> None:
 
     tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
+    _learn_created_runs(flask_app, known, lock)
+
+
+def learn_run(known: OrderedDict[str, str], lock: threading.Lock, run_id: str, experiment_id: str) -> None:
+    with lock:
+        known[run_id] = experiment_id
+        known.move_to_end(run_id)
+        if len(known) > RUN_EXPERIMENTS_KEPT:
+            known.popitem(last=False)
+
+
+def created_run(path: str, method: str, status: int, answer: Callable[[], Any], create_paths: set[str]) -> Any:
+    """(run id, experiment id) of a run MLflow's create-run handler answered as created; else None. `answer`: the
+    response's JSON, parsed only for a successful create-run."""
+    if method != "POST" or status != 200 or path not in create_paths:
+        return None
+    info = ((answer() or {}).get("run") or {}).get("info") or {}
+    run_id, experiment_id = info.get("run_id"), info.get("experiment_id")
+    if type(run_id) is not str or type(experiment_id) is not str or not run_id or not experiment_id:
+        return None
+    return run_id, experiment_id
+
+
+def _learn_created_runs(flask_app: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
+    """A run created through this worker (MLflow's create-run, a trainer's first call) is known to RunExperiments
+    from its creation (the experiment in the answer is the one the store wrote), so that the first fast-path
+    decision on it loads nothing (else the whole run: six queries)."""
+    from flask import Response, request
+    from mlflow.server import handlers
+
+    create_paths = set(handlers._get_paths("/mlflow/runs/create"))
+
+    def learn_created_run(response: Response) -> Response:
+        created = created_run(
+            request.path, request.method, response.status_code, lambda: response.get_json(silent=True), create_paths
+        )
+        if created is not None:
+            learn_run(known, lock, *created)
+        return response
+
+    # Appended as Flask's after_request does, without its check that no request was served yet: the hook may be
+    # built in a process whose Flask app already answered (a second app factory call, tests).
+    flask_app.after_request_funcs.setdefault(None, []).append(learn_created_run)
 
 
 def decide_in_flask(
@@ -241,31 +327,41 @@ def basic_auth_hook(settings: Settings) -> Authorize:
     """MLflow's basic-auth app's own before-request decision, for one request, its "allowed" remembered for
     MLFLOW_AUTH_DECISION_CACHE_SECONDS. Built once per worker, after the auth app itself (its module reads the auth
     configuration and opens its store at import)."""
-    from mlflow.server.auth import _before_request, auth_config, authenticate_request_basic_auth, get_auth_func
+    from mlflow.server.auth import (
+        _before_request,
+        _find_validator,
+        auth_config,
+        authenticate_request_basic_auth,
+        get_auth_func,
+        is_unprotected_route,
+    )
 
     _cache_run_experiments()
+    # The key holds what MLflow's basic-auth login reads (the Authorization header); another authorization
+    # function, set in the auth config, may read anything: then every request is decided, its reads made.
+    remembering = get_auth_func(auth_config.authorization_function) is authenticate_request_basic_auth
+    seconds = settings.auth_decision_cache_seconds
+    listener = _change_listener() if remembering else None
+    check = _before_request
+    if listener is not None and seconds > 0:
+        _remember_auth_reads(listener.generation, seconds)
+        check = reads_from_memory_first(_before_request)
 
     def before_request() -> Any:
         deciding = _DECIDING.set(True)
         try:
-            return _before_request()
+            return check()
         finally:
             _DECIDING.reset(deciding)
 
     def authorize(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         return decide_in_flask(before_request, scope, body)
 
-    # The key holds what MLflow's basic-auth login reads (the Authorization header); another authorization
-    # function, set in the auth config, may read anything: then every request is decided.
-    if get_auth_func(auth_config.authorization_function) is not authenticate_request_basic_auth:
+    if not remembering:
         return authorize
-    key = credential_key(secrets.token_bytes(32))
-    seconds = settings.auth_decision_cache_seconds
-    listener = _change_listener()
+    key = credential_key(secrets.token_bytes(32), validator_of_route(_find_validator, is_unprotected_route))
     if listener is None:
         return remember_allowances(authorize, key, min(seconds, UNNOTIFIED_SECONDS))
-    if seconds > 0:
-        _remember_auth_reads(listener.generation, seconds)
     return remember_allowances(authorize, key, seconds, generation=listener.generation)
 
 
@@ -317,20 +413,74 @@ def remember_reads(
 
 
 def _during_decisions(remembering: Callable[..., Any], plain: Callable[..., Any]) -> Callable[..., Any]:
-    """`remembering` while the auth app decides for the fast path, `plain` for every other caller (MLflow's own
-    handlers read their writes back in the same request, before the change's notification has arrived)."""
+    """`remembering` while the auth app's before-request check runs (for the fast path or on MLflow's Flask path),
+    `plain` for every other caller (MLflow's own handlers and after-request hooks change the auth database and
+    read it back in the same request, before the change's notification has arrived)."""
 
     def read(*args: Any, **kwargs: Any) -> Any:
-        return remembering(*args, **kwargs) if _DECIDING.get() else plain(*args, **kwargs)
+        return remembering(*args, **kwargs) if _BEFORE_REQUEST.get() else plain(*args, **kwargs)
 
     return read
 
 
+def reads_from_memory_first(before_request: Callable[[], Any]) -> Callable[[], Any]:
+    """The auth app's before-request check with the auth store's reads answered from memory; any answer but
+    "allowed" or 401 (a 403, an error, an exception) is decided again on the database's current rows. Remembered
+    reads may lag a change until its notification arrives: a permission taken away counts from then on (as a
+    remembered allowance would), while a permission just given (a grant, the MANAGE MLflow gives the creator of
+    an experiment, a user created) counts at the very next request, on every worker. A 401 is MLflow's password
+    check failing, which reads the database itself (store.authenticate_user is never remembered): deciding it again
+    would only pay a wrong password's hash twice."""
+
+    def checking() -> Any:
+        token = _BEFORE_REQUEST.set(True)
+        try:
+            answer = before_request()
+        except Exception:
+            answer = "decided again"
+        finally:
+            _BEFORE_REQUEST.reset(token)
+        if answer is None or getattr(answer, "status_code", None) == 401:
+            return answer
+        return before_request()
+
+    checking.reads_from_memory = True  # type: ignore[attr-defined]
+    return checking
+
+
+# MLflow's Flask routes whose before-request check may read from memory (with MLflow's /api and /ajax-api prefixes):
+# a trainer's call besides the three fast-path writes, so that a login on the trainer's path makes no auth read.
+# Every other route keeps reading the auth database at every request: there a change counts at the next request.
+ROUTES_CHECKED_FROM_MEMORY = ("/mlflow/runs/create",)
+
+
+def _remember_reads_in_flasks_check(flask_app: Any, before_request: Callable[[], Any], paths: set[str]) -> None:
+    """The auth app's before-request hook as Flask runs it for a POST to one of `paths` (create-run), with the auth
+    store's reads answered from memory like a fast-path decision's: the login's row, the user (its admin flag) and
+    its grants, while no change of the auth database was notified; anything but "allowed" decided again on the
+    database's rows (reads_from_memory_first). Any other request: the hook itself."""
+    from flask import request
+
+    def checking() -> Any:
+        if request.method == "POST" and request.path in paths:
+            return from_memory_first()
+        return before_request()
+
+    from_memory_first = reads_from_memory_first(before_request)
+    checking.reads_from_memory = True  # type: ignore[attr-defined]
+    hooks = flask_app.before_request_funcs.get(None, [])
+    for index, hook in enumerate(hooks):
+        if hook is before_request:
+            hooks[index] = checking
+
+
 def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -> None:
-    """During fast-path decisions: the auth database reads the auth app makes for one (the login's row, the user, its
-    grants) answered from memory while no change of that database was notified (the same bound as allowances),
-    so that a decision not yet remembered (a new run, another route) costs no database round trip."""
-    from mlflow.server import auth
+    """During the auth app's before-request check (fast-path decisions and MLflow's Flask create-run): the auth
+    database reads it makes (the login's row, the user, its grants) answered from memory while no change of that
+    database was notified (the same bound as allowances), so that a decision not yet remembered (a new run, another
+    route) and a create-run cost no database round trip for the login."""
+    from mlflow.server import app as flask_app
+    from mlflow.server import auth, handlers
 
     from mlflow_stack_server import login_cache
 
@@ -344,6 +494,8 @@ def _remember_auth_reads(generation: Callable[[], int | None], seconds: float) -
     # The login's row, which install_revalidated_logins re-reads at every login answered from MLflow's cache.
     plain_row = login_cache.row_for_this_request
     login_cache.row_for_this_request = _during_decisions(remember_reads(plain_row, generation, seconds), plain_row)
+    paths = {path for route in ROUTES_CHECKED_FROM_MEMORY for path in handlers._get_paths(route)}
+    _remember_reads_in_flasks_check(flask_app, auth._before_request, paths)
 
 
 # How long an allowance is reused when the auth database sends no change notifications (not Postgres).

@@ -312,7 +312,8 @@ class Settings:
     auth_decision_cache_seconds: float = knob(
         "MLFLOW_AUTH_DECISION_CACHE_SECONDS", "60", AUTH,
         "Longest time each worker reuses the basic-auth app's \"allowed\" for a fast-path run write (log-batch, "
-        "set-tag, runs/update) with the same login, route and run; refusals are never reused. With the auth database "
+        "set-tag, runs/update) with the same login, route and run, and the auth rows read for those and runs/create; "
+        "refusals are never reused. With the auth database "
         "on Postgres every worker listens for its changes (triggers installed by prepare) and forgets what it "
         "remembers at any change, within milliseconds; while it is not listening it reuses nothing. On another "
         "database at most 1 s is used. 0: decide every write.",

@@ -5,6 +5,7 @@ route and run, only for the configured seconds."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -415,14 +416,161 @@ def test_a_remembered_list_is_a_copy_for_each_caller() -> None:
     assert read(1) == ["grant of 1"]
 
 
-def test_reads_are_remembered_during_fast_path_decisions_only() -> None:
+def test_reads_are_remembered_during_the_auth_apps_before_request_check_only() -> None:
     reads, plain = Reads(), Reads()
     read = fast_path_auth._during_decisions(remember_reads(reads, Generation(), 60, clock=Clock()), plain)
     read(1)
-    deciding = fast_path_auth._DECIDING.set(True)
+    checking = fast_path_auth._BEFORE_REQUEST.set(True)
     try:
         read(1)
         read(1)
     finally:
-        fast_path_auth._DECIDING.reset(deciding)
-    assert (len(plain.made), len(reads.made)) == (1, 1)
+        fast_path_auth._BEFORE_REQUEST.reset(checking)
+    read(1)  # after the check (a handler, an after-request hook): the store's own read
+    assert (len(plain.made), len(reads.made)) == (2, 1)
+
+
+# ---- what a decision would otherwise load: a created run's experiment, the before-request check's reads -----------
+
+CREATE_PATHS = {"/api/2.0/mlflow/runs/create", "/ajax-api/2.0/mlflow/runs/create"}
+CREATED = {"run": {"info": {"run_id": "r1", "experiment_id": "7"}, "data": {}}}
+
+
+def test_a_run_is_learned_from_a_successful_create_run_answer_only() -> None:
+    def created(path: str, method: str = "POST", status: int = 200, answer: Any = CREATED) -> Any:
+        return fast_path_auth.created_run(path, method, status, lambda: answer, CREATE_PATHS)
+
+    assert created("/api/2.0/mlflow/runs/create") == ("r1", "7")
+    assert created("/ajax-api/2.0/mlflow/runs/create") == ("r1", "7")
+    assert created("/api/2.0/mlflow/runs/update") is None
+    assert created("/api/2.0/mlflow/runs/create", method="GET") is None
+    assert created("/api/2.0/mlflow/runs/create", status=403) is None
+    for answer in (None, {}, {"run": None}, {"run": {"info": {"run_id": "r1"}}}, {"run": {"info": {"run_id": 5}}}):
+        assert created("/api/2.0/mlflow/runs/create", answer=answer) is None
+
+
+def test_a_run_learned_at_its_creation_is_decided_without_loading_it() -> None:
+    import flask
+
+    app = flask.Flask("created-runs")
+    known: OrderedDict[str, str] = OrderedDict()
+    lock = threading.Lock()
+
+    @app.post("/api/2.0/mlflow/runs/create")
+    def create() -> Any:
+        return CREATED
+
+    @app.post("/api/2.0/mlflow/runs/refused")
+    def refused() -> Any:
+        return {"run": {"info": {"run_id": "r2", "experiment_id": "8"}}}, 403
+
+    client = app.test_client()
+    assert client.post("/api/2.0/mlflow/runs/refused", json={}).status_code == 403  # served before the hook is built
+    fast_path_auth._learn_created_runs(app, known, lock)
+    assert client.post("/api/2.0/mlflow/runs/create", json={}).status_code == 200
+    assert client.post("/api/2.0/mlflow/runs/refused", json={}).status_code == 403
+    assert dict(known) == {"r1": "7"}
+    store = CountingStore()
+    assert RunExperiments(store, known, lock).get_run("r1").info.experiment_id == "7"
+    assert store.loaded == []
+
+
+def test_flasks_check_reads_from_memory_on_create_run_only_and_the_handler_never() -> None:
+    import flask
+
+    app = flask.Flask("checked")
+    seen: list[tuple[str, bool]] = []
+
+    def before_request() -> None:
+        seen.append(("check", fast_path_auth._BEFORE_REQUEST.get()))
+
+    def other_hook() -> None:
+        seen.append(("other hook", fast_path_auth._BEFORE_REQUEST.get()))
+
+    app.before_request(before_request)
+    app.before_request(other_hook)
+
+    @app.route("/api/2.0/mlflow/runs/create", methods=["GET", "POST"])
+    @app.post("/api/2.0/mlflow/experiments/get")
+    def view() -> str:
+        seen.append(("handler", fast_path_auth._BEFORE_REQUEST.get()))
+        return "ok"
+
+    fast_path_auth._remember_reads_in_flasks_check(app, before_request, {"/api/2.0/mlflow/runs/create"})
+    client = app.test_client()
+    assert client.post("/api/2.0/mlflow/runs/create").status_code == 200
+    assert seen == [("check", True), ("other hook", False), ("handler", False)]
+    for method, path in (("POST", "/api/2.0/mlflow/experiments/get"), ("GET", "/api/2.0/mlflow/runs/create")):
+        seen.clear()
+        assert client.open(path, method=method).status_code == 200
+        assert seen == [("check", False), ("other hook", False), ("handler", False)]
+
+
+def test_routes_mlflow_decides_with_one_validator_share_an_allowance() -> None:
+    import mlflow.server.auth as mlflow_auth
+
+    route = fast_path_auth.validator_of_route(mlflow_auth._find_validator, mlflow_auth.is_unprotected_route)
+    key = credential_key(b"k" * 32, route)
+    login = [b"Basic dTpw"]
+
+    def key_of(path: str, method: str = "POST") -> Any:
+        return key({**_scope(login, path), "method": method}, b"{}", "r")
+
+    set_tag, update = key_of("/api/2.0/mlflow/runs/set-tag"), key_of("/api/2.0/mlflow/runs/update")
+    assert set_tag == update == key_of("/ajax-api/2.0/mlflow/runs/update")  # validate_can_update_run
+    assert key_of("/api/2.0/mlflow/runs/log-batch") not in (set_tag, None)  # validate_can_log_batch
+    assert key_of("/api/2.0/mlflow/runs/set-tag", "GET") != set_tag  # the method stays in the key
+    assert key(_scope(login, "/api/2.0/mlflow/runs/set-tag", b"run_id=s"), b"{}", "r") != set_tag  # and the query
+    assert key(_scope(login, "/api/2.0/mlflow/runs/set-tag"), b"{}", "s") != set_tag  # and the run
+    assert key(_scope([ALICE], "/api/2.0/mlflow/runs/set-tag"), b"{}", "r") != set_tag  # and the login
+    # A path the auth app has no validator for, or does not protect, stands for itself.
+    assert key_of("/api/2.0/mlflow/runs/no-such-route")[2] == "/api/2.0/mlflow/runs/no-such-route"
+    assert key_of("/health")[2] == "/health"
+
+
+def test_a_route_the_lookup_cannot_place_stands_for_itself() -> None:
+    def lookup(request: Any) -> Any:
+        return request.view_args  # more than the method and path: not there
+
+    route = fast_path_auth.validator_of_route(lookup, lambda path: False)
+    assert route("POST", "/api/2.0/mlflow/runs/set-tag") == "/api/2.0/mlflow/runs/set-tag"
+
+
+def test_anything_but_allowed_from_remembered_reads_is_decided_again_on_the_databases_rows() -> None:
+    remembered_grant = {"alice": "NO_PERMISSIONS"}  # read before the grant below; its notification not arrived
+    current_grant = {"alice": "EDIT"}
+    asked: list[bool] = []
+
+    def check(user: str) -> Any:
+        from_memory = fast_path_auth._BEFORE_REQUEST.get()
+        asked.append(from_memory)
+        if user == "raises" and from_memory:
+            raise RuntimeError("a remembered row that no longer fits")
+        grant = (remembered_grant if from_memory else current_grant).get(user)
+        return None if grant == "EDIT" else FORBIDDEN
+
+    for user, answer, passes in (
+        ("alice", None, [True, False]),  # the grant just given counts at once
+        ("bob", FORBIDDEN, [True, False]),  # refused on the current rows too
+        ("raises", FORBIDDEN, [True, False]),
+    ):
+        asked.clear()
+        assert fast_path_auth.reads_from_memory_first(functools.partial(check, user))() == answer
+        assert asked == passes
+    remembered_grant["alice"] = "EDIT"
+    asked.clear()
+    assert fast_path_auth.reads_from_memory_first(lambda: check("alice"))() is None
+    assert asked == [True]  # allowed from memory: one pass
+
+
+def test_a_401_from_the_password_check_is_final() -> None:
+    import flask
+
+    passes: list[bool] = []
+
+    def wrong_password() -> Any:
+        passes.append(fast_path_auth._BEFORE_REQUEST.get())
+        return flask.Response("You are not authenticated.", status=401)
+
+    assert fast_path_auth.reads_from_memory_first(wrong_password)().status_code == 401
+    assert passes == [True]
