@@ -232,8 +232,12 @@ def create_app_with_oidc() -> RequestMetrics:
     from mlflow_oidc_auth.sqlalchemy_store import SqlAlchemyStore as OidcStore
 
     from mlflow_stack_server.fast_path_oidc import install_inside
+    from mlflow_stack_server.oidc_wsgi import run_flask_on_request_threads
 
     settings = Settings.from_environment()
+    # The plugin's WSGI bridge runs every Flask request of the worker on one thread (asgiref's thread-sensitive
+    # sync_to_async); run them on the worker's MLFLOW_REQUEST_THREADS instead, as without logins (oidc_wsgi.py).
+    run_flask_on_request_threads(oidc_app)
     # The token check and the profile read of every request, re-checked against the plugin's database on every
     # hit: changes count at the next request (oidc_login_cache.py).
     install_revalidated_accounts(OidcStore)

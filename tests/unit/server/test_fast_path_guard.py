@@ -255,6 +255,12 @@ print(json.dumps([layers, hooks]))
 
 
 def _oidc_app_middleware(tmp_path: Path, fast_store: str) -> Any:
+    return json.loads(run_in_the_oidc_app(tmp_path, fast_store, SHOW_OIDC_MIDDLEWARE))
+
+
+def run_in_the_oidc_app(tmp_path: Path, fast_store: str, script: str) -> str:
+    """Run `script` in a fresh interpreter with the server's OIDC environment (no provider is contacted); its last
+    line of output."""
     import os
     import subprocess
     import sys
@@ -280,11 +286,9 @@ def _oidc_app_middleware(tmp_path: Path, fast_store: str) -> Any:
         **plugin_environment(Settings.from_environment(stack), None),
         "LOG_LEVEL": "WARNING",
     }
-    result = subprocess.run(
-        [sys.executable, "-c", SHOW_OIDC_MIDDLEWARE], env=environ, capture_output=True, text=True, timeout=180
-    )
+    result = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout.strip().splitlines()[-1]
 
 
 def test_the_oidc_app_has_the_fast_path_after_its_logins(tmp_path: Path) -> None:
