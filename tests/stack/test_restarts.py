@@ -13,11 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from tests.stack.conftest import (
     NPZ_IN_CONTAINER,
     REPO,
+    STACK_URL,
     TrainerProcess,
     compose,
     mnist_npz,
@@ -144,7 +146,28 @@ def test_a_missing_tracking_server_is_one_line_and_exit_1_within_the_preflight_t
         ], result.stderr[-2000:]
         assert elapsed < 90, elapsed
     finally:
-        compose("up", "-d", "--wait", "tracking-server")
+        compose("up", "-d", "--wait", "tracking-server", "gateway")
+
+
+# The gateway's healthcheck asks its loopback-only `ready` frontend (gateway/haproxy.cfg); the status line only.
+GATEWAY_READY = "exec 3<>/dev/tcp/127.0.0.1/8405 && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3"
+
+
+def _gateway_ready_status() -> int:
+    line = compose("exec", "-T", "gateway", "bash", "-c", GATEWAY_READY).stdout.split()
+    return int(line[1])
+
+
+def test_the_gateway_is_healthy_only_with_a_tracking_server_in_service() -> None:
+    assert _gateway_ready_status() == 200
+    compose("stop", "tracking-server")
+    try:
+        # Out of service after two failed probes of a second each.
+        wait_until(lambda: _gateway_ready_status() == 503, 30, "the gateway still reports a server in service")
+    finally:
+        compose("up", "-d", "--wait", "tracking-server", "gateway")
+    # `up --wait` returned only once the gateway had a server in service: the first request passes at once.
+    assert requests.get(f"{STACK_URL}/health", timeout=10).status_code == 200
 
 
 def test_an_object_store_outage_keeps_the_model_and_upload_finishes_the_run(client: MlflowClient) -> None:
