@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow.server.security_utils import should_block_cors_request
 
+from mlflow_stack_server.settings import Knob, SettingsError, knobs
 from tests.chart.chart import (
     CHART,
     CI_VALUES,
@@ -345,6 +347,69 @@ def test_an_ingress_without_tls_and_extra_origins_are_allowed_origins() -> None:
     for allowed in ("http://mlflow.example.com", "http://mlflow.example.com:8080", "https://portal.example.org"):
         assert not should_block_cors_request(allowed, "POST", origins.split(",")), allowed
     assert should_block_cors_request("https://mlflow.example.com", "POST", origins.split(","))
+
+
+# The login cache and the fast path's allowance cap: the server's defaults, its bounds, into both containers.
+CACHE_KNOBS = {
+    "loginCacheSeconds": "MLFLOW_AUTH_CACHE_SECONDS",
+    "decisionCacheSeconds": "MLFLOW_AUTH_DECISION_CACHE_SECONDS",
+}
+
+
+def _server_knob(env: str) -> Knob:
+    (declared,) = [declared for declared in knobs() if declared.env == env]
+    return declared
+
+
+def test_auth_cache_knobs_default_to_the_servers_defaults() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["auth"]
+    for value, env in CACHE_KNOBS.items():
+        declared = _server_knob(env)
+        assert declared.parse(env, str(defaults[value])) == declared.parse(env, declared.default), value
+        for container in containers(one(render(AUTH_INGRESS), "Deployment", "tracking")):
+            assert container["env"] and env_of(container)[env] == declared.default, (container["name"], env)
+
+
+def _auth_values(tmp_path: Path, **auth: float) -> Path:
+    """A values file, so numbers stay numbers (`--set` turns 0.5 into a string)."""
+    values = tmp_path / "auth-cache-values.yaml"
+    values.write_text(yaml.safe_dump({"auth": auth}))
+    return values
+
+
+@pytest.mark.parametrize(("login", "decision"), [(0, 0), (300, 0.5), (86400, 3600)])
+def test_auth_cache_knobs_reach_prepare_and_the_server(login: int, decision: float, tmp_path: Path) -> None:
+    values = _auth_values(tmp_path, loginCacheSeconds=login, decisionCacheSeconds=decision)
+    for container in containers(one(render(AUTH_INGRESS, values), "Deployment", "tracking")):
+        env = env_of(container)
+        assert env["MLFLOW_AUTH_CACHE_SECONDS"] == str(login), container["name"]
+        assert env["MLFLOW_AUTH_DECISION_CACHE_SECONDS"] == str(decision), container["name"]
+        # What the chart renders is what the server reads.
+        assert _server_knob("MLFLOW_AUTH_CACHE_SECONDS").parse("MLFLOW_AUTH_CACHE_SECONDS", str(login)) == login
+        variable = "MLFLOW_AUTH_DECISION_CACHE_SECONDS"
+        assert _server_knob(variable).parse(variable, env[variable]) == decision
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        ("loginCacheSeconds", -1, "minimum"),
+        ("loginCacheSeconds", 1.5, "integer"),
+        ("decisionCacheSeconds", -1, "minimum"),
+        ("decisionCacheSeconds", 3601, "maximum"),
+        ("decisionCacheSeconds", 3600.5, "maximum"),
+    ],
+)
+def test_auth_cache_knobs_out_of_the_servers_range_are_refused(
+    name: str, value: float, why: str, tmp_path: Path
+) -> None:
+    variable = CACHE_KNOBS[name]
+    # Values the server itself refuses at start...
+    with pytest.raises(SettingsError):
+        _server_knob(variable).parse(variable, str(value))
+    # ...fail the install, naming the value.
+    error = render_error(AUTH_INGRESS, _auth_values(tmp_path, **{name: value}))
+    assert f"/auth/{name}" in error and why in error, error
 
 
 # --- trainer Job --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ listening (generation None: no remembered allowance used) while its connection i
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -218,3 +219,160 @@ def test_the_role_that_migrated_the_auth_database_installs_the_triggers_without_
     finally:
         listener.stop()
         store.engine.dispose()
+
+
+# --- prepare installs only what is missing or different ---------------------------------------------------------
+
+
+def _installed(uri: str) -> dict[str, tuple[int, int]]:
+    """{table: (trigger OID, the trigger row's xmin)} and {"(function)": (OID, xmin)}: a re-created or altered
+    trigger or function changes them."""
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            triggers = connection.execute(
+                sqlalchemy.text(
+                    "SELECT c.relname, t.oid, t.xmin::text::bigint FROM pg_trigger t JOIN pg_class c "
+                    "ON c.oid = t.tgrelid WHERE t.tgname = :trigger"
+                ),
+                {"trigger": auth_changes.TRIGGER},
+            ).all()
+            function = connection.execute(
+                sqlalchemy.text("SELECT oid, xmin::text::bigint FROM pg_proc WHERE proname = :function"),
+                {"function": auth_changes.FUNCTION},
+            ).one()
+    finally:
+        engine.dispose()
+    return {str(table): (int(oid), int(xmin)) for table, oid, xmin in triggers} | {
+        "(function)": (int(function[0]), int(function[1]))
+    }
+
+
+def _run(uri: str, *statements: str) -> None:
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(sqlalchemy.text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_a_second_prepare_changes_no_trigger_and_no_function(auth_database: str) -> None:
+    before = _installed(auth_database)
+    assert "users" in before and "experiment_permissions" in before, before
+    notify_auth_changes(auth_database)
+    notify_auth_changes(auth_database)
+    assert _installed(auth_database) == before
+
+
+def test_a_dropped_or_different_trigger_is_installed_again_and_only_that_one(
+    auth_database: str, other_server: SqlAlchemyStore
+) -> None:
+    before = _installed(auth_database)
+    trigger = auth_changes.TRIGGER
+    _run(
+        auth_database,
+        f"DROP TRIGGER {trigger} ON experiment_permissions",
+        f"ALTER TABLE registered_model_permissions DISABLE TRIGGER {trigger}",
+        f"DROP TRIGGER {trigger} ON users",
+        # Same name, another trigger: per row, and on INSERT only.
+        f"CREATE TRIGGER {trigger} AFTER INSERT ON users FOR EACH ROW EXECUTE FUNCTION {auth_changes.FUNCTION}()",
+    )
+    notify_auth_changes(auth_database)
+    after = _installed(auth_database)
+    changed = {table for table in before if after.get(table) != before[table]}
+    assert changed == {"experiment_permissions", "registered_model_permissions", "users"}, (before, after)
+    assert set(after) == set(before)
+    notify_auth_changes(auth_database)
+    assert _installed(auth_database) == after
+    # Installed as before: every kind of change, by statement, is notified.
+    listener = _listening(auth_database)
+    try:
+        generation = _wait_listening(listener)
+        other_server.create_user("carol", "a-long-password")
+        wait_until(lambda: listener.generation() not in (generation, None), 5, "user created: not counted")
+        generation = _wait_listening(listener)
+        other_server.create_experiment_permission("1", "carol", "EDIT")
+        wait_until(lambda: listener.generation() not in (generation, None), 5, "grant given: not counted")
+        generation = _wait_listening(listener)
+        _run(auth_database, "TRUNCATE registered_model_permissions")
+        wait_until(lambda: listener.generation() not in (generation, None), 5, "truncate: not counted")
+    finally:
+        listener.stop()
+
+
+def test_a_changed_function_is_replaced_in_place(auth_database: str) -> None:
+    before = _installed(auth_database)
+    _run(
+        auth_database,
+        f"CREATE OR REPLACE FUNCTION {auth_changes.FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RETURN NULL; END $$",
+    )
+    silent = _installed(auth_database)
+    notify_auth_changes(auth_database)
+    after = _installed(auth_database)
+    assert after["(function)"][0] == before["(function)"][0] and after["(function)"] != silent["(function)"]
+    assert {table: ids for table, ids in after.items() if table != "(function)"} == {
+        table: ids for table, ids in before.items() if table != "(function)"
+    }
+    listener = _listening(auth_database)
+    try:
+        generation = _wait_listening(listener)
+        _run(auth_database, "DELETE FROM users WHERE username = 'nobody'")
+        wait_until(lambda: listener.generation() not in (generation, None), 5, "the function does not notify")
+    finally:
+        listener.stop()
+
+
+def test_a_table_added_later_gets_the_trigger(auth_database: str) -> None:
+    before = _installed(auth_database)
+    _run(auth_database, "CREATE TABLE added_by_a_later_migration (id integer)")
+    tables = auth_changes.prepare_change_notifications(auth_database)
+    assert "added_by_a_later_migration" in tables
+    after = _installed(auth_database)
+    assert set(after) - set(before) == {"added_by_a_later_migration"}
+    assert {table: after[table] for table in before} == before
+    listener = _listening(auth_database)
+    try:
+        generation = _wait_listening(listener)
+        _run(auth_database, "INSERT INTO added_by_a_later_migration VALUES (1)")
+        wait_until(lambda: listener.generation() not in (generation, None), 5, "the new table's change: not counted")
+    finally:
+        listener.stop()
+
+
+def test_two_installs_at_once_both_succeed_with_one_trigger_per_table(postgres_server: str) -> None:
+    """Two prepares racing on a database without triggers (stacks sharing an auth database do not share the
+    migration lock, which lives in each tracking database): the second waits for the first, then finds nothing to
+    do."""
+    uri = create_database(postgres_server)
+    store = SqlAlchemyStore()
+    store.init_db(uri)
+    store.engine.dispose()
+    first_engine, second_engine = sqlalchemy.create_engine(uri), sqlalchemy.create_engine(uri)
+    outcome: list[object] = []
+    try:
+        with first_engine.begin() as first:
+            auth_changes.install_change_triggers(first)
+            # The first has installed, not committed yet: the second starts now.
+            racing = threading.Thread(target=lambda: outcome.append(_install(second_engine)), daemon=True)
+            racing.start()
+            time.sleep(1)
+            assert not outcome, "the second install did not wait for the first"
+            assert set(_triggers(uri).values()) == {0}  # from outside: nothing is visible yet
+        racing.join(timeout=30)
+        assert outcome and not isinstance(outcome[0], BaseException), outcome
+        watched = {table: count for table, count in _triggers(uri).items() if not table.startswith("alembic_version")}
+        assert "users" in watched and set(watched.values()) == {1}, watched
+    finally:
+        first_engine.dispose()
+        second_engine.dispose()
+
+
+def _install(engine: sqlalchemy.engine.Engine) -> object:
+    try:
+        with engine.begin() as connection:
+            return auth_changes.install_change_triggers(connection)
+    except Exception as error:  # reported to the test's thread
+        return error

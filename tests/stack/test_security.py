@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from tests.stack.conftest import (
     MINIO_CONSOLE_PORT,
     MLFLOW_PORT,
+    STACK_URL,
     TRACKING_SERVER_IMAGE,
     TRAINER_IMAGE,
     compose,
@@ -77,3 +80,43 @@ def test_our_images_run_as_a_non_root_user() -> None:
             check=True,
         ).stdout.strip()
         assert user not in ("", "0", "root", "0:0"), (image, user)
+
+
+def _vary(response: requests.Response) -> list[str]:
+    """Every name of every Vary header line of the answer, as sent."""
+    return [token.strip() for line in response.raw.headers.getlist("vary") for token in line.split(",")]
+
+
+def test_mlflows_cors_and_host_checks_hold_and_each_answer_says_vary_origin_once() -> None:
+    """MLflow's Flask-CORS and Starlette's CORSMiddleware each add `Vary: Origin` (vary_header.py): every kind of
+    answer (Flask's, the fast path's, the UI's, a preflight) names Origin once, and MLflow's refusals stay."""
+    parts = urlsplit(STACK_URL)
+    origin = f"{parts.scheme}://{parts.netloc}"  # the UI's own origin: allowed
+    api = STACK_URL + "/api/2.0/mlflow"
+    created = requests.post(api + "/runs/create", json={"experiment_id": "0"}, headers={"Origin": origin}, timeout=60)
+    assert created.status_code == 200, created.text
+    run_id = created.json()["run"]["info"]["run_id"]
+    batch = {"run_id": run_id, "metrics": [{"key": "vary", "value": 1, "timestamp": 1, "step": 0}]}
+    answers = {
+        "flask POST": created,
+        "flask GET": requests.get(api + "/runs/get", params={"run_id": run_id}, headers={"Origin": origin}, timeout=60),
+        "fast path": requests.post(api + "/runs/log-batch", json=batch, headers={"Origin": origin}, timeout=60),
+        "ui": requests.get(STACK_URL + "/", headers={"Origin": origin}, timeout=60),
+        "no origin": requests.get(api + "/runs/get", params={"run_id": run_id}, timeout=60),
+        "preflight": requests.options(
+            api + "/runs/log-batch",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+            timeout=60,
+        ),
+    }
+    for what, response in answers.items():
+        assert response.status_code in (200, 204), (what, response.status_code, response.text[:200])
+        names = [name.lower() for name in _vary(response)]
+        assert names.count("origin") == 1 and len(names) == len(set(names)), (what, response.headers)
+    for what in ("flask POST", "flask GET", "fast path"):
+        assert answers[what].headers["Access-Control-Allow-Origin"] == origin, what
+    # MLflow's own refusals are untouched: a foreign site's POST, a foreign Host header (DNS rebinding).
+    foreign = requests.post(api + "/runs/log-batch", json=batch, headers={"Origin": "https://evil.example"}, timeout=60)
+    assert foreign.status_code == 403, foreign.text
+    rebound = requests.get(api + "/runs/get", params={"run_id": run_id}, headers={"Host": "evil.example"}, timeout=60)
+    assert rebound.status_code == 403, rebound.text

@@ -4,8 +4,11 @@ a password, an admin flag, a grant or a role changed, so that the "allowed" deci
 
 - `prepare` installs, on every table of the auth database but alembic's, a statement-level trigger that sends
   `NOTIFY mlflow_stack_auth_changed` (no payload: any change forgets everything) on INSERT, UPDATE, DELETE and
-  TRUNCATE. Re-installed at every prepare, after MLflow's auth migrations: a table a later migration adds gets
-  it too. The notification is sent when the changing transaction commits, by whichever server (or psql) wrote it.
+  TRUNCATE. Checked at every prepare, after MLflow's auth migrations: a table without it (a table a later
+  migration adds, a trigger dropped by hand) or with a different one gets it, and the function is replaced only
+  when its body differs; a table whose trigger is as it should be is not touched, so that a prepare takes no lock
+  on the tables other replicas serve from. The notification is sent when the changing transaction commits, by
+  whichever server (or psql) wrote it.
 - Each worker runs a ChangeListener: a thread with a connection of its own that LISTENs, and counts a new
   generation at every notification. Remembered allowances carry the generation they were decided in and count only
   while it is the current one.
@@ -51,18 +54,53 @@ CONNECTION_DEFAULTS = {
     "keepalives_count": 2,
 }
 
-_FUNCTION_SQL = f"""
-CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+# Held (per transaction, in the auth database) while the triggers are checked and installed: two installers at
+# once (replicas' prepares, which already queue on the migration lock in the tracking database, or two stacks
+# sharing one auth database) must not both create a missing trigger. Not MIGRATION_LOCK_KEY: with the auth tables
+# in the tracking database itself, prepare's own migration lock would block this one.
+INSTALL_LOCK_KEY = 0x6D6C666C6F7761  # "mlflowa"
+_FUNCTION_BODY = f"""
 BEGIN
     PERFORM pg_notify('{CHANNEL}', '');
     RETURN NULL;
 END
-$$
 """
+_FUNCTION_SQL = f"CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $${_FUNCTION_BODY}$$"
+# The function in the connection's current schema (where CREATE FUNCTION without a schema puts it).
+_FUNCTION_OID_SQL = f"""
+SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = current_schema() AND p.proname = '{FUNCTION}' AND p.pronargs = 0
+"""
+_FUNCTION_AS_INSTALLED_SQL = f"""
+SELECT p.prosrc = :body AND p.prorettype = 'trigger'::regtype AND l.lanname = 'plpgsql' AND NOT p.proretset
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
+WHERE n.nspname = current_schema() AND p.proname = '{FUNCTION}' AND p.pronargs = 0
+"""
+# pg_trigger.tgtype bits (Postgres' include/catalog/pg_trigger.h): INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32;
+# ROW 1, BEFORE 2 and INSTEAD 64 unset: AFTER, FOR EACH STATEMENT.
+_TRIGGER_TYPE = 4 | 8 | 16 | 32
+_TRIGGER_SQL = (
+    "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} "
+    "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+)
 # Tables (and partitioned tables) of the schema MLflow's auth store writes to (the connection's current schema).
 _WATCHED_TABLES_SQL = f"""
 SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '{UNWATCHED_PREFIX}%'
+ORDER BY c.relname
+"""
+# Of those, the ones whose trigger is missing or not the one _TRIGGER_SQL creates: another event, timing, level,
+# function, arguments, WHEN condition, column list or transition table, a constraint trigger, or disabled.
+_TABLES_WITHOUT_THE_TRIGGER_SQL = f"""
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '{UNWATCHED_PREFIX}%'
+AND NOT EXISTS (
+    SELECT 1 FROM pg_trigger t
+    WHERE t.tgrelid = c.oid AND t.tgname = '{TRIGGER}' AND t.tgenabled = 'O' AND t.tgtype = {_TRIGGER_TYPE}
+    AND t.tgfoid = ({_FUNCTION_OID_SQL}) AND t.tgnargs = 0 AND t.tgqual IS NULL
+    AND cardinality(t.tgattr::int2[]) = 0 AND t.tgconstraint = 0
+    AND t.tgoldtable IS NULL AND t.tgnewtable IS NULL
+)
 ORDER BY c.relname
 """
 _UNWATCHED_TABLES_SQL = f"""
@@ -78,22 +116,24 @@ def quoted(identifier: str) -> str:
 
 
 def install_change_triggers(connection: Any) -> list[str]:
-    """Install (again) the notifying trigger on every table of the auth database but alembic's, in the caller's
-    transaction (`connection`: a SQLAlchemy connection); the tables. Needs the tables' owner (the role that ran
-    MLflow's auth migrations) and CREATE on the schema."""
+    """Make sure the notifying trigger is on every table of the auth database but alembic's, in the caller's
+    transaction (`connection`: a SQLAlchemy connection); the tables. Only a missing or different trigger (or
+    function) is created, so a database already as it should be is only read. Needs the tables' owner (the role
+    that ran MLflow's auth migrations) and CREATE on the schema."""
     import sqlalchemy
 
-    connection.execute(sqlalchemy.text(_FUNCTION_SQL))
-    tables = [str(row[0]) for row in connection.execute(sqlalchemy.text(_WATCHED_TABLES_SQL))]
-    for table in tables:
-        connection.execute(sqlalchemy.text(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {quoted(table)}"))
-        connection.execute(
-            sqlalchemy.text(
-                f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {quoted(table)} "
-                f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()"
-            )
-        )
-    return tables
+    connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": INSTALL_LOCK_KEY})
+    function_as_installed = connection.execute(
+        sqlalchemy.text(_FUNCTION_AS_INSTALLED_SQL), {"body": _FUNCTION_BODY}
+    ).scalar()
+    if not function_as_installed:
+        # Replaced in place: the triggers point at the function's OID, which stays.
+        connection.execute(sqlalchemy.text(_FUNCTION_SQL))
+    for row in connection.execute(sqlalchemy.text(_TABLES_WITHOUT_THE_TRIGGER_SQL)).all():
+        table = quoted(str(row[0]))
+        connection.execute(sqlalchemy.text(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {table}"))
+        connection.execute(sqlalchemy.text(_TRIGGER_SQL.format(trigger=TRIGGER, table=table, function=FUNCTION)))
+    return [str(row[0]) for row in connection.execute(sqlalchemy.text(_WATCHED_TABLES_SQL))]
 
 
 def prepare_change_notifications(uri: str) -> list[str]:

@@ -42,6 +42,7 @@ from mlflow_stack_server.oidc_login_cache import install_revalidated_accounts
 from mlflow_stack_server.request_metrics import RequestMetrics
 from mlflow_stack_server.settings import Settings
 from mlflow_stack_server.streamed_artifacts import CUT_SHORT, stream_artifact_transfers
+from mlflow_stack_server.vary_header import OneVaryHeader
 
 SERVER_INFO_SUFFIX = "/mlflow/server-info"
 DIRECT_TRANSFER_CAPABILITIES = ("multipart_uploads_enabled", "multipart_downloads_enabled")
@@ -166,7 +167,8 @@ def _wrap(mlflow_app: ASGIApp, settings: Settings) -> RequestMetrics:
     outside = settings.auth not in FAST_WRITES_INSIDE_THE_AUTH_APP and fast_path_enabled(settings)
     inner = FastTrackingWrites(mlflow_app, authorization_hook(settings) if outside else None)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
-    return RequestMetrics(outer, fast_path_state(settings.fast_store, auth_mode=settings.auth))
+    # MLflow's two CORS layers each add `Vary: Origin` to its Flask app's answers (vary_header.py).
+    return RequestMetrics(OneVaryHeader(outer), fast_path_state(settings.fast_store, auth_mode=settings.auth))
 
 
 def create_app() -> RequestMetrics:

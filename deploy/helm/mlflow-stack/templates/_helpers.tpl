@@ -245,6 +245,10 @@ mlflow-stack/tracking-client: "true"
     secretKeyRef:
       name: {{ include "mlflow-stack.authSecret" . }}
       key: flask-secret-key
+- name: MLFLOW_AUTH_CACHE_SECONDS
+  value: {{ .Values.auth.loginCacheSeconds | quote }}
+- name: MLFLOW_AUTH_DECISION_CACHE_SECONDS
+  value: {{ .Values.auth.decisionCacheSeconds | quote }}
 {{- with .Values.auth.databaseUriSecret }}
 - name: MLFLOW_AUTH_DATABASE_URI
   valueFrom:
