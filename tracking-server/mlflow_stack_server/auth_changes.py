@@ -1,6 +1,6 @@
-"""Change notifications of the basic-auth database (Postgres): every worker learns within milliseconds that a user,
+"""Change notifications of an auth database (Postgres: MLflow's basic-auth one, mlflow-oidc-auth's): every worker learns within milliseconds that a user,
 a password, an admin flag, a grant or a role changed, so that the "allowed" decisions it remembers for the fast path
-(fast_path_auth.remember_allowances) can live long and still never outlast a change.
+(fast_path_auth.remember_allowances, fast_path_oidc.TokenAllowances) can live long and still never outlast a change.
 
 - `prepare` installs, on every table of the auth database but alembic's, a statement-level trigger that sends
   `NOTIFY mlflow_stack_auth_changed` (no payload: any change forgets everything) on INSERT, UPDATE, DELETE and
@@ -26,7 +26,7 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tenacity
@@ -77,33 +77,60 @@ def quoted(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def install_change_triggers(connection: Any) -> list[str]:
+_COLUMNS_SQL = """
+SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname = :table AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+# mlflow-oidc-auth's database: the plugin refreshes a token's last_used_at (at most once a minute per token) on
+# its own; that column decides nothing, and a notification would forget every allowance of every worker.
+OIDC_UNWATCHED_COLUMNS: dict[str, frozenset[str]] = {"user_tokens": frozenset({"last_used_at"})}
+
+
+def _events(connection: Any, table: str, unwatched: frozenset[str]) -> str:
+    """The statements that notify on `table`: every INSERT, DELETE and TRUNCATE, and an UPDATE that sets any
+    column but `unwatched` (a statement-level `UPDATE OF` fires when one of its columns is in the SET list)."""
+    import sqlalchemy
+
+    if not unwatched:
+        return "INSERT OR UPDATE OR DELETE OR TRUNCATE"
+    columns = [str(row[0]) for row in connection.execute(sqlalchemy.text(_COLUMNS_SQL), {"table": table})]
+    watched = [quoted(column) for column in columns if column not in unwatched]
+    return f"INSERT OR UPDATE OF {', '.join(watched)} OR DELETE OR TRUNCATE"
+
+
+def install_change_triggers(
+    connection: Any, unwatched_columns: Mapping[str, frozenset[str]] | None = None
+) -> list[str]:
     """Install (again) the notifying trigger on every table of the auth database but alembic's, in the caller's
-    transaction (`connection`: a SQLAlchemy connection); the tables. Needs the tables' owner (the role that ran
-    MLflow's auth migrations) and CREATE on the schema."""
+    transaction (`connection`: a SQLAlchemy connection); the tables. `unwatched_columns`: per table, columns
+    whose updates alone notify nothing. Needs the tables' owner (the role that ran the auth migrations) and
+    CREATE on the schema."""
     import sqlalchemy
 
     connection.execute(sqlalchemy.text(_FUNCTION_SQL))
     tables = [str(row[0]) for row in connection.execute(sqlalchemy.text(_WATCHED_TABLES_SQL))]
     for table in tables:
+        events = _events(connection, table, (unwatched_columns or {}).get(table, frozenset()))
         connection.execute(sqlalchemy.text(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {quoted(table)}"))
         connection.execute(
             sqlalchemy.text(
-                f"CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {quoted(table)} "
+                f"CREATE TRIGGER {TRIGGER} AFTER {events} ON {quoted(table)} "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()"
             )
         )
     return tables
 
 
-def prepare_change_notifications(uri: str) -> list[str]:
-    """What prepare runs after MLflow's auth migrations on a Postgres auth database; the tables watched."""
+def prepare_change_notifications(uri: str, unwatched_columns: Mapping[str, frozenset[str]] | None = None) -> list[str]:
+    """What prepare runs after the auth migrations on a Postgres auth database (MLflow's basic-auth one, or
+    mlflow-oidc-auth's with OIDC_UNWATCHED_COLUMNS); the tables watched."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri)
     try:
         with engine.begin() as connection:
-            return install_change_triggers(connection)
+            return install_change_triggers(connection, unwatched_columns)
     finally:
         engine.dispose()
 
@@ -150,9 +177,10 @@ class ChangeListener:
             liveness,
             clock,
         )
-        # (generation, clock time before the last heartbeat that came back; None: not listening): one tuple,
-        # replaced as a whole, so that a reader never sees one without the other.
-        self._state: tuple[int, float | None] = (0, None)
+        # (generation, clock time before the last heartbeat that came back, None: not listening; clock time the
+        # generation was counted at): one tuple, replaced as a whole, so that a reader never sees one without the
+        # others.
+        self._state: tuple[int, float | None, float] = (0, None, clock())
         self._alive_channel = f"{CHANNEL}_alive_{secrets.token_hex(8)}"
         self._stopping = threading.Event()
         self._connection: Any = None
@@ -168,10 +196,18 @@ class ChangeListener:
 
     def generation(self) -> int | None:
         """The current generation; None while a change may go unnoticed (then nothing remembered may be used)."""
-        generation, alive = self._state
+        generation, alive, _ = self._state
         if alive is None or self._clock() - alive > self._liveness:
             return None
         return generation
+
+    def generation_since(self) -> tuple[int, float] | None:
+        """(the current generation, the clock time it was counted at: no change was notified since); None as
+        `generation()`."""
+        generation, alive, since = self._state
+        if alive is None or self._clock() - alive > self._liveness:
+            return None
+        return generation, since
 
     def drop_connection(self) -> None:
         """Close the listening connection from outside (tests: a lost connection)."""
@@ -212,7 +248,7 @@ class ChangeListener:
                 if unwatched:
                     raise TriggersMissingError(f"no change trigger on {', '.join(unwatched)} (run prepare)")
                 # Changes made while nobody listened were missed: everything remembered before is forgotten.
-                self._state = (self._state[0] + 1, None)
+                self._state = (self._state[0] + 1, None, self._clock())
                 self._log("auth change notifications: listening")
                 sent: dict[str, float] = {}  # heartbeat payload -> clock time before it was sent
                 next_beat = 0.0
@@ -232,7 +268,7 @@ class ChangeListener:
                         connection.poll()
                         self._take_notifications(connection, sent)
         finally:
-            self._state = (self._state[0], None)
+            self._state = (self._state[0], None, self._state[2])
             connection, self._connection = self._connection, None
             if connection is not None:
                 connection.close()
@@ -241,10 +277,10 @@ class ChangeListener:
         # In the order Postgres delivered them: a change before a heartbeat is counted before the heartbeat is.
         while connection.notifies:
             notification = connection.notifies.pop(0)
-            generation, alive = self._state
+            generation, alive, since = self._state
             if notification.channel == self._alive_channel:
                 at = sent.pop(notification.payload, None)
                 if at is not None:
-                    self._state = (generation, at)
+                    self._state = (generation, at, since)
             else:
-                self._state = (generation + 1, alive)
+                self._state = (generation + 1, alive, self._clock())
