@@ -3,7 +3,8 @@ signed-in sessions), grants and run writes, sent to two servers, must get the sa
 
 - fast: the server's OIDC app (proxied_artifacts.create_app_with_oidc, mlflow-oidc-auth 10.2.0) with
   MLFLOW_FAST_STORE=on: the fast HTTP path sits inside the plugin's middleware and asks the plugin's own
-  before-request hook (fast_path_oidc.py), then writes;
+  before-request hook (fast_path_oidc.py), then writes; a token's allowed write is remembered and answered next
+  time in front of the plugin's app, until the plugin's database changes (its triggers installed as prepare does);
 - MLflow: the same factory with MLFLOW_FAST_STORE=off: the plugin's middleware and hook, and MLflow's handlers,
   answer everything.
 
