@@ -50,6 +50,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable, Hashable
@@ -67,6 +68,7 @@ from mlflow_stack_server.fast_path_auth import (
 )
 from mlflow_stack_server.settings import Settings
 
+_logger = logging.getLogger(__name__)
 # In the ASGI scope of a write the front did not answer: what the inner hook records an allowance under (Stamp).
 STAMP_KEY = "mlflow_stack.fast_path_allowance"
 
@@ -235,10 +237,13 @@ def oidc_hook(settings: Settings) -> Authorize:
             raise HandToMlflowError("no caller in the scope: the plugin answers")
         refusal = decide_in_flask(before_request_hook, scope, body, {AUTH_CONTEXT_KEY: context})
         if allowances is not None:
-            if refusal is None:
-                allowances.record(scope, context.username)
-            else:
+            if refusal is not None:
                 allowances.refused(scope)
+                return refusal
+            try:
+                allowances.record(scope, context.username)
+            except Exception:  # the plugin's database unreachable: the write is allowed, just not remembered
+                _logger.warning("Could not remember a fast-path allowance", exc_info=True)
         return refusal
 
     return authorize
