@@ -31,10 +31,12 @@ through the plugin's app unchanged. What is remembered, and for how long:
   run; an allowance holds the generation of the plugin database's change notifications (auth_changes.py, a
   listener per worker) read in front of the plugin's app, BEFORE its middlewares read the token, the user and
   the grants. Any change committed after that read moves the generation on and the allowance is never used.
-- Recorded only when the plugin's permission cache (PERMISSION_CACHE_TTL_SECONDS) cannot hold a decision from
-  before the last notified change (the generation has been current that long), and only for a user who holds no
-  regex grant on experiments, directly or through a group: those match the experiment's name, which lives in the
-  tracking database, not the plugin's.
+- The plugin's permission cache (PERMISSION_CACHE_TTL_SECONDS) may hold a permission read before the last
+  notified change while that change is younger than the cache's lifetime: a write stamped then is decided without
+  reading that cache (its permissions read from the database, after the generation was), so what is remembered
+  is never older than the generation it carries. Recorded only for a user who holds no regex grant on
+  experiments, directly or through a group: those match the experiment's name, which lives in the tracking
+  database, not the plugin's.
 - Used for at most MLFLOW_AUTH_DECISION_CACHE_SECONDS (0: nothing remembered) and never past the token's
   `expires_at` (read from the plugin's database when recording: naive UTC, as the plugin stores it); never while
   the listener cannot prove it is listening (nothing remembered is used then); not at all when the plugin's
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import hmac
 import logging
 import secrets
@@ -152,13 +155,20 @@ class TokenAllowances:
         scope[STAMP_KEY] = Stamp(key, username, prefix, current[0], current[1], started)
         raise HandToMlflowError("not remembered")
 
-    def record(self, scope: Scope, username: str) -> None:
+    def needs_fresh_permissions(self, scope: Scope) -> bool:
+        """Whether the plugin must decide this stamped write without its permission cache for the allowance to be
+        remembered: the cache may hold a permission read before the last notified change."""
+        stamp = scope.get(STAMP_KEY)
+        return isinstance(stamp, Stamp) and stamp.started - stamp.since < self.cache_seconds
+
+    def record(self, scope: Scope, username: str, fresh: bool = False) -> None:
         """After the plugin allowed a write the front stamped: remember it, if it may be (see the module).
-        `username`: the caller the plugin's AuthMiddleware found."""
+        `username`: the caller the plugin's AuthMiddleware found; `fresh`: the plugin decided without its
+        permission cache."""
         stamp = scope.get(STAMP_KEY)
         if not isinstance(stamp, Stamp) or stamp.username.lower() != username:
             return
-        if stamp.started - stamp.since < self.cache_seconds or self._has_regex_grants(username):
+        if (stamp.started - stamp.since < self.cache_seconds and not fresh) or self._has_regex_grants(username):
             return
         left = self._expiry(username, stamp.prefix)
         if left is None:
@@ -221,6 +231,41 @@ def _token_allowances(settings: Settings) -> TokenAllowances | None:
     return allowances
 
 
+# Set while the plugin decides a write whose allowance is to be remembered just after a change: its permission
+# cache is not read (what it computes is still stored there, fresher than what it held).
+_FRESH_PERMISSIONS = contextvars.ContextVar("fast_path_fresh_permissions", default=False)
+
+
+class _WithoutReads:
+    """The plugin's permission cache as seen during a fresh decision: nothing found, everything stored."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def get(self, key: str) -> Any:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+def _fresh_permissions_when_asked() -> None:
+    """The plugin's permission resolution (its `_get_permission_cache`) reads no cached permission while
+    _FRESH_PERMISSIONS is set; once per process."""
+    from mlflow_oidc_auth.utils import permissions
+
+    plain = permissions._get_permission_cache
+    if getattr(plain, "fresh_when_asked", False):
+        return
+
+    def permission_cache() -> Any:
+        backend = plain()
+        return _WithoutReads(backend) if _FRESH_PERMISSIONS.get() else backend
+
+    permission_cache.fresh_when_asked = True  # type: ignore[attr-defined]
+    permissions._get_permission_cache = permission_cache
+
+
 def oidc_hook(settings: Settings) -> Authorize:
     """The plugin's before-request decision for one fast-path request, its "allowed" recorded for the front
     (TokenAllowances). Built once per worker, after the plugin's app (importing it reads the plugin's
@@ -230,18 +275,25 @@ def oidc_hook(settings: Settings) -> Authorize:
 
     global _allowances
     _allowances = allowances = _token_allowances(settings)
+    if allowances is not None:
+        _fresh_permissions_when_asked()
 
     def authorize(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         context = scope.get(AUTH_CONTEXT_KEY)
         if context is None:
             raise HandToMlflowError("no caller in the scope: the plugin answers")
-        refusal = decide_in_flask(before_request_hook, scope, body, {AUTH_CONTEXT_KEY: context})
+        fresh = allowances is not None and allowances.needs_fresh_permissions(scope)
+        reading = _FRESH_PERMISSIONS.set(fresh)
+        try:
+            refusal = decide_in_flask(before_request_hook, scope, body, {AUTH_CONTEXT_KEY: context})
+        finally:
+            _FRESH_PERMISSIONS.reset(reading)
         if allowances is not None:
             if refusal is not None:
                 allowances.refused(scope)
                 return refusal
             try:
-                allowances.record(scope, context.username)
+                allowances.record(scope, context.username, fresh)
             except Exception:  # the plugin's database unreachable: the write is allowed, just not remembered
                 _logger.warning("Could not remember a fast-path allowance", exc_info=True)
         return refusal

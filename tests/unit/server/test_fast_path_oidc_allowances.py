@@ -145,11 +145,22 @@ def test_what_is_not_recorded(reason: str) -> None:
     elif reason == "no stamp":
         world.allowances.record(request((b"authorization", basic("alice", TOKEN))), "alice")
     else:
+        assert world.allowances.needs_fresh_permissions(scope) == (reason == "permission cache")
         world.allowances.record(scope, "bob" if reason == "another user" else "alice")
     assert not world.front(request((b"authorization", basic("alice", TOKEN))))
     # The same request recorded as it should be is remembered (each case above can be told apart from it).
     world.generation, world.regex = (1, 0.0), False
     world.plugin_allows(request((b"authorization", basic("alice", TOKEN))))
+    assert world.front(request((b"authorization", basic("alice", TOKEN))))
+
+
+def test_just_after_a_change_only_a_decision_without_the_plugins_permission_cache_is_recorded() -> None:
+    world = World()
+    world.generation = (1, world.clock.now - 0.5)  # a change notified 0.5 s ago; the plugin caches 1 s
+    scope = request((b"authorization", basic("alice", TOKEN)))
+    assert not world.front(scope)
+    assert world.allowances.needs_fresh_permissions(scope)
+    world.allowances.record(scope, "alice", fresh=True)
     assert world.front(request((b"authorization", basic("alice", TOKEN))))
 
 
