@@ -202,8 +202,10 @@ def _token_allowances(settings: Settings) -> TokenAllowances | None:
     from mlflow_stack_server import auth_changes, oidc_login_cache
     from mlflow_stack_server.console import Console
 
+    if settings.auth_decision_cache_seconds <= 0:
+        return None
     store = _plugin_store()
-    if settings.auth_decision_cache_seconds <= 0 or store.engine.dialect.name != "postgresql":
+    if store.engine.dialect.name != "postgresql":
         return None
     uri = store.engine.url.render_as_string(hide_password=False)
     listener = auth_changes.ChangeListener(auth_changes.psycopg2_connector(uri), Console("[tracking-server]").log)
