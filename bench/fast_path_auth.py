@@ -12,7 +12,8 @@ check; the login cache is on (60 s), and the fast path remembers an "allowed" un
 entrypoint's prepare leaves it (MLflow's auth schema and the change triggers of auth_changes.py). One configuration
 caps an allowance at 1 s, one switches the memory off (0).
 Reported: requests/s, p99, the server process's CPU per request (from /proc, its threads included), and with
-basic auth the share of the fast path's writes answered from a remembered allowance, each round of BENCH_REPEATS.
+logins the share of the fast path's writes answered from a remembered allowance (with oidc: in front of the
+plugin's app), each round of BENCH_REPEATS. BENCH_SAVE_NAME names the results file (fast_path_auth).
 BENCH_EPOCH_SECONDS paces each trainer's epochs (bench.server_load; default 0: closed loop).
 """
 
@@ -32,6 +33,7 @@ import requests
 
 from bench.common import save
 from bench.server_load import load
+from mlflow_stack_server import auth_changes
 from tests.fast_store.conftest import create_database, postgres_container
 from tests.fast_store.test_auth_changes import migrated_auth_database
 from tests.fast_store.test_fast_path_generated import _healthy, _start
@@ -42,6 +44,12 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 EPOCH_SECONDS = float(os.environ.get("BENCH_EPOCH_SECONDS", "0"))
 # With basic auth: the server's factory with a count of the fast path's answers (and of those from memory).
 COUNTED_BASIC_AUTH = "tests.support.fast_path_counter:create_app_with_basic_auth"
+# With oidc and the fast path: the same count (those from memory answered in front of the plugin's app).
+COUNTED_OIDC = "tests.support.fast_path_counter:create_app_with_oidc"
+# Counted factories (the others have no count endpoint).
+COUNTED = {"create_app_with_basic_auth": COUNTED_BASIC_AUTH, "create_app_with_oidc": COUNTED_OIDC}
+# The results file in docs/bench-results (bench.common.save), without .json.
+SAVE_NAME = os.environ.get("BENCH_SAVE_NAME", "fast_path_auth")
 ADMIN = ("bench-admin", secrets.token_hex(12))
 TRAINER = ("bench-trainer", secrets.token_hex(12))
 # label: (app factory, fast path on, MLFLOW_AUTH_DECISION_CACHE_SECONDS; None: the shipped default)
@@ -57,6 +65,9 @@ CONFIGURATIONS: dict[str, tuple[str, bool, str | None]] = {
     "basic auth, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_basic_auth", False, None),
     "no logins, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app", False, None),
     "oidc token, fast path": ("create_app_with_oidc", True, None),
+    "oidc token, fast path, every write decided (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0)": (
+        "create_app_with_oidc", True, "0",
+    ),
     # As before the oidc hook: the fast store on, every write through the plugin's Flask path.
     "oidc token, writes through Flask": ("bench.fast_path_auth:create_app_with_oidc_without_fast_path", True, None),
     "oidc token, MLflow's path (MLFLOW_FAST_STORE=off)": ("create_app_with_oidc", False, None),
@@ -98,6 +109,8 @@ def _oidc_environment(server: str, database: str, folder: Path, name: str) -> tu
 
     store = SqlAlchemyStore()
     store.init_db(users)  # the plugin's migrations, before the server starts
+    # As prepare leaves the plugin's database: the change triggers the fast path's memory listens to.
+    auth_changes.prepare_change_notifications(users, auth_changes.OIDC_UNWATCHED_COLUMNS)
     # A person's account, not an admin: every write runs the plugin's permission check.
     store.create_user(TRAINER[0], TRAINER[0], is_admin=False, is_service_account=False)
     expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
@@ -142,7 +155,7 @@ def _start_server(
     if extra and decision_seconds is not None:
         extra["MLFLOW_AUTH_DECISION_CACHE_SECONDS"] = decision_seconds
     full_name = factory if ":" in factory else f"mlflow_stack_server.proxied_artifacts:{factory}"
-    app = COUNTED_BASIC_AUTH if factory == "create_app_with_basic_auth" else full_name
+    app = COUNTED[factory] if fast and factory in COUNTED else full_name
     started = _start(name, database, fast, folder, app, extra)
     wait_until(lambda: _healthy(started), 120, name, interval=0.5, ignoring=(requests.RequestException,))
     if extra and token is None:
@@ -158,7 +171,7 @@ def _start_server(
 
 def measure(label: str, server: Any, k: int, password: str | None, counted: bool) -> dict[str, Any]:
     """`password`: the trainer's (basic auth) or its token (oidc); None: no logins. `counted`: the server counts
-    its fast path's answers (basic auth)."""
+    its fast path's answers (basic auth, oidc)."""
     if password is not None:
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = TRAINER[0], password
     else:
@@ -207,12 +220,12 @@ def main() -> None:
                 password = None if factory == "create_app" else token or TRAINER[1]
                 try:
                     for k in ks:
-                        row = measure(label, started, k, password, factory == "create_app_with_basic_auth")
+                        row = measure(label, started, k, password, fast and factory in COUNTED)
                         rows.append({"configuration": label, "repeat": repeat + 1, **row})
                 finally:
                     started.process.terminate()
                     started.process.wait(timeout=30)
-    save("fast_path_auth", {"ks": ks, "repeats": REPEATS, "epoch_seconds": EPOCH_SECONDS, "rows": rows})
+    save(SAVE_NAME, {"ks": ks, "repeats": REPEATS, "epoch_seconds": EPOCH_SECONDS, "rows": rows})
 
 
 if __name__ == "__main__":

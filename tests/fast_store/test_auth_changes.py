@@ -376,3 +376,90 @@ def _install(engine: sqlalchemy.engine.Engine) -> object:
             return auth_changes.install_change_triggers(connection)
     except Exception as error:  # reported to the test's thread
         return error
+
+
+@pytest.fixture
+def oidc_database(postgres_server: str) -> Iterator[tuple[str, Any]]:
+    """mlflow-oidc-auth's database (migrated by its store) with the triggers prepare installs there; (URI, the
+    plugin's store writing to it, as another server or the plugin's admin API would)."""
+    import os
+
+    os.environ.setdefault("CONFIG_PROVIDERS", "env")  # the plugin reads its configuration at import
+    os.environ.setdefault("SECRET_KEY", secrets.token_hex(16))
+    from mlflow_oidc_auth.sqlalchemy_store import SqlAlchemyStore as PluginStore
+
+    uri = create_database(postgres_server)
+    store = PluginStore()
+    store.init_db(uri)
+    notify_auth_changes(uri, auth_changes.OIDC_UNWATCHED_COLUMNS)
+    yield uri, store
+    store.engine.dispose()
+
+
+def test_the_plugins_changes_are_counted_but_a_tokens_last_use_is_not(oidc_database: tuple[str, Any]) -> None:
+    """Every change of mlflow-oidc-auth's users, tokens, groups and grants moves the generation on (and the time it
+    was counted at); the plugin's own refresh of a token's last_used_at, alone, does not."""
+    from datetime import UTC, datetime, timedelta
+
+    uri, store = oidc_database
+    engine = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")
+    listener = _listening(uri)
+
+    def sql(statement: str) -> Any:
+        def run() -> None:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text(statement))
+
+        return run
+
+    expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
+    changes = [
+        ("user created", lambda: store.create_user("alice", "alice", is_admin=False, is_service_account=False)),
+        ("token issued", lambda: store.create_user_token("alice", "t", expires, "test")),
+        ("token's expiry changed", sql("UPDATE user_tokens SET expires_at = expires_at - interval '1 hour'")),
+        ("token's expiry and last use changed", sql("UPDATE user_tokens SET expires_at = expires_at, last_used_at = now()")),
+        ("grant given", lambda: store.create_experiment_permission("1", "alice", "EDIT")),
+        ("grant removed", lambda: store.delete_experiment_permission("1", "alice")),
+        ("group membership", lambda: store.set_user_groups("alice", ["team"])),
+        ("deactivated", lambda: store.update_user("alice", active=False)),
+        ("token revoked", lambda: store.delete_user_tokens("alice")),
+    ]  # fmt: skip
+    try:
+        store.populate_groups(["team"])
+        generation = _wait_listening(listener)
+        for change, make in changes:
+            make()
+            counted = generation
+
+            def moved_on(counted: int = counted) -> bool:
+                return listener.generation() not in (counted, None)
+
+            wait_until(moved_on, 5, f"{change}: not counted", interval=0.001)
+            now = listener.generation_since()
+            assert now is not None and time.monotonic() - now[1] < 1, (change, now)
+            generation = now[0]
+        store.update_user("alice", active=True)
+        store.create_user_token("alice", "t2", expires, "test")
+        time.sleep(NOTIFIED_SECONDS)
+        generation = _wait_listening(listener)
+        sql("UPDATE user_tokens SET last_used_at = now()")()
+        time.sleep(3 * auth_changes.HEARTBEAT_SECONDS)  # a heartbeat after the update has come back
+        assert listener.generation() == generation
+    finally:
+        listener.stop()
+        engine.dispose()
+
+
+def test_a_second_install_on_the_plugins_database_changes_nothing_and_a_column_list_change_is_installed(
+    oidc_database: tuple[str, Any],
+) -> None:
+    """The trigger with an UPDATE OF list (user_tokens) counts as installed when its columns are the ones asked for:
+    a second prepare rewrites nothing; asking to watch every column re-creates that trigger only."""
+    uri, _ = oidc_database
+    before = _installed(uri)
+    assert "user_tokens" in before, before
+    notify_auth_changes(uri, auth_changes.OIDC_UNWATCHED_COLUMNS)
+    assert _installed(uri) == before
+    notify_auth_changes(uri)
+    after = _installed(uri)
+    assert {table for table in before if after[table] != before[table]} == {"user_tokens"}, (before, after)

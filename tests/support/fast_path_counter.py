@@ -6,7 +6,8 @@ alike by design, so only a count from inside the server shows that the fast path
 answered the generated writes (else a parity test would pass with the fast path never serving). Nothing is changed but the count:
 `fast_http._authorized_run` (the hook's decision, then the write) is wrapped, and GET /fast-path-answers
 returns {status: count}, plus under FROM_MEMORY how many of the hook's answers were a remembered "allowed"
-(fast_path_auth.remember_allowances), not a decision of the auth app.
+(fast_path_auth.remember_allowances; with oidc, fast_path_oidc's front hook, in front of the plugin's app), not a
+decision of the auth app.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from mlflow_stack_server import fast_http, fast_path_auth, proxied_artifacts
+from mlflow_stack_server import fast_http, fast_path_auth, fast_path_oidc, proxied_artifacts
 from mlflow_stack_server.asgi import ASGIApp, Receive, Scope, Send
 
 COUNT_PATH = "/fast-path-answers"
@@ -85,8 +86,24 @@ def _counted(build: Callable[[], ASGIApp]) -> ASGIApp:
 
         return asked
 
+    front_hook = fast_path_oidc.front_hook
+
+    def counted_front() -> fast_path_auth.Authorize | None:
+        """The OIDC front's hook: every "allowed" it answers is a remembered one, the plugin's app not asked."""
+        front = front_hook()
+        if front is None:
+            return None
+
+        def answered(*request: Any) -> Any:
+            answer = front(*request)  # raises (a hand-off to the plugin's app) unless remembered
+            answers[FROM_MEMORY] += 1
+            return answer
+
+        return answered
+
     fast_http._authorized_run = counted  # type: ignore[assignment]
     fast_path_auth.remember_allowances = counted_decisions
+    fast_path_oidc.front_hook = counted_front
     app = build()
 
     async def with_count(scope: Scope, receive: Receive, send: Send) -> None:

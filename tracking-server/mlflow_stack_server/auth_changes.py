@@ -1,6 +1,6 @@
-"""Change notifications of the basic-auth database (Postgres): every worker learns within milliseconds that a user,
+"""Change notifications of an auth database (Postgres: MLflow's basic-auth one, mlflow-oidc-auth's): every worker learns within milliseconds that a user,
 a password, an admin flag, a grant or a role changed, so that the "allowed" decisions it remembers for the fast path
-(fast_path_auth.remember_allowances) can live long and still never outlast a change.
+(fast_path_auth.remember_allowances, fast_path_oidc.TokenAllowances) can live long and still never outlast a change.
 
 - `prepare` installs, on every table of the auth database but alembic's, a statement-level trigger that sends
   `NOTIFY mlflow_stack_auth_changed` (no payload: any change forgets everything) on INSERT, UPDATE, DELETE and
@@ -29,7 +29,7 @@ import secrets
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tenacity
@@ -80,7 +80,7 @@ WHERE n.nspname = current_schema() AND p.proname = '{FUNCTION}' AND p.pronargs =
 # ROW 1, BEFORE 2 and INSTEAD 64 unset: AFTER, FOR EACH STATEMENT.
 _TRIGGER_TYPE = 4 | 8 | 16 | 32
 _TRIGGER_SQL = (
-    "CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} "
+    "CREATE TRIGGER {trigger} AFTER INSERT OR {update} OR DELETE OR TRUNCATE ON {table} "
     "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
 )
 # Tables (and partitioned tables) of the schema MLflow's auth store writes to (the connection's current schema).
@@ -89,18 +89,17 @@ SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '{UNWATCHED_PREFIX}%'
 ORDER BY c.relname
 """
-# Of those, the ones whose trigger is missing or not the one _TRIGGER_SQL creates: another event, timing, level,
-# function, arguments, WHEN condition, column list or transition table, a constraint trigger, or disabled.
-_TABLES_WITHOUT_THE_TRIGGER_SQL = f"""
-SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+# Per watched table: whether its trigger is the one _TRIGGER_SQL creates (event, timing, level, function,
+# arguments, no WHEN condition or transition table, not a constraint trigger, enabled; NULL when missing), and the
+# columns of its UPDATE OF list (empty: every update).
+_INSTALLED_TRIGGERS_SQL = f"""
+SELECT c.relname,
+       t.tgenabled = 'O' AND t.tgtype = {_TRIGGER_TYPE} AND t.tgfoid = ({_FUNCTION_OID_SQL}) AND t.tgnargs = 0
+       AND t.tgqual IS NULL AND t.tgconstraint = 0 AND t.tgoldtable IS NULL AND t.tgnewtable IS NULL,
+       t.tgattr::int2[]
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname = '{TRIGGER}'
 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '{UNWATCHED_PREFIX}%'
-AND NOT EXISTS (
-    SELECT 1 FROM pg_trigger t
-    WHERE t.tgrelid = c.oid AND t.tgname = '{TRIGGER}' AND t.tgenabled = 'O' AND t.tgtype = {_TRIGGER_TYPE}
-    AND t.tgfoid = ({_FUNCTION_OID_SQL}) AND t.tgnargs = 0 AND t.tgqual IS NULL
-    AND cardinality(t.tgattr::int2[]) = 0 AND t.tgconstraint = 0
-    AND t.tgoldtable IS NULL AND t.tgnewtable IS NULL
-)
 ORDER BY c.relname
 """
 _UNWATCHED_TABLES_SQL = f"""
@@ -115,11 +114,36 @@ def quoted(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def install_change_triggers(connection: Any) -> list[str]:
+# A table's columns, in order: their numbers (what pg_trigger.tgattr holds) and names.
+_COLUMNS_SQL = """
+SELECT a.attnum, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname = :table AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+# mlflow-oidc-auth's database: the plugin refreshes a token's last_used_at (at most once a minute per token) on
+# its own; that column decides nothing, and a notification would forget every allowance of every worker.
+OIDC_UNWATCHED_COLUMNS: dict[str, frozenset[str]] = {"user_tokens": frozenset({"last_used_at"})}
+
+
+def _watched_columns(connection: Any, table: str, unwatched: frozenset[str]) -> list[tuple[int, str]]:
+    """(number, name) of the columns whose update notifies on `table`; [] for every update (nothing unwatched)."""
+    import sqlalchemy
+
+    if not unwatched:
+        return []
+    columns = connection.execute(sqlalchemy.text(_COLUMNS_SQL), {"table": table}).all()
+    return [(int(number), str(name)) for number, name in columns if name not in unwatched]
+
+
+def install_change_triggers(
+    connection: Any, unwatched_columns: Mapping[str, frozenset[str]] | None = None
+) -> list[str]:
     """Make sure the notifying trigger is on every table of the auth database but alembic's, in the caller's
-    transaction (`connection`: a SQLAlchemy connection); the tables. Only a missing or different trigger (or
-    function) is created, so a database already as it should be is only read. Needs the tables' owner (the role
-    that ran MLflow's auth migrations) and CREATE on the schema."""
+    transaction (`connection`: a SQLAlchemy connection); the tables. `unwatched_columns`: per table, columns whose
+    updates alone notify nothing (a statement-level `UPDATE OF` the other columns fires when one of them is in the
+    SET list). Only a missing or different trigger (or function) is created, so a database already as it should be
+    is only read. Needs the tables' owner (the role that ran the auth migrations) and CREATE on the schema."""
     import sqlalchemy
 
     connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": INSTALL_LOCK_KEY})
@@ -129,21 +153,31 @@ def install_change_triggers(connection: Any) -> list[str]:
     if not function_as_installed:
         # Replaced in place: the triggers point at the function's OID, which stays.
         connection.execute(sqlalchemy.text(_FUNCTION_SQL))
-    for row in connection.execute(sqlalchemy.text(_TABLES_WITHOUT_THE_TRIGGER_SQL)).all():
-        table = quoted(str(row[0]))
-        connection.execute(sqlalchemy.text(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {table}"))
-        connection.execute(sqlalchemy.text(_TRIGGER_SQL.format(trigger=TRIGGER, table=table, function=FUNCTION)))
-    return [str(row[0]) for row in connection.execute(sqlalchemy.text(_WATCHED_TABLES_SQL))]
+    installed = {
+        str(table): (bool(same), sorted(int(number) for number in columns or []))
+        for table, same, columns in connection.execute(sqlalchemy.text(_INSTALLED_TRIGGERS_SQL)).all()
+    }
+    for table, (same, columns_installed) in installed.items():
+        watched = _watched_columns(connection, table, (unwatched_columns or {}).get(table, frozenset()))
+        if same and columns_installed == sorted(number for number, _ in watched):
+            continue
+        update = "UPDATE OF " + ", ".join(quoted(name) for _, name in watched) if watched else "UPDATE"
+        connection.execute(sqlalchemy.text(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {quoted(table)}"))
+        connection.execute(
+            sqlalchemy.text(_TRIGGER_SQL.format(trigger=TRIGGER, update=update, table=quoted(table), function=FUNCTION))
+        )
+    return sorted(installed)
 
 
-def prepare_change_notifications(uri: str) -> list[str]:
-    """What prepare runs after MLflow's auth migrations on a Postgres auth database; the tables watched."""
+def prepare_change_notifications(uri: str, unwatched_columns: Mapping[str, frozenset[str]] | None = None) -> list[str]:
+    """What prepare runs after the auth migrations on a Postgres auth database (MLflow's basic-auth one, or
+    mlflow-oidc-auth's with OIDC_UNWATCHED_COLUMNS); the tables watched."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(uri)
     try:
         with engine.begin() as connection:
-            return install_change_triggers(connection)
+            return install_change_triggers(connection, unwatched_columns)
     finally:
         engine.dispose()
 
@@ -190,9 +224,10 @@ class ChangeListener:
             liveness,
             clock,
         )
-        # (generation, clock time before the last heartbeat that came back; None: not listening): one tuple,
-        # replaced as a whole, so that a reader never sees one without the other.
-        self._state: tuple[int, float | None] = (0, None)
+        # (generation, clock time before the last heartbeat that came back, None: not listening; clock time the
+        # generation was counted at): one tuple, replaced as a whole, so that a reader never sees one without the
+        # others.
+        self._state: tuple[int, float | None, float] = (0, None, clock())
         self._alive_channel = f"{CHANNEL}_alive_{secrets.token_hex(8)}"
         self._stopping = threading.Event()
         self._connection: Any = None
@@ -208,10 +243,18 @@ class ChangeListener:
 
     def generation(self) -> int | None:
         """The current generation; None while a change may go unnoticed (then nothing remembered may be used)."""
-        generation, alive = self._state
+        generation, alive, _ = self._state
         if alive is None or self._clock() - alive > self._liveness:
             return None
         return generation
+
+    def generation_since(self) -> tuple[int, float] | None:
+        """(the current generation, the clock time it was counted at: no change was notified since); None as
+        `generation()`."""
+        generation, alive, since = self._state
+        if alive is None or self._clock() - alive > self._liveness:
+            return None
+        return generation, since
 
     def drop_connection(self) -> None:
         """Close the listening connection from outside (tests: a lost connection)."""
@@ -252,7 +295,7 @@ class ChangeListener:
                 if unwatched:
                     raise TriggersMissingError(f"no change trigger on {', '.join(unwatched)} (run prepare)")
                 # Changes made while nobody listened were missed: everything remembered before is forgotten.
-                self._state = (self._state[0] + 1, None)
+                self._state = (self._state[0] + 1, None, self._clock())
                 self._log("auth change notifications: listening")
                 sent: dict[str, float] = {}  # heartbeat payload -> clock time before it was sent
                 next_beat = 0.0
@@ -272,7 +315,7 @@ class ChangeListener:
                         connection.poll()
                         self._take_notifications(connection, sent)
         finally:
-            self._state = (self._state[0], None)
+            self._state = (self._state[0], None, self._state[2])
             connection, self._connection = self._connection, None
             if connection is not None:
                 connection.close()
@@ -281,10 +324,10 @@ class ChangeListener:
         # In the order Postgres delivered them: a change before a heartbeat is counted before the heartbeat is.
         while connection.notifies:
             notification = connection.notifies.pop(0)
-            generation, alive = self._state
+            generation, alive, since = self._state
             if notification.channel == self._alive_channel:
                 at = sent.pop(notification.payload, None)
                 if at is not None:
-                    self._state = (generation, at)
+                    self._state = (generation, at, since)
             else:
-                self._state = (generation + 1, alive)
+                self._state = (generation + 1, alive, self._clock())

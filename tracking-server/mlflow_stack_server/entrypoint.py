@@ -20,14 +20,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import tenacity
 
 from mlflow_stack_server import oidc_auth
-from mlflow_stack_server.auth_changes import prepare_change_notifications
+from mlflow_stack_server.auth_changes import OIDC_UNWATCHED_COLUMNS, prepare_change_notifications
 from mlflow_stack_server.auth_db import AuthDatabase, auth_database, create_database_statement
 from mlflow_stack_server.console import Console
 from mlflow_stack_server.fast_path_guard import fast_path_state
@@ -298,15 +298,18 @@ def prepare_basic_auth(settings: Settings) -> None:
         engine.dispose()
 
 
-def notify_auth_changes(uri: str) -> None:
-    """After MLflow's auth migrations (a table they add is watched too): the triggers through which every worker
-    learns of a change of users and permissions (auth_changes.py). Postgres only: elsewhere nothing listens."""
+def notify_auth_changes(uri: str, unwatched_columns: Mapping[str, frozenset[str]] | None = None) -> None:
+    """After the auth migrations (MLflow's basic-auth ones, or mlflow-oidc-auth's; a table they add is watched too):
+    the triggers through which every worker learns of a change of users and permissions (auth_changes.py). Postgres
+    only: elsewhere nothing listens."""
     import sqlalchemy
 
     if sqlalchemy.engine.make_url(uri).get_backend_name() != "postgresql":
-        log("auth database is not Postgres: fast-path allowances are remembered for at most 1 s")
+        log(
+            "auth database is not Postgres: no change notifications (basic: fast-path allowances remembered for at most 1 s; oidc: none remembered)"
+        )
         return
-    tables = prepare_change_notifications(uri)
+    tables = prepare_change_notifications(uri, unwatched_columns)
     log(f"auth change notifications on {len(tables)} tables: {', '.join(tables)}")
 
 
@@ -338,8 +341,8 @@ def size_connection_pool(settings: Settings) -> None:
     # and at most two per request thread are in use at once; with oidc, the login re-checks keep a few more
     # (oidc_login_cache.py).
     engines = 2 if settings.auth == "none" else 3
-    # With basic auth each worker also keeps one session listening for changes of the auth database (auth_changes).
-    listeners = 1 if settings.auth == "basic" else 0
+    # With logins each worker also keeps one session listening for changes of the auth database (auth_changes).
+    listeners = 1 if settings.auth in ("basic", "oidc") else 0
     rechecks = RECHECK_CONNECTIONS if settings.auth == "oidc" else 0
     needed = workers * (2 * threads + pool_size * (engines - 1) + listeners + rechecks)
     engine = sqlalchemy.create_engine(settings.backend_store_uri)
@@ -407,6 +410,7 @@ def prepare(settings: Settings) -> None:
         log(f"basic auth ready after {time.monotonic() - started:.1f} s")
     if settings.auth == "oidc":
         oidc_auth.migrate_users_database(settings, log)
+        notify_auth_changes(oidc_auth.users_database(settings).uri, OIDC_UNWATCHED_COLUMNS)
         log(f"OIDC database ready after {time.monotonic() - started:.1f} s")
     log(f"prepared in {time.monotonic() - started:.1f} s")
 

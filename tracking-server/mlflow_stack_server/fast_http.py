@@ -31,6 +31,7 @@ outside this wrapper, count every one.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -221,13 +222,22 @@ class _MiddlewareChain:
         self.app = middleware(self.app, **options)  # the last added is the outermost, as in Starlette
 
 
+# Where a FastTrackingWrites whose hand-offs skip its security middlewares leaves the replayed body of a request
+# `app` answers (a list shared by copies of the context).
+_HANDED_OFF: contextvars.ContextVar[list[Receive]] = contextvars.ContextVar("fast_path_handed_off")
+
+
 class FastTrackingWrites:
-    def __init__(self, app: ASGIApp, authorize: Authorize | None) -> None:
+    def __init__(self, app: ASGIApp, authorize: Authorize | None, hand_off_unsecured: bool = False) -> None:
         """`authorize`: the hook of the active auth mode (fast_path_auth.py), None when the fast path is off
-        (fast_path_enabled) or the mode has no hook: then every request goes to `app`, unread."""
+        (fast_path_enabled) or the mode has no hook: then every request goes to `app`, unread.
+        `hand_off_unsecured`: a request handed to `app` skips MLflow's security middlewares this layer puts around
+        its own answers, because `app` has them already (the fast path in front of mlflow-oidc-auth's app, which
+        holds another FastTrackingWrites): twice, they would add their headers twice (`Vary: Origin, Origin`)."""
         self.app = app
         self.authorize = authorize
         self.enabled = authorize is not None
+        self.hand_off_unsecured = hand_off_unsecured
         # MLflow registers each endpoint under /api/2.0 and /ajax-api/2.0 (and the static prefix, if set).
         self.routes = {path: handler for base, handler in HANDLERS.items() for path in handlers._get_paths(base)}
         chain = _MiddlewareChain(self._answer)
@@ -236,7 +246,14 @@ class FastTrackingWrites:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.enabled and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.routes:
-            await self.secured(scope, receive, send)
+            handed_off: list[Receive] = []
+            marker = _HANDED_OFF.set(handed_off)
+            try:
+                await self.secured(scope, receive, send)
+            finally:
+                _HANDED_OFF.reset(marker)
+            if handed_off:
+                await self.app(scope, handed_off[0], send)
         else:
             await self.app(scope, receive, send)
 
@@ -248,7 +265,10 @@ class FastTrackingWrites:
             run_id, call = write
             reply = await anyio.to_thread.run_sync(_authorized_run, self.authorize, scope, body, run_id, call)
         if reply is None:
-            await self.app(scope, _replay(body, receive, complete), send)
+            if self.hand_off_unsecured:
+                _HANDED_OFF.get().append(_replay(body, receive, complete))  # answered by __call__, unsecured
+            else:
+                await self.app(scope, _replay(body, receive, complete), send)
             return
         status, headers, payload = reply
         headers = [*headers, (b"content-length", str(len(payload)).encode())]

@@ -46,8 +46,11 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     basic auth has nothing that changes with time alone: users, passwords, admin flags, grants and roles are
     all rows of that database.
 - `oidc`: mlflow-oidc-auth decides, with its own `before_request_hook`, for the caller its middlewares found
-  (fast_path_oidc.py; the fast path then sits inside the plugin's app, after those middlewares). Its "allowed"
-  is not remembered here: the plugin keeps permissions for 1 s itself.
+  (fast_path_oidc.py; the fast path then sits inside the plugin's app, after those middlewares). Its "allowed" for
+  a request that logs in with one of the plugin's access tokens (nothing else: a session or an IdP's bearer token
+  depends on more than the plugin's database) is remembered per worker like basic auth's, under the same
+  MLFLOW_AUTH_DECISION_CACHE_SECONDS, capped by the token's expiry, forgotten at any change of the plugin's
+  database (its own change notifications), and answered in front of the plugin's app (fast_path_oidc.py).
 
 This module imports nothing from MLflow at load (fast_path_guard.py imports it while MLflow is being imported).
 """
@@ -92,6 +95,38 @@ def no_login_hook(settings: Settings) -> Authorize:
 
 
 ALLOWANCES_KEPT = 10_000  # remembered "allowed" decisions per worker (a few MB), the least recently used dropped
+
+
+class BoundedMemory:
+    """A thread-safe map of at most `kept` entries, the least recently used dropped first (a worker's memory of
+    decisions: bounded whatever the callers send)."""
+
+    def __init__(self, kept: int) -> None:
+        self._kept = kept
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        """The entry (now the most recently used), or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._kept:
+                self._entries.popitem(last=False)
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def unchanging() -> int | None:
@@ -519,12 +554,11 @@ def _change_listener() -> Any:
 
 
 def oidc_hook(settings: Settings) -> Authorize:
-    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc). Not wrapped in
-    remember_allowances: the plugin keeps its permissions for 1 s already (oidc_auth.PERMISSION_CACHE_TTL_SECONDS),
-    and an allowance decided on a permission up to 1 s old, kept 1 s more, would reach the 2-second promise."""
+    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc), its "allowed"
+    for a plugin access token remembered in front of the plugin's app (fast_path_oidc.TokenAllowances)."""
     from mlflow_stack_server.fast_path_oidc import oidc_hook as plugin_decision
 
-    return plugin_decision()
+    return plugin_decision(settings)
 
 
 # The auth modes whose hook exists, and how each is built. A mode missing here gets no fast path.

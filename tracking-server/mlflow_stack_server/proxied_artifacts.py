@@ -35,7 +35,7 @@ from fastapi import Depends, HTTPException, Request
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
 from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
-from mlflow_stack_server.fast_path_auth import authorization_hook
+from mlflow_stack_server.fast_path_auth import Authorize, authorization_hook
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.login_cache import install_revalidated_logins
 from mlflow_stack_server.oidc_login_cache import install_revalidated_accounts
@@ -157,15 +157,19 @@ class ProxiedArtifactsOnly:
 FAST_WRITES_INSIDE_THE_AUTH_APP = frozenset({"oidc"})
 
 
-def _wrap(mlflow_app: ASGIApp, settings: Settings) -> RequestMetrics:
+def _wrap(mlflow_app: ASGIApp, settings: Settings, front: Authorize | None = None) -> RequestMetrics:
     """Outermost: per-endpoint request metrics see every answer, including this wrapper's own (request_metrics.py).
     Inside MLflow's app, so that its permission checks run first: artifact transfers streamed to and from S3
     (streamed_artifacts.py, added to `mlflow_app` by the caller). Innermost of our wrappers: the hot tracking
     writes answered without Flask (fast_http.py), inside the thread cap set above, each authorized first by the
     hook of the active MLFLOW_AUTH mode (fast_path_auth.py): a mode without one gets no fast path. With oidc the
-    fast path is inside the plugin's app instead (create_app_with_oidc), so nothing is wrapped around it here."""
+    fast path is inside the plugin's app instead (create_app_with_oidc); here, `front` (fast_path_oidc.front_hook)
+    answers only the writes whose allowance that inner path remembered, handing every other to the plugin's app."""
     outside = settings.auth not in FAST_WRITES_INSIDE_THE_AUTH_APP and fast_path_enabled(settings)
-    inner = FastTrackingWrites(mlflow_app, authorization_hook(settings) if outside else None)
+    if outside:
+        inner = FastTrackingWrites(mlflow_app, authorization_hook(settings))
+    else:  # MLflow's security middlewares are already inside the plugin's app, around its own fast path
+        inner = FastTrackingWrites(mlflow_app, front, hand_off_unsecured=True)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
     # MLflow's two CORS layers each add `Vary: Origin` to its Flask app's answers (vary_header.py).
     return RequestMetrics(OneVaryHeader(outer), fast_path_state(settings.fast_store, auth_mode=settings.auth))
@@ -228,12 +232,13 @@ def create_app_with_oidc() -> RequestMetrics:
     """mlflow-oidc-auth's app (sign-in through the provider, group grants, tokens; oidc_auth.py), wrapped like
     basic auth's, with the streamed artifact routes guarded by the plugin's own decision (oidc_authorization).
     The fast tracking writes sit innermost in the plugin's own middleware, after its AuthMiddleware found the
-    caller, and ask the plugin's before-request hook (fast_path_oidc.py)."""
+    caller, and ask the plugin's before-request hook (fast_path_oidc.py); those it allowed for an access token are
+    then answered from memory in front of the plugin's app, inside the thread cap."""
     # Importing the module builds the plugin's app (and reads its settings, which serve exported).
     from mlflow_oidc_auth.app import app as oidc_app
     from mlflow_oidc_auth.sqlalchemy_store import SqlAlchemyStore as OidcStore
 
-    from mlflow_stack_server.fast_path_oidc import install_inside
+    from mlflow_stack_server import fast_path_oidc
     from mlflow_stack_server.oidc_wsgi import run_flask_on_request_threads
 
     settings = Settings.from_environment()
@@ -245,9 +250,11 @@ def create_app_with_oidc() -> RequestMetrics:
     install_revalidated_accounts(OidcStore)
     hook = authorization_hook(settings) if fast_path_enabled(settings) else None
     if hook is not None:
-        install_inside(oidc_app, FastTrackingWrites, hook)
+        fast_path_oidc.install_inside(oidc_app, FastTrackingWrites, hook)
     guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])
-    return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings)
+    # The writes the inner path remembered as allowed are answered in front of the plugin's app (fast_path_oidc.py).
+    front = fast_path_oidc.front_hook() if hook is not None else None
+    return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings, front)
 
 
 class SchemeSeenByClients:

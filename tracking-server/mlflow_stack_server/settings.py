@@ -311,12 +311,14 @@ class Settings:
     )  # fmt: skip
     auth_decision_cache_seconds: float = knob(
         "MLFLOW_AUTH_DECISION_CACHE_SECONDS", "60", AUTH,
-        "Longest time each worker reuses the basic-auth app's \"allowed\" for a fast-path run write (log-batch, "
-        "set-tag, runs/update) with the same login, route and run, and the auth rows read for those and runs/create; "
+        "Longest time each worker reuses the auth app's \"allowed\" for a fast-path run write (log-batch, "
+        "set-tag, runs/update) with the same login, route and run: basic auth's (and the auth rows read for those "
+        "and runs/create), and with oidc the plugin's for an access token sent as the basic-auth password (never "
+        "past the token's expiry; sessions and bearer tokens are decided every time); "
         "refusals are never reused. With the auth database "
         "on Postgres every worker listens for its changes (triggers installed by prepare) and forgets what it "
         "remembers at any change, within milliseconds; while it is not listening it reuses nothing. On another "
-        "database at most 1 s is used. 0: decide every write.",
+        "database basic auth uses at most 1 s, oidc nothing. 0: decide every write.",
         seconds_up_to(3600, "remembered allowances beyond an hour save nothing more"),
     )  # fmt: skip
     auth_database: str = knob(

@@ -229,8 +229,10 @@ def test_without_logins_the_same_requests_are_written_by_the_fast_path(monkeypat
 
 def test_oidc_is_not_wired_around_the_plugins_app(monkeypatch: pytest.MonkeyPatch) -> None:
     """Around the auth app nobody is known yet (the plugin's AuthMiddleware finds the caller inside it): with oidc,
-    `_wrap` wires no fast path there, so the auth app sees every request and nothing is written unchecked. The
-    fast path is put inside the plugin's app instead (test_the_oidc_app_has_the_fast_path_after_its_logins)."""
+    `_wrap` wires no deciding fast path there (only, when given one, fast_path_oidc's front hook, which answers
+    nothing but what the inner path remembered), so the auth app sees every request and nothing is written
+    unchecked. The fast path is put inside the plugin's app instead
+    (test_the_oidc_app_has_the_fast_path_after_its_logins)."""
     answered, written = _through_the_server_app(monkeypatch, "oidc")
     assert answered == ["auth app (r)"] * len(FAST_PATH_REQUESTS)
     assert written == []

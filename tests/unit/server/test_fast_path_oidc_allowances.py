@@ -1,0 +1,182 @@
+"""The OIDC fast path's remembered allowances (fast_path_oidc.TokenAllowances), answered in front of the plugin's
+app: what may be remembered, under which key, and for how long."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from mlflow_stack_server.fast_path_auth import BoundedMemory, HandToMlflowError
+from mlflow_stack_server.fast_path_oidc import STAMP_KEY, Stamp, TokenAllowances, basic_token_login
+
+TOKEN = "mlf_abcdefgh_secret"
+
+
+def parse_prefix(password: str) -> str | None:
+    """The plugin's token format, as far as these tests need it: mlf_<8 characters>_<secret>."""
+    parts = password.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "mlf" and len(parts[1]) == 8 and parts[2] else None
+
+
+def basic(username: str, password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{username}:{password}".encode())
+
+
+def request(*headers: tuple[bytes, bytes], path: str = "/api/2.0/mlflow/runs/set-tag") -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": list(headers)}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    """A listener's generation (None: not listening), the token's time left, the user's regex grants."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.generation: tuple[int, float] | None = (1, 0.0)
+        self.left: float | None = 3600.0
+        self.regex = False
+        self.allowances = TokenAllowances(
+            seconds=60, cache_seconds=1, generation_since=lambda: self.generation, parse_prefix=parse_prefix,
+            expiry=lambda username, prefix: self.left, has_regex_grants=lambda username: self.regex, kept=100,
+            clock=self.clock,
+        )  # fmt: skip
+
+    def front(self, scope: dict[str, Any], run: str = "run-1") -> bool:
+        """Whether the front answers the write from memory (else it hands it to the plugin's app)."""
+        try:
+            return self.allowances.front(scope, b"{}", run) is None
+        except HandToMlflowError:
+            return False
+
+    def plugin_allows(self, scope: dict[str, Any], username: str = "alice", run: str = "run-1") -> None:
+        """The request going through the plugin's app, which allows it (the inner hook records it)."""
+        assert not self.front(scope, run)
+        self.allowances.record(scope, username)
+
+
+def test_bounded_memory_drops_the_least_recently_used() -> None:
+    memory = BoundedMemory(2)
+    memory.put("a", 1)
+    memory.put("b", 2)
+    assert memory.get("a") == 1  # "b" is now the least recently used
+    memory.put("c", 3)
+    assert (memory.get("a"), memory.get("b"), memory.get("c"), len(memory)) == (1, None, 3, 2)
+    memory.forget("a")
+    assert memory.get("a") is None
+
+
+def test_only_a_plugin_token_alone_is_a_rememberable_login() -> None:
+    token = (b"authorization", basic("Alice", TOKEN))
+    assert basic_token_login(request(token), parse_prefix) == (token[1], "Alice", "abcdefgh")
+    refused = {
+        "a session cookie besides": request(token, (b"cookie", b"session=x")),
+        "two Authorization headers": request(token, (b"authorization", basic("bob", TOKEN))),
+        "a bearer token": request((b"authorization", b"Bearer " + TOKEN.encode())),
+        "a password, not a token": request((b"authorization", basic("alice", "a-password"))),
+        "no login": request(),
+        "not base64": request((b"authorization", b"Basic !!!")),
+        "no username": request((b"authorization", basic("", TOKEN))),
+    }
+    assert {name: basic_token_login(scope, parse_prefix) for name, scope in refused.items()} == dict.fromkeys(refused)
+
+
+def test_an_allowed_write_is_answered_from_memory_until_the_generation_moves_on() -> None:
+    world = World()
+    scope = request((b"authorization", basic("alice", TOKEN)))
+    world.plugin_allows(scope)
+    assert isinstance(scope[STAMP_KEY], Stamp)
+    assert world.front(request((b"authorization", basic("alice", TOKEN))))
+    # Another run, path or token is another key.
+    assert not world.front(request((b"authorization", basic("alice", TOKEN))), run="run-2")
+    assert not world.front(request((b"authorization", basic("alice", TOKEN)), path="/api/2.0/mlflow/runs/update"))
+    assert not world.front(request((b"authorization", basic("alice", TOKEN + "x"))))
+    world.generation = (2, 150.0)  # a change of the plugin's database was notified
+    assert not world.front(request((b"authorization", basic("alice", TOKEN))))
+
+
+def test_nothing_remembered_is_used_or_recorded_while_not_listening() -> None:
+    world = World()
+    world.plugin_allows(request((b"authorization", basic("alice", TOKEN))))
+    world.generation = None
+    scope = request((b"authorization", basic("alice", TOKEN)))
+    assert not world.front(scope)
+    assert STAMP_KEY not in scope  # nothing the inner hook could record
+
+
+def test_an_allowance_lives_at_most_the_window_and_never_past_the_tokens_expiry() -> None:
+    world = World()
+    world.plugin_allows(request((b"authorization", basic("alice", TOKEN))))
+    world.clock.now += 59.9
+    assert world.front(request((b"authorization", basic("alice", TOKEN))))
+    world.clock.now += 0.2
+    assert not world.front(request((b"authorization", basic("alice", TOKEN))))
+    world.left = 5.0  # the token expires in 5 s
+    world.plugin_allows(request((b"authorization", basic("alice", TOKEN))))
+    world.clock.now += 4.9
+    assert world.front(request((b"authorization", basic("alice", TOKEN))))
+    world.clock.now += 0.2
+    assert not world.front(request((b"authorization", basic("alice", TOKEN))))
+    for left in (None, -1.0):  # the token is gone, or expired
+        world.left = left
+        world.plugin_allows(request((b"authorization", basic("alice", TOKEN))))
+        assert not world.front(request((b"authorization", basic("alice", TOKEN))))
+
+
+@pytest.mark.parametrize("reason", ["permission cache", "regex grants", "another user", "refused", "no stamp"])
+def test_what_is_not_recorded(reason: str) -> None:
+    world = World()
+    scope = request((b"authorization", basic("alice", TOKEN)))
+    if reason == "permission cache":  # the plugin may have decided on a permission read before the last change
+        world.generation = (1, world.clock.now - 0.5)
+    if reason == "regex grants":  # they match the experiment's name, which the tracking database holds
+        world.regex = True
+    assert not world.front(scope)
+    if reason == "refused":
+        world.allowances.refused(scope)
+    elif reason == "no stamp":
+        world.allowances.record(request((b"authorization", basic("alice", TOKEN))), "alice")
+    else:
+        assert world.allowances.needs_fresh_permissions(scope) == (reason == "permission cache")
+        world.allowances.record(scope, "bob" if reason == "another user" else "alice")
+    assert not world.front(request((b"authorization", basic("alice", TOKEN))))
+    # The same request recorded as it should be is remembered (each case above can be told apart from it).
+    world.generation, world.regex = (1, 0.0), False
+    world.plugin_allows(request((b"authorization", basic("alice", TOKEN))))
+    assert world.front(request((b"authorization", basic("alice", TOKEN))))
+
+
+def test_just_after_a_change_only_a_decision_without_the_plugins_permission_cache_is_recorded() -> None:
+    world = World()
+    world.generation = (1, world.clock.now - 0.5)  # a change notified 0.5 s ago; the plugin caches 1 s
+    scope = request((b"authorization", basic("alice", TOKEN)))
+    assert not world.front(scope)
+    assert world.allowances.needs_fresh_permissions(scope)
+    world.allowances.record(scope, "alice", fresh=True)
+    assert world.front(request((b"authorization", basic("alice", TOKEN))))
+
+
+def test_a_refusal_forgets_the_allowance() -> None:
+    """Two requests with one key in flight: one is allowed and remembered, then the plugin refuses the other
+    (decided after a change): the allowance is forgotten."""
+    world = World()
+    refused = request((b"authorization", basic("alice", TOKEN)))
+    assert not world.front(refused)
+    world.plugin_allows(request((b"authorization", basic("alice", TOKEN))))
+    assert world.front(request((b"authorization", basic("alice", TOKEN))))
+    world.allowances.refused(refused)
+    assert not world.front(request((b"authorization", basic("alice", TOKEN))))
+
+
+def test_the_username_is_compared_as_the_plugin_folds_it() -> None:
+    world = World()
+    world.plugin_allows(request((b"authorization", basic("Alice", TOKEN))), username="alice")
+    assert world.front(request((b"authorization", basic("Alice", TOKEN))))
