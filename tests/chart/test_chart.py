@@ -390,6 +390,17 @@ def test_auth_cache_knobs_reach_prepare_and_the_server(login: int, decision: flo
         assert _server_knob(variable).parse(variable, env[variable]) == decision
 
 
+@pytest.mark.parametrize("decision", [0, 0.5, 3600])
+def test_the_decision_cache_cap_reaches_the_oidc_server_too(decision: float, tmp_path: Path) -> None:
+    # With oidc the server caps the allowances it remembers for access tokens by this knob (fast_path_oidc.py).
+    values = _auth_values(tmp_path, decisionCacheSeconds=decision)
+    (server,) = [
+        c for c in containers(one(render(OIDC, values), "Deployment", "tracking")) if c["name"] == "tracking-server"
+    ]
+    variable = "MLFLOW_AUTH_DECISION_CACHE_SECONDS"
+    assert _server_knob(variable).parse(variable, env_of(server)[variable]) == decision
+
+
 @pytest.mark.parametrize(
     ("name", "value", "why"),
     [

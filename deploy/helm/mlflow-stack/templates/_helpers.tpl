@@ -285,6 +285,9 @@ mlflow-stack/tracking-client: "true"
   value: {{ $oidc.scopes | quote }}
 - name: MLFLOW_OIDC_USERNAME_CLAIM
   value: {{ $oidc.usernameClaim | quote }}
+# The cap on the allowances remembered for plugin access tokens (fast_path_oidc.py).
+- name: MLFLOW_AUTH_DECISION_CACHE_SECONDS
+  value: {{ .Values.auth.decisionCacheSeconds | quote }}
 {{- if $oidc.caConfigMap }}
 - name: MLFLOW_OIDC_CA_FILE
   value: {{ include "mlflow-stack.oidcCaFile" . }}
