@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -57,6 +57,13 @@ def _wait_listening(listener: auth_changes.ChangeListener, seconds: float = 10) 
     generation = listener.generation()
     assert generation is not None
     return generation
+
+
+def _assert_counted(listener: auth_changes.ChangeListener, change: Callable[[], object], what: str) -> None:
+    """`change` moves the listening listener's generation on within 5 s."""
+    generation = _wait_listening(listener)
+    change()
+    wait_until(lambda: listener.generation() not in (generation, None), 5, f"{what}: not counted", interval=0.01)
 
 
 def _triggers(uri: str) -> dict[str, int]:
@@ -213,9 +220,7 @@ def test_the_role_that_migrated_the_auth_database_installs_the_triggers_without_
     assert "users" in watched and set(watched.values()) == {1}, watched
     listener = _listening(uri)
     try:
-        generation = _wait_listening(listener)
-        store.create_user("bob", "a-long-password")
-        wait_until(lambda: listener.generation() not in (generation, None), 5, "not counted", interval=0.01)
+        _assert_counted(listener, lambda: store.create_user("bob", "a-long-password"), "user created")
     finally:
         listener.stop()
         store.engine.dispose()
@@ -289,15 +294,11 @@ def test_a_dropped_or_different_trigger_is_installed_again_and_only_that_one(
     # Installed as before: every kind of change, by statement, is notified.
     listener = _listening(auth_database)
     try:
-        generation = _wait_listening(listener)
-        other_server.create_user("carol", "a-long-password")
-        wait_until(lambda: listener.generation() not in (generation, None), 5, "user created: not counted")
-        generation = _wait_listening(listener)
-        other_server.create_experiment_permission("1", "carol", "EDIT")
-        wait_until(lambda: listener.generation() not in (generation, None), 5, "grant given: not counted")
-        generation = _wait_listening(listener)
-        _run(auth_database, "TRUNCATE registered_model_permissions")
-        wait_until(lambda: listener.generation() not in (generation, None), 5, "truncate: not counted")
+        _assert_counted(listener, lambda: other_server.create_user("carol", "a-long-password"), "user created")
+        _assert_counted(
+            listener, lambda: other_server.create_experiment_permission("1", "carol", "EDIT"), "grant given"
+        )
+        _assert_counted(listener, lambda: _run(auth_database, "TRUNCATE registered_model_permissions"), "truncate")
     finally:
         listener.stop()
 
@@ -318,9 +319,7 @@ def test_a_changed_function_is_replaced_in_place(auth_database: str) -> None:
     }
     listener = _listening(auth_database)
     try:
-        generation = _wait_listening(listener)
-        _run(auth_database, "DELETE FROM users WHERE username = 'nobody'")
-        wait_until(lambda: listener.generation() not in (generation, None), 5, "the function does not notify")
+        _assert_counted(listener, lambda: _run(auth_database, "DELETE FROM users WHERE username = 'nobody'"), "delete")
     finally:
         listener.stop()
 
@@ -335,9 +334,9 @@ def test_a_table_added_later_gets_the_trigger(auth_database: str) -> None:
     assert {table: after[table] for table in before} == before
     listener = _listening(auth_database)
     try:
-        generation = _wait_listening(listener)
-        _run(auth_database, "INSERT INTO added_by_a_later_migration VALUES (1)")
-        wait_until(lambda: listener.generation() not in (generation, None), 5, "the new table's change: not counted")
+        _assert_counted(
+            listener, lambda: _run(auth_database, "INSERT INTO added_by_a_later_migration VALUES (1)"), "insert"
+        )
     finally:
         listener.stop()
 

@@ -496,8 +496,7 @@ def test_a_grant_counts_at_the_next_request_even_when_no_notification_says_so(
     store.init_db(uri)
     time.sleep(NOTIFIED_SECONDS)  # the setup's own changes counted: the reads below are remembered under them
     assert [tag(), tag(), create_run()] == [403, 403, 403]  # the server's default, READ
-    with engine.connect() as connection:
-        tables = [str(row[0]) for row in connection.execute(sqlalchemy.text(auth_changes._WATCHED_TABLES_SQL))]
+    tables = auth_changes.prepare_change_notifications(uri)  # installed already: only lists the watched tables
 
     def triggers(state: str) -> None:
         with engine.begin() as connection:

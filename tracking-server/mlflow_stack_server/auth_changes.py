@@ -83,15 +83,10 @@ _TRIGGER_SQL = (
     "CREATE TRIGGER {trigger} AFTER INSERT OR {update} OR DELETE OR TRUNCATE ON {table} "
     "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
 )
-# Tables (and partitioned tables) of the schema MLflow's auth store writes to (the connection's current schema).
-_WATCHED_TABLES_SQL = f"""
-SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '{UNWATCHED_PREFIX}%'
-ORDER BY c.relname
-"""
-# Per watched table: whether its trigger is the one _TRIGGER_SQL creates (event, timing, level, function,
-# arguments, no WHEN condition or transition table, not a constraint trigger, enabled; NULL when missing), and the
-# columns of its UPDATE OF list (empty: every update).
+# Per watched table (every table and partitioned table of the connection's current schema but alembic's):
+# whether its trigger is the one _TRIGGER_SQL creates (event, timing, level, function, arguments, no WHEN condition
+# or transition table, not a constraint trigger, enabled; NULL when missing), and the columns of its UPDATE OF list
+# (empty: every update).
 _INSTALLED_TRIGGERS_SQL = f"""
 SELECT c.relname,
        t.tgenabled = 'O' AND t.tgtype = {_TRIGGER_TYPE} AND t.tgfoid = ({_FUNCTION_OID_SQL}) AND t.tgnargs = 0
