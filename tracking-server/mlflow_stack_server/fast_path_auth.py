@@ -156,8 +156,7 @@ def remember_allowances(
     """
     if seconds <= 0:
         return authorize
-    allowed: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()  # key -> (when its decision started, generation)
-    lock = threading.Lock()
+    allowed = BoundedMemory(kept)  # key -> (when its decision started, generation)
 
     def remembering(scope: Scope, body: bytes, run_id: str) -> Refusal | None:
         which = key(scope, body, run_id)
@@ -165,22 +164,15 @@ def remember_allowances(
         if which is None or current is None:
             return authorize(scope, body, run_id)
         started = clock()
-        with lock:
-            decided = allowed.get(which)
-            if decided is not None:
-                if started - decided[0] < seconds and decided[1] == current:
-                    allowed.move_to_end(which)
-                    return None
-                del allowed[which]
+        decided = allowed.get(which)
+        if decided is not None and started - decided[0] < seconds and decided[1] == current:
+            return None
+        # A stale allowance is replaced or forgotten below.
         refusal = authorize(scope, body, run_id)
-        with lock:
-            if refusal is not None:
-                allowed.pop(which, None)
-                return refusal
-            allowed[which] = (started, current)
-            allowed.move_to_end(which)
-            while len(allowed) > kept:
-                allowed.popitem(last=False)
+        if refusal is not None:
+            allowed.forget(which)
+            return refusal
+        allowed.put(which, (started, current))
         return None
 
     remembering.__wrapped__ = authorize  # type: ignore[attr-defined]
@@ -421,8 +413,7 @@ def remember_reads(
     """`read` (a read of the auth store), whose answers are reused per arguments while `generation()` stays the one
     they were read in, for at most `seconds`; None: read every time. Errors are never remembered; a list answered is
     copied for each caller."""
-    answers: OrderedDict[Hashable, tuple[float, int, Any]] = OrderedDict()
-    lock = threading.Lock()
+    answers = BoundedMemory(kept)  # arguments -> (when read, generation, answer)
 
     def remembering(*args: Any, **kwargs: Any) -> Any:
         current = generation()
@@ -430,18 +421,12 @@ def remember_reads(
             return read(*args, **kwargs)
         which = (tuple(_hashable(a) for a in args), tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
         started = clock()
-        with lock:
-            known = answers.get(which)
-            if known is not None and known[1] == current and started - known[0] < seconds:
-                answers.move_to_end(which)
-                value = known[2]
-                return list(value) if isinstance(value, list) else value
-        value = read(*args, **kwargs)
-        with lock:
-            answers[which] = (started, current, value)
-            answers.move_to_end(which)
-            while len(answers) > kept:
-                answers.popitem(last=False)
+        known = answers.get(which)
+        if known is not None and known[1] == current and started - known[0] < seconds:
+            value = known[2]
+        else:
+            value = read(*args, **kwargs)
+            answers.put(which, (started, current, value))
         return list(value) if isinstance(value, list) else value
 
     return remembering
