@@ -416,6 +416,17 @@ def test_a_remembered_list_is_a_copy_for_each_caller() -> None:
     assert read(1) == ["grant of 1"]
 
 
+def test_at_most_kept_reads_are_remembered_the_least_recently_used_dropped_first() -> None:
+    reads = Reads()
+    read = remember_reads(reads, Generation(), 60, kept=2, clock=Clock())
+    read(1), read(2), read(1), read(3)  # 2 is the least recently used when 3 comes
+    made = len(reads.made)
+    read(1), read(3)
+    assert len(reads.made) == made
+    read(2)
+    assert len(reads.made) == made + 1
+
+
 def test_reads_are_remembered_during_the_auth_apps_before_request_check_only() -> None:
     reads, plain = Reads(), Reads()
     read = fast_path_auth._during_decisions(remember_reads(reads, Generation(), 60, clock=Clock()), plain)
