@@ -72,6 +72,16 @@ def ci_values(name: str) -> Path:
     return path
 
 
+# The chart's ci/ values files the tests render most (helm lint and the CI checks render every one of them).
+BUNDLED = ci_values("bundled-evaluation")
+EXTERNAL = ci_values("external-postgres-s3")
+AUTH_INGRESS = ci_values("auth-ingress-tls")
+GPU = ci_values("gpu-trainer-job")
+OPENSHIFT = ci_values("openshift")
+SEAWEEDFS = ci_values("bundled-seaweedfs")
+OIDC = ci_values("oidc")
+
+
 def find(manifests: list[Manifest], kind: str, component: str | None = None) -> list[Manifest]:
     return [
         m

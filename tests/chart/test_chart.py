@@ -13,10 +13,15 @@ from mlflow.server.security_utils import should_block_cors_request
 
 from mlflow_stack_server.settings import Knob, SettingsError, knobs
 from tests.chart.chart import (
+    AUTH_INGRESS,
+    BUNDLED,
     CHART,
     CI_VALUES,
+    EXTERNAL,
+    GPU,
     NAMESPACE,
-    ci_values,
+    OIDC,
+    SEAWEEDFS,
     containers,
     env_of,
     find,
@@ -31,13 +36,6 @@ from tests.chart.chart import (
 )
 from tests.chart.netpol import Pod, can_connect
 
-BUNDLED = ci_values("bundled-evaluation")
-EXTERNAL = ci_values("external-postgres-s3")
-AUTH_INGRESS = ci_values("auth-ingress-tls")
-GPU = ci_values("gpu-trainer-job")
-OPENSHIFT = ci_values("openshift")
-SEAWEEDFS = ci_values("bundled-seaweedfs")
-OIDC = ci_values("oidc")
 # Every component at once: bundled stores, model server, a trainer Job.
 EVERYTHING = (BUNDLED, GPU)
 ids = [path.stem for path in CI_VALUES]

@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from tests.chart.chart import (
+    AUTH_INGRESS,
+    BUNDLED,
+    OIDC,
     assert_valid_for_kubernetes,
-    ci_values,
     containers,
     env_of,
     find,
@@ -23,9 +25,6 @@ from tests.chart.chart import (
 )
 from tests.chart.netpol import Pod, can_connect
 
-OIDC = ci_values("oidc")
-BUNDLED = ci_values("bundled-evaluation")
-AUTH_INGRESS = ci_values("auth-ingress-tls")
 # oidc on the evaluation values: no Ingress, so the redirect URI is given.
 OIDC_ON_BUNDLED = [
     "auth.mode=oidc",

@@ -13,11 +13,15 @@ import pytest
 import yaml
 
 from tests.chart.chart import (
+    AUTH_INGRESS,
+    BUNDLED,
     CHART,
     CI_VALUES,
+    EXTERNAL,
+    GPU,
     NAMESPACE,
+    OPENSHIFT,
     assert_valid_for_kubernetes,
-    ci_values,
     containers,
     env_of,
     find,
@@ -33,11 +37,6 @@ from tests.chart.chart import (
 from tests.chart.install_order import argo_plan, flux_plan, helm_plan, unmet_dependencies
 from tests.chart.netpol import Pod, can_connect
 
-BUNDLED = ci_values("bundled-evaluation")
-EXTERNAL = ci_values("external-postgres-s3")
-AUTH_INGRESS = ci_values("auth-ingress-tls")
-GPU = ci_values("gpu-trainer-job")
-OPENSHIFT = ci_values("openshift")
 UMBRELLA = Path(__file__).parent / "umbrella"
 ids = [path.stem for path in CI_VALUES]
 PLANS = {"helm": helm_plan, "flux": flux_plan, "argocd": argo_plan}
