@@ -52,7 +52,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
-import hmac
 import logging
 import secrets
 import time
@@ -67,6 +66,7 @@ from mlflow_stack_server.fast_path_auth import (
     BoundedMemory,
     HandToMlflowError,
     Refusal,
+    credential_key,
     decide_in_flask,
 )
 from mlflow_stack_server.settings import Settings
@@ -133,7 +133,7 @@ class TokenAllowances:
         self._generation_since, self._parse_prefix = generation_since, parse_prefix
         self._expiry, self._has_regex_grants = expiry, has_regex_grants
         self._clock = clock
-        self._secret = secrets.token_bytes(32)
+        self._key = credential_key(secrets.token_bytes(32))
         self.memory = BoundedMemory(kept)
 
     def front(self, scope: Scope, body: bytes, run_id: str) -> Refusal | None:
@@ -143,10 +143,9 @@ class TokenAllowances:
         current = self._generation_since()
         if login is None or current is None:
             raise HandToMlflowError("not answered from memory")
-        header, username, prefix = login
+        _, username, prefix = login
         started = self._clock()
-        key = (hmac.digest(self._secret, header, "sha256"), scope["method"], scope["path"],
-               scope.get("query_string", b""), run_id)  # fmt: skip
+        key = self._key(scope, body, run_id)  # never None: the login has exactly one Authorization header
         allowance = self.memory.get(key)
         if allowance is not None:
             if allowance.generation == current[0] and started < allowance.until:
