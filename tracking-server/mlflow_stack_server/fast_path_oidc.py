@@ -160,14 +160,14 @@ class TokenAllowances:
         stamp = scope.get(STAMP_KEY)
         return isinstance(stamp, Stamp) and stamp.started - stamp.since < self.cache_seconds
 
-    def record(self, scope: Scope, username: str, fresh: bool = False) -> None:
+    def record(self, scope: Scope, username: str, stale: bool) -> None:
         """After the plugin allowed a write the front stamped: remember it, if it may be (see the module).
-        `username`: the caller the plugin's AuthMiddleware found; `fresh`: the plugin decided without its
-        permission cache."""
+        `username`: the caller the plugin's AuthMiddleware found; `stale`: the decision may have read a permission
+        older than the stamp's generation (needs_fresh_permissions said so, and the plugin read its cache)."""
         stamp = scope.get(STAMP_KEY)
         if not isinstance(stamp, Stamp) or stamp.username.lower() != username:
             return
-        if (stamp.started - stamp.since < self.cache_seconds and not fresh) or self._has_regex_grants(username):
+        if stale or self._has_regex_grants(username):
             return
         left = self._expiry(username, stamp.prefix)
         if left is None:
@@ -294,7 +294,8 @@ def oidc_hook(settings: Settings) -> Authorize:
                 allowances.refused(scope)
                 return refusal
             try:
-                allowances.record(scope, context.username, fresh)
+                # Decided without the permission cache whenever needs_fresh_permissions asked for it (above).
+                allowances.record(scope, context.username, stale=False)
             except Exception:  # the plugin's database unreachable: the write is allowed, just not remembered
                 _logger.warning("Could not remember a fast-path allowance", exc_info=True)
         return refusal

@@ -58,9 +58,10 @@ class World:
             return False
 
     def plugin_allows(self, scope: dict[str, Any], username: str = "alice", run: str = "run-1") -> None:
-        """The request going through the plugin's app, which allows it (the inner hook records it)."""
+        """The request going through the plugin's app, which allows it (the inner hook records it), reading its
+        permission cache."""
         assert not self.front(scope, run)
-        self.allowances.record(scope, username)
+        self.allowances.record(scope, username, stale=self.allowances.needs_fresh_permissions(scope))
 
 
 def test_bounded_memory_drops_the_least_recently_used() -> None:
@@ -143,10 +144,11 @@ def test_what_is_not_recorded(reason: str) -> None:
     if reason == "refused":
         world.allowances.refused(scope)
     elif reason == "no stamp":
-        world.allowances.record(request((b"authorization", basic("alice", TOKEN))), "alice")
+        world.allowances.record(request((b"authorization", basic("alice", TOKEN))), "alice", stale=False)
     else:
-        assert world.allowances.needs_fresh_permissions(scope) == (reason == "permission cache")
-        world.allowances.record(scope, "bob" if reason == "another user" else "alice")
+        stale = world.allowances.needs_fresh_permissions(scope)  # decided from the plugin's permission cache
+        assert stale == (reason == "permission cache")
+        world.allowances.record(scope, "bob" if reason == "another user" else "alice", stale=stale)
     assert not world.front(request((b"authorization", basic("alice", TOKEN))))
     # The same request recorded as it should be is remembered (each case above can be told apart from it).
     world.generation, world.regex = (1, 0.0), False
@@ -160,7 +162,7 @@ def test_just_after_a_change_only_a_decision_without_the_plugins_permission_cach
     scope = request((b"authorization", basic("alice", TOKEN)))
     assert not world.front(scope)
     assert world.allowances.needs_fresh_permissions(scope)
-    world.allowances.record(scope, "alice", fresh=True)
+    world.allowances.record(scope, "alice", stale=False)  # decided without the plugin's permission cache
     assert world.front(request((b"authorization", basic("alice", TOKEN))))
 
 
