@@ -554,8 +554,9 @@ def _change_listener() -> Any:
 
 
 def oidc_hook(settings: Settings) -> Authorize:
-    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc), its "allowed"
-    for a plugin access token remembered in front of the plugin's app (fast_path_oidc.TokenAllowances)."""
+    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc), nothing
+    remembered. The server's OIDC app (proxied_artifacts.create_app_with_oidc) builds it with the worker's
+    fast_path_oidc.TokenAllowances instead, which it also hands to the front of the plugin's app."""
     from mlflow_stack_server.fast_path_oidc import oidc_hook as plugin_decision
 
     return plugin_decision(settings)

@@ -182,19 +182,17 @@ class TokenAllowances:
             self.memory.forget(stamp.key)
 
 
-# This worker's allowances (None: nothing is remembered), made with the inner hook, used by the front's.
-_allowances: TokenAllowances | None = None
-
-
 def _plugin_store() -> Any:
     from mlflow_oidc_auth.store import store
 
     return store._get_instance()
 
 
-def _token_allowances(settings: Settings) -> TokenAllowances | None:
+def token_allowances(settings: Settings) -> TokenAllowances | None:
     """The worker's TokenAllowances with a listener on the plugin's database, started; None when nothing may be
-    remembered (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0, or a database that sends no notifications)."""
+    remembered (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0, or a database that sends no notifications). Built after the
+    plugin's app (importing its modules reads the plugin's configuration), handed to oidc_hook (which records
+    allowances) and front_hook (which answers from them)."""
     from mlflow_oidc_auth.config import config
     from mlflow_oidc_auth.repository.user_token import parse_prefix
 
@@ -267,15 +265,13 @@ def _fresh_permissions_when_asked() -> None:
     permissions._get_permission_cache = permission_cache
 
 
-def oidc_hook(settings: Settings) -> Authorize:
-    """The plugin's before-request decision for one fast-path request, its "allowed" recorded for the front
-    (TokenAllowances). Built once per worker, after the plugin's app (importing it reads the plugin's
-    configuration and registers the hook on MLflow's Flask app)."""
+def oidc_hook(settings: Settings, allowances: TokenAllowances | None = None) -> Authorize:
+    """The plugin's before-request decision for one fast-path request, its "allowed" recorded in `allowances` for
+    the front (None: nothing recorded). Built once per worker, after the plugin's app (importing it reads the
+    plugin's configuration and registers the hook on MLflow's Flask app)."""
     from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
     from mlflow_oidc_auth.hooks import before_request_hook
 
-    global _allowances
-    _allowances = allowances = _token_allowances(settings)
     if allowances is not None:
         _fresh_permissions_when_asked()
 
@@ -303,10 +299,10 @@ def oidc_hook(settings: Settings) -> Authorize:
     return authorize
 
 
-def front_hook() -> Authorize | None:
-    """The hook of the fast path in front of the plugin's app: this worker's remembered allowances (after
-    oidc_hook built them); None: nothing is remembered, no fast path in front."""
-    return None if _allowances is None else _allowances.front
+def front_hook(allowances: TokenAllowances | None) -> Authorize | None:
+    """The hook of the fast path in front of the plugin's app: the worker's remembered allowances (those oidc_hook
+    records); None: nothing is remembered, no fast path in front."""
+    return None if allowances is None else allowances.front
 
 
 def install_inside(plugin_app: Any, app_factory: Any, authorize: Authorize) -> None:
