@@ -10,6 +10,7 @@ import pytest
 
 from mlflow_stack_server.fast_path_auth import BoundedMemory, HandToMlflowError
 from mlflow_stack_server.fast_path_oidc import STAMP_KEY, Stamp, TokenAllowances, basic_token_login
+from tests.unit.server.test_fast_path_auth import Clock
 
 TOKEN = "mlf_abcdefgh_secret"
 
@@ -26,14 +27,6 @@ def basic(username: str, password: str) -> bytes:
 
 def request(*headers: tuple[bytes, bytes], path: str = "/api/2.0/mlflow/runs/set-tag") -> dict[str, Any]:
     return {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": list(headers)}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class World:
