@@ -88,9 +88,9 @@ def _counted(build: Callable[[], ASGIApp]) -> ASGIApp:
 
     front_hook = fast_path_oidc.front_hook
 
-    def counted_front() -> fast_path_auth.Authorize | None:
+    def counted_front(allowances: Any) -> fast_path_auth.Authorize | None:
         """The OIDC front's hook: every "allowed" it answers is a remembered one, the plugin's app not asked."""
-        front = front_hook()
+        front = front_hook(allowances)
         if front is None:
             return None
 

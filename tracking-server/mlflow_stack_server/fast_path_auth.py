@@ -48,7 +48,8 @@ words; an exception hands the request to MLflow's app, which then authorizes and
 - `oidc`: mlflow-oidc-auth decides, with its own `before_request_hook`, for the caller its middlewares found
   (fast_path_oidc.py; the fast path then sits inside the plugin's app, after those middlewares). Its "allowed" for
   a request that logs in with one of the plugin's access tokens (nothing else: a session or an IdP's bearer token
-  depends on more than the plugin's database) is remembered per worker like basic auth's, under the same
+  depends on more than the plugin's database) is remembered per worker like basic auth's, keyed by the run's
+  experiment (which alone decides the plugin's answer on these writes), under the same
   MLFLOW_AUTH_DECISION_CACHE_SECONDS, capped by the token's expiry, forgotten at any change of the plugin's
   database (its own change notifications), and answered in front of the plugin's app (fast_path_oidc.py).
 
@@ -183,11 +184,21 @@ def the_path(method: str, path: str) -> Hashable:
     return path
 
 
-def credential_key(secret: bytes, route: Callable[[str, str], Hashable] = the_path) -> DecisionKey:
+def the_run(route: Hashable, run_id: str) -> Hashable | None:
+    return run_id
+
+
+def credential_key(
+    secret: bytes,
+    route: Callable[[str, str], Hashable] = the_path,
+    subject: Callable[[Hashable, str], Hashable | None] = the_run,
+) -> DecisionKey:
     """A request's decision key for a login sent in the Authorization header (basic auth): an HMAC of the header
     under `secret` (never the password itself), the method, the route (`route(method, path)`: the path, or what the
-    auth app decides the path with, validator_of_route), the query and the run. None without exactly one such
-    header: nothing to remember for an anonymous request, and two would leave it to the auth app which counts.
+    auth app decides the path with, validator_of_route), the query and what the route is decided on
+    (`subject(route, run id)`: the run, or the run's experiment when that alone decides, fast_path_oidc.py; None:
+    not known, no key). None without exactly one such header: nothing to remember for an anonymous request, and
+    two would leave it to the auth app which counts.
     The rest of the body does not enter the auth app's decision on these writes: its validators read the run id,
     and log-batch's only other input, a metric's model_id, is not in the shapes the fast path answers
     (fast_http.METRIC_FIELDS)."""
@@ -196,9 +207,13 @@ def credential_key(secret: bytes, route: Callable[[str, str], Hashable] = the_pa
         credentials = [value for name, value in scope["headers"] if name == b"authorization"]
         if len(credentials) != 1:
             return None
-        login = hmac.digest(secret, credentials[0], "sha256")
         method = scope["method"]
-        return login, method, route(method, scope["path"]), scope.get("query_string", b""), run_id
+        which = route(method, scope["path"])
+        decided_on = subject(which, run_id)
+        if decided_on is None:
+            return None
+        login = hmac.digest(secret, credentials[0], "sha256")
+        return login, method, which, scope.get("query_string", b""), decided_on
 
     return key
 
@@ -249,10 +264,7 @@ class RunExperiments:
         return getattr(self._store, name)
 
     def get_run(self, run_id: str) -> Any:
-        with self._lock:
-            experiment_id = self._known.get(run_id)
-            if experiment_id is not None:
-                self._known.move_to_end(run_id)
+        experiment_id = known_experiment(self._known, self._lock, run_id)
         if experiment_id is None:
             run = self._store.get_run(run_id)
             learn_run(self._known, self._lock, run_id, run.info.experiment_id)
@@ -279,6 +291,15 @@ def _cache_run_experiments() -> None:
     tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
     _learn_created_runs(flask_app, known, lock)
+
+
+def known_experiment(known: OrderedDict[str, str], lock: threading.Lock, run_id: str) -> str | None:
+    """The experiment of a run in a worker's map of run to experiment (now the most recently used); None: unknown."""
+    with lock:
+        experiment_id = known.get(run_id)
+        if experiment_id is not None:
+            known.move_to_end(run_id)
+        return experiment_id
 
 
 def learn_run(known: OrderedDict[str, str], lock: threading.Lock, run_id: str, experiment_id: str) -> None:
@@ -539,8 +560,9 @@ def _change_listener() -> Any:
 
 
 def oidc_hook(settings: Settings) -> Authorize:
-    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc), its "allowed"
-    for a plugin access token remembered in front of the plugin's app (fast_path_oidc.TokenAllowances)."""
+    """mlflow-oidc-auth's own decision (fast_path_oidc.py; imported here only when the mode is oidc), nothing
+    remembered. The server's OIDC app (proxied_artifacts.create_app_with_oidc) builds it with the worker's
+    fast_path_oidc.TokenAllowances instead, which it also hands to the front of the plugin's app."""
     from mlflow_stack_server.fast_path_oidc import oidc_hook as plugin_decision
 
     return plugin_decision(settings)

@@ -12,8 +12,12 @@ it there. Nothing is decided here: None allows the write, a 401 or 403 is answer
 headers, body), anything else (a run that does not exist, a 400) goes to MLflow's app, whose Flask hook then
 answers it. No caller in the scope (a route the plugin leaves open) also goes to MLflow's app.
 
-The plugin's validators look a run's experiment up with one query of the run's row (its `get_run_experiment_id`),
-not the whole run as MLflow's basic-auth validators do, so no run-to-experiment map is kept here.
+The plugin's validators look a run's experiment up with one query of the run's row (its `get_run_experiment_id`).
+While the plugin decides for the fast path, that lookup answers from the worker's map of run to experiment
+(fast_path_auth's, as with basic auth: a run never moves), filled by the lookup itself and by MLflow's create-run
+answers through this worker; every other caller gets the plugin's own lookup. A run removed for good (`make gc`)
+stays known to a worker until it restarts: a write to it is then decided on its former experiment (a caller allowed
+there gets the store's "not found", 404; any other the plugin's 403), where the plugin's path answers "not found".
 
 Remembered allowances, answered in front of the plugin's app (TokenAllowances). Most of an OIDC write's cost is
 the plugin's middlewares around the fast path, so a trainer's repeated write is answered before them: the fast path
@@ -27,8 +31,14 @@ through the plugin's app unchanged. What is remembered, and for how long:
   Basic, decides on it alone; a session cookie (signed state, the session's lifetime, the provider's refresh)
   and a Bearer token (the provider's keys, time) are decided through the plugin every time, and so is a request
   with a Cookie header or more than one Authorization header (which credential wins would be the plugin's call).
-- The key: an HMAC (a random key per worker) of the Authorization header, the method, the path, the query and the
-  run; an allowance holds the generation of the plugin database's change notifications (auth_changes.py, a
+- The key: an HMAC (a random key per worker) of the Authorization header, the method, the route, the query and
+  what the plugin decides the route on. For log-batch, set-tag and runs/update that is UPDATE on the run's
+  experiment and nothing of the run itself (validate_can_log_metrics, validate_can_update_run: the plugin has no
+  grant on a run, and log-batch's logged models are not in the shapes the fast path answers), so the key is the
+  experiment (EXPERIMENT_UPDATE): a run's set-tag and runs/update reuse its log-batch's allowance, and a new run of
+  the experiment is answered from its first write. A run whose experiment the front does not know yet is handed
+  on and remembered under the experiment the plugin's decision looked up. Any other route: the path and the run.
+  An allowance holds the generation of the plugin database's change notifications (auth_changes.py, a
   listener per worker) read in front of the plugin's app, BEFORE its middlewares read the token, the user and
   the grants. Any change committed after that read moves the generation on and the allowance is never used.
 - The plugin's permission cache (PERMISSION_CACHE_TTL_SECONDS) may hold a permission read before the last
@@ -52,10 +62,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
-import hmac
 import logging
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -65,9 +76,15 @@ from mlflow_stack_server.fast_path_auth import (
     ALLOWANCES_KEPT,
     Authorize,
     BoundedMemory,
+    DecisionKey,
     HandToMlflowError,
     Refusal,
+    _learn_created_runs,
+    credential_key,
     decide_in_flask,
+    known_experiment,
+    learn_run,
+    validator_of_route,
 )
 from mlflow_stack_server.settings import Settings
 
@@ -78,7 +95,8 @@ STAMP_KEY = "mlflow_stack.fast_path_allowance"
 
 @dataclass(frozen=True)
 class Stamp:
-    key: Hashable
+    key: Hashable | None  # None: the run's experiment is not known yet (found by the plugin's decision)
+    run_id: str
     username: str  # as the header names it
     prefix: str  # the token's lookup prefix
     generation: int
@@ -126,6 +144,7 @@ class TokenAllowances:
         parse_prefix: Callable[[str], str | None],
         expiry: Callable[[str, str], float | None],
         has_regex_grants: Callable[[str], bool],
+        key: DecisionKey | None = None,
         kept: int = ALLOWANCES_KEPT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -133,7 +152,7 @@ class TokenAllowances:
         self._generation_since, self._parse_prefix = generation_since, parse_prefix
         self._expiry, self._has_regex_grants = expiry, has_regex_grants
         self._clock = clock
-        self._secret = secrets.token_bytes(32)
+        self._key = credential_key(secrets.token_bytes(32)) if key is None else key
         self.memory = BoundedMemory(kept)
 
     def front(self, scope: Scope, body: bytes, run_id: str) -> Refusal | None:
@@ -143,16 +162,15 @@ class TokenAllowances:
         current = self._generation_since()
         if login is None or current is None:
             raise HandToMlflowError("not answered from memory")
-        header, username, prefix = login
+        _, username, prefix = login
         started = self._clock()
-        key = (hmac.digest(self._secret, header, "sha256"), scope["method"], scope["path"],
-               scope.get("query_string", b""), run_id)  # fmt: skip
-        allowance = self.memory.get(key)
+        key = self._key(scope, body, run_id)  # None: the run's experiment is not known yet
+        allowance = None if key is None else self.memory.get(key)
         if allowance is not None:
             if allowance.generation == current[0] and started < allowance.until:
                 return None
             self.memory.forget(key)
-        scope[STAMP_KEY] = Stamp(key, username, prefix, current[0], current[1], started)
+        scope[STAMP_KEY] = Stamp(key, run_id, username, prefix, current[0], current[1], started)
         raise HandToMlflowError("not remembered")
 
     def needs_fresh_permissions(self, scope: Scope) -> bool:
@@ -161,30 +179,34 @@ class TokenAllowances:
         stamp = scope.get(STAMP_KEY)
         return isinstance(stamp, Stamp) and stamp.started - stamp.since < self.cache_seconds
 
-    def record(self, scope: Scope, username: str, fresh: bool = False) -> None:
+    def record(self, scope: Scope, username: str, stale: bool) -> None:
         """After the plugin allowed a write the front stamped: remember it, if it may be (see the module).
-        `username`: the caller the plugin's AuthMiddleware found; `fresh`: the plugin decided without its
-        permission cache."""
+        `username`: the caller the plugin's AuthMiddleware found; `stale`: the decision may have read a permission
+        older than the stamp's generation (needs_fresh_permissions said so, and the plugin read its cache)."""
         stamp = scope.get(STAMP_KEY)
         if not isinstance(stamp, Stamp) or stamp.username.lower() != username:
             return
-        if (stamp.started - stamp.since < self.cache_seconds and not fresh) or self._has_regex_grants(username):
+        if stale or self._has_regex_grants(username):
             return
+        key = self._stamped_key(scope, stamp)
         left = self._expiry(username, stamp.prefix)
-        if left is None:
+        if key is None or left is None:
             return
         until = stamp.started + min(self.seconds, left)
         if until > self._clock():
-            self.memory.put(stamp.key, Allowance(stamp.generation, until))
+            self.memory.put(key, Allowance(stamp.generation, until))
 
     def refused(self, scope: Scope) -> None:
         stamp = scope.get(STAMP_KEY)
         if isinstance(stamp, Stamp):
-            self.memory.forget(stamp.key)
+            key = self._stamped_key(scope, stamp)
+            if key is not None:
+                self.memory.forget(key)
 
-
-# This worker's allowances (None: nothing is remembered), made with the inner hook, used by the front's.
-_allowances: TokenAllowances | None = None
+    def _stamped_key(self, scope: Scope, stamp: Stamp) -> Hashable | None:
+        """The stamp's key; for a run whose experiment the front did not know, the key the plugin's decision has
+        made known meanwhile (it looked the run up; a run never moves to another experiment)."""
+        return stamp.key if stamp.key is not None else self._key(scope, b"", stamp.run_id)
 
 
 def _plugin_store() -> Any:
@@ -193,9 +215,11 @@ def _plugin_store() -> Any:
     return store._get_instance()
 
 
-def _token_allowances(settings: Settings) -> TokenAllowances | None:
+def token_allowances(settings: Settings) -> TokenAllowances | None:
     """The worker's TokenAllowances with a listener on the plugin's database, started; None when nothing may be
-    remembered (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0, or a database that sends no notifications)."""
+    remembered (MLFLOW_AUTH_DECISION_CACHE_SECONDS=0, or a database that sends no notifications). Built after the
+    plugin's app (importing its modules reads the plugin's configuration), handed to oidc_hook (which records
+    allowances) and front_hook (which answers from them)."""
     from mlflow_oidc_auth.config import config
     from mlflow_oidc_auth.repository.user_token import parse_prefix
 
@@ -227,10 +251,93 @@ def _token_allowances(settings: Settings) -> TokenAllowances | None:
     cache_seconds = float(getattr(config, "PERMISSION_CACHE_TTL_SECONDS", 30))
     allowances = TokenAllowances(
         settings.auth_decision_cache_seconds, cache_seconds, listener.generation_since, parse_prefix, expiry,
-        has_regex_grants,
+        has_regex_grants, key=_allowance_key(),
     )  # fmt: skip
     listener.start()
     return allowances
+
+
+# The route of the plugin's validators that decide a run write by one permission on the run's experiment.
+EXPERIMENT_UPDATE = ("UPDATE on the run's experiment",)
+
+
+def experiment_keyed(
+    route: Callable[[str, str], Hashable], experiment_deciders: frozenset[Hashable]
+) -> Callable[[str, str], Hashable]:
+    """`route` (fast_path_auth.validator_of_route on the plugin's validator lookup), with the validators that decide
+    by UPDATE on the run's experiment alone (`experiment_deciders`) folded into EXPERIMENT_UPDATE."""
+
+    def keyed(method: str, path: str) -> Hashable:
+        which = route(method, path)
+        return EXPERIMENT_UPDATE if which in experiment_deciders else which
+
+    return keyed
+
+
+def experiment_subject(experiment_of: Callable[[str], str | None]) -> Callable[[Hashable, str], Hashable | None]:
+    """What a route is decided on (fast_path_auth.credential_key's subject): for EXPERIMENT_UPDATE the run's
+    experiment (`experiment_of(run)`; None: not known yet), the run for any other route."""
+
+    def subject(route: Hashable, run_id: str) -> Hashable | None:
+        if route != EXPERIMENT_UPDATE:
+            return run_id
+        experiment_id = experiment_of(run_id)
+        return None if experiment_id is None else ("experiment", experiment_id)
+
+    return subject
+
+
+# Set while the plugin decides for the fast path: its run lookup answers from the worker's map of run to experiment.
+_DECIDING = contextvars.ContextVar("fast_path_oidc_deciding", default=False)
+
+
+def _allowance_key() -> DecisionKey:
+    """An allowance's key: the credential (an HMAC under a per-worker key), the method, the plugin's validator of
+    the route, the query and, for log-batch, set-tag and runs/update, the run's experiment (see the module).
+
+    The run's experiment comes from a per-worker map (fast_path_auth's, as with basic auth), filled by MLflow's
+    create-run answers through this worker and by the plugin's own lookup of the run (its `get_run_experiment_id`,
+    which the validators call), which answers from the map during the fast path's decisions."""
+    from mlflow.server import app as flask_app
+    from mlflow_oidc_auth.hooks import before_request
+    from mlflow_oidc_auth.hooks.route_policy import strip_static_prefix
+    from mlflow_oidc_auth.validators import run as run_validators
+
+    installed = getattr(run_validators.get_run_experiment_id, "runs_known", None)
+    if installed is not None:  # a second app built in this process: one map, one lookup
+        known, lock = installed
+    else:
+        known, lock = OrderedDict(), threading.Lock()
+        plain = run_validators.get_run_experiment_id
+
+        def run_experiment_id(tracking_store: Any, run_id: str) -> str:
+            if not _DECIDING.get():
+                return plain(tracking_store, run_id)
+            experiment_id = known_experiment(known, lock, run_id)
+            if experiment_id is None:
+                experiment_id = str(plain(tracking_store, run_id))
+                learn_run(known, lock, run_id, experiment_id)
+            return experiment_id
+
+        run_experiment_id.runs_known = (known, lock)  # type: ignore[attr-defined]
+        run_validators.get_run_experiment_id = run_experiment_id
+        _learn_created_runs(flask_app, known, lock)
+    route = validator_of_route(
+        before_request._find_validator,
+        lambda path: bool(before_request._is_unprotected_route(strip_static_prefix(path))),
+    )
+    # The plugin's validators of the fast path's writes: log-batch's checks UPDATE on the run's experiment and on the
+    # logged models a metric names (never in the shapes the fast path answers: fast_http.METRIC_FIELDS); set-tag's
+    # and runs/update's UPDATE on the run's experiment. A run has no grants of its own in the plugin.
+    deciders = frozenset(
+        ("validator", validator)
+        for validator in (run_validators.validate_can_log_metrics, run_validators.validate_can_update_run)
+    )
+    return credential_key(
+        secrets.token_bytes(32),
+        experiment_keyed(route, deciders),
+        experiment_subject(lambda run_id: known_experiment(known, lock, run_id)),
+    )
 
 
 # Set while the plugin decides a write whose allowance is to be remembered just after a change: its permission
@@ -268,15 +375,13 @@ def _fresh_permissions_when_asked() -> None:
     permissions._get_permission_cache = permission_cache
 
 
-def oidc_hook(settings: Settings) -> Authorize:
-    """The plugin's before-request decision for one fast-path request, its "allowed" recorded for the front
-    (TokenAllowances). Built once per worker, after the plugin's app (importing it reads the plugin's
-    configuration and registers the hook on MLflow's Flask app)."""
+def oidc_hook(settings: Settings, allowances: TokenAllowances | None = None) -> Authorize:
+    """The plugin's before-request decision for one fast-path request, its "allowed" recorded in `allowances` for
+    the front (None: nothing recorded). Built once per worker, after the plugin's app (importing it reads the
+    plugin's configuration and registers the hook on MLflow's Flask app)."""
     from mlflow_oidc_auth.entities.auth_context import AUTH_CONTEXT_KEY
     from mlflow_oidc_auth.hooks import before_request_hook
 
-    global _allowances
-    _allowances = allowances = _token_allowances(settings)
     if allowances is not None:
         _fresh_permissions_when_asked()
 
@@ -285,17 +390,19 @@ def oidc_hook(settings: Settings) -> Authorize:
         if context is None:
             raise HandToMlflowError("no caller in the scope: the plugin answers")
         fresh = allowances is not None and allowances.needs_fresh_permissions(scope)
-        reading = _FRESH_PERMISSIONS.set(fresh)
+        reading, deciding = _FRESH_PERMISSIONS.set(fresh), _DECIDING.set(True)
         try:
             refusal = decide_in_flask(before_request_hook, scope, body, {AUTH_CONTEXT_KEY: context})
         finally:
+            _DECIDING.reset(deciding)
             _FRESH_PERMISSIONS.reset(reading)
         if allowances is not None:
             if refusal is not None:
                 allowances.refused(scope)
                 return refusal
             try:
-                allowances.record(scope, context.username, fresh)
+                # Decided without the permission cache whenever needs_fresh_permissions asked for it (above).
+                allowances.record(scope, context.username, stale=False)
             except Exception:  # the plugin's database unreachable: the write is allowed, just not remembered
                 _logger.warning("Could not remember a fast-path allowance", exc_info=True)
         return refusal
@@ -303,10 +410,10 @@ def oidc_hook(settings: Settings) -> Authorize:
     return authorize
 
 
-def front_hook() -> Authorize | None:
-    """The hook of the fast path in front of the plugin's app: this worker's remembered allowances (after
-    oidc_hook built them); None: nothing is remembered, no fast path in front."""
-    return None if _allowances is None else _allowances.front
+def front_hook(allowances: TokenAllowances | None) -> Authorize | None:
+    """The hook of the fast path in front of the plugin's app: the worker's remembered allowances (those oidc_hook
+    records); None: nothing is remembered, no fast path in front."""
+    return None if allowances is None else allowances.front
 
 
 def install_inside(plugin_app: Any, app_factory: Any, authorize: Authorize) -> None:

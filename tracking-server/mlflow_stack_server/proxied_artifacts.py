@@ -248,12 +248,13 @@ def create_app_with_oidc() -> RequestMetrics:
     # The token check and the profile read of every request, re-checked against the plugin's database on every
     # hit: changes count at the next request (oidc_login_cache.py).
     install_revalidated_accounts(OidcStore)
-    hook = authorization_hook(settings) if fast_path_enabled(settings) else None
-    if hook is not None:
-        fast_path_oidc.install_inside(oidc_app, FastTrackingWrites, hook)
+    front = None
+    if fast_path_enabled(settings):  # MLFLOW_AUTH=oidc has a hook (fast_path_auth.HOOKS), on a verified MLflow
+        # The worker's remembered allowances: recorded by the hook inside the plugin's app, answered in front of it.
+        allowances = fast_path_oidc.token_allowances(settings)
+        fast_path_oidc.install_inside(oidc_app, FastTrackingWrites, fast_path_oidc.oidc_hook(settings, allowances))
+        front = fast_path_oidc.front_hook(allowances)
     guarded = stream_artifact_transfers(oidc_app, settings.upload_part_bytes, [Depends(oidc_authorization)])
-    # The writes the inner path remembered as allowed are answered in front of the plugin's app (fast_path_oidc.py).
-    front = fast_path_oidc.front_hook() if hook is not None else None
     return _wrap(SchemeSeenByClients(guarded) if settings.public_https else guarded, settings, front)
 
 

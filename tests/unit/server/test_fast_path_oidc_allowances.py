@@ -4,12 +4,25 @@ app: what may be remembered, under which key, and for how long."""
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
+from collections.abc import Hashable
 from typing import Any
 
 import pytest
 
-from mlflow_stack_server.fast_path_auth import BoundedMemory, HandToMlflowError
-from mlflow_stack_server.fast_path_oidc import STAMP_KEY, Stamp, TokenAllowances, basic_token_login
+from mlflow_stack_server.fast_path_auth import BoundedMemory, HandToMlflowError, credential_key
+from mlflow_stack_server.fast_path_oidc import (
+    EXPERIMENT_UPDATE,
+    STAMP_KEY,
+    Stamp,
+    TokenAllowances,
+    basic_token_login,
+    experiment_keyed,
+    experiment_subject,
+)
+from tests.unit.server.test_fast_path_auth import Clock
 
 TOKEN = "mlf_abcdefgh_secret"
 
@@ -24,30 +37,49 @@ def basic(username: str, password: str) -> bytes:
     return b"Basic " + base64.b64encode(f"{username}:{password}".encode())
 
 
-def request(*headers: tuple[bytes, bytes], path: str = "/api/2.0/mlflow/runs/set-tag") -> dict[str, Any]:
-    return {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": list(headers)}
+def request(
+    *headers: tuple[bytes, bytes], path: str = "/api/2.0/mlflow/runs/set-tag", query: bytes = b""
+) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": path, "query_string": query, "headers": list(headers)}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
+LOG_BATCH, SET_TAG, UPDATE = (f"/api/2.0/mlflow/runs/{name}" for name in ("log-batch", "set-tag", "update"))
+DELETE_TAG = "/api/2.0/mlflow/runs/delete-tag"
 
-    def __call__(self) -> float:
-        return self.now
+
+def plugin_validator(method: str, path: str) -> Hashable:
+    """The plugin's validator of each route, as fast_path_auth.validator_of_route names it (the path for a route
+    without one); delete-tag stands for a route whose validator does not decide by the experiment alone."""
+    names = {
+        LOG_BATCH: "validate_can_log_metrics",
+        SET_TAG: "validate_can_update_run",
+        UPDATE: "validate_can_update_run",
+    }
+    return ("validator", names[path]) if path in names else path
+
+
+EXPERIMENT_DECIDERS = frozenset({("validator", "validate_can_log_metrics"), ("validator", "validate_can_update_run")})
 
 
 class World:
-    """A listener's generation (None: not listening), the token's time left, the user's regex grants."""
+    """A listener's generation (None: not listening), the token's time left, the user's regex grants; with
+    `experiments`, allowances keyed as the server keys them, by the run's experiment (the worker's map of run to
+    experiment: `experiments`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, experiments: dict[str, str] | None = None) -> None:
         self.clock = Clock()
         self.generation: tuple[int, float] | None = (1, 0.0)
         self.left: float | None = 3600.0
         self.regex = False
+        self.experiments = experiments
+        key = None
+        if experiments is not None:
+            route = experiment_keyed(plugin_validator, EXPERIMENT_DECIDERS)
+            key = credential_key(b"k" * 32, route, experiment_subject(experiments.get))
         self.allowances = TokenAllowances(
             seconds=60, cache_seconds=1, generation_since=lambda: self.generation, parse_prefix=parse_prefix,
-            expiry=lambda username, prefix: self.left, has_regex_grants=lambda username: self.regex, kept=100,
-            clock=self.clock,
+            expiry=lambda username, prefix: self.left, has_regex_grants=lambda username: self.regex, key=key,
+            kept=100, clock=self.clock,
         )  # fmt: skip
 
     def front(self, scope: dict[str, Any], run: str = "run-1") -> bool:
@@ -58,9 +90,10 @@ class World:
             return False
 
     def plugin_allows(self, scope: dict[str, Any], username: str = "alice", run: str = "run-1") -> None:
-        """The request going through the plugin's app, which allows it (the inner hook records it)."""
+        """The request going through the plugin's app, which allows it (the inner hook records it), reading its
+        permission cache."""
         assert not self.front(scope, run)
-        self.allowances.record(scope, username)
+        self.allowances.record(scope, username, stale=self.allowances.needs_fresh_permissions(scope))
 
 
 def test_bounded_memory_drops_the_least_recently_used() -> None:
@@ -143,10 +176,11 @@ def test_what_is_not_recorded(reason: str) -> None:
     if reason == "refused":
         world.allowances.refused(scope)
     elif reason == "no stamp":
-        world.allowances.record(request((b"authorization", basic("alice", TOKEN))), "alice")
+        world.allowances.record(request((b"authorization", basic("alice", TOKEN))), "alice", stale=False)
     else:
-        assert world.allowances.needs_fresh_permissions(scope) == (reason == "permission cache")
-        world.allowances.record(scope, "bob" if reason == "another user" else "alice")
+        stale = world.allowances.needs_fresh_permissions(scope)  # decided from the plugin's permission cache
+        assert stale == (reason == "permission cache")
+        world.allowances.record(scope, "bob" if reason == "another user" else "alice", stale=stale)
     assert not world.front(request((b"authorization", basic("alice", TOKEN))))
     # The same request recorded as it should be is remembered (each case above can be told apart from it).
     world.generation, world.regex = (1, 0.0), False
@@ -160,7 +194,7 @@ def test_just_after_a_change_only_a_decision_without_the_plugins_permission_cach
     scope = request((b"authorization", basic("alice", TOKEN)))
     assert not world.front(scope)
     assert world.allowances.needs_fresh_permissions(scope)
-    world.allowances.record(scope, "alice", fresh=True)
+    world.allowances.record(scope, "alice", stale=False)  # decided without the plugin's permission cache
     assert world.front(request((b"authorization", basic("alice", TOKEN))))
 
 
@@ -180,3 +214,97 @@ def test_the_username_is_compared_as_the_plugin_folds_it() -> None:
     world = World()
     world.plugin_allows(request((b"authorization", basic("Alice", TOKEN))), username="alice")
     assert world.front(request((b"authorization", basic("Alice", TOKEN))))
+
+
+# ---- keyed by the run's experiment (the server's key): a run's writes share one allowance, and so do the runs of
+# one experiment, for one token; nothing else does -------------------------------------------------------------
+
+
+def token(path: str = SET_TAG, password: str = TOKEN, query: bytes = b"") -> dict[str, Any]:
+    return request((b"authorization", basic("alice", password)), path=path, query=query)
+
+
+def test_the_runs_of_one_experiment_share_the_allowance_of_any_of_their_writes() -> None:
+    route = experiment_keyed(plugin_validator, EXPERIMENT_DECIDERS)
+    assert {route("POST", path) for path in (LOG_BATCH, SET_TAG, UPDATE)} == {EXPERIMENT_UPDATE}
+    world = World({"run-1": "1", "run-2": "1", "run-3": "2"})
+    world.plugin_allows(token(LOG_BATCH), run="run-1")
+    assert world.front(token(SET_TAG), run="run-1")  # a run's set-tag and runs/update reuse its log-batch's
+    assert world.front(token(UPDATE), run="run-1")
+    assert world.front(token(LOG_BATCH), run="run-2")  # a new run in the same experiment, from its first write
+    assert world.front(token(UPDATE), run="run-2")
+
+
+def test_another_experiment_token_query_or_route_is_never_answered_from_this_allowance() -> None:
+    world = World({"run-1": "1", "run-2": "1", "run-3": "2", "run-4": "1"})
+    world.plugin_allows(token(LOG_BATCH), run="run-1")
+    assert not world.front(token(LOG_BATCH), run="run-3")  # experiment 2
+    assert not world.front(token(LOG_BATCH, password=TOKEN + "x"), run="run-2")  # another token
+    assert not world.front(token(LOG_BATCH, query=b"run_id=run-3"), run="run-2")  # the plugin reads the query too
+    # A route whose validator is not UPDATE on the experiment alone stays keyed by its path and run.
+    world.plugin_allows(token(DELETE_TAG), run="run-1")
+    assert world.front(token(DELETE_TAG), run="run-1")
+    assert not world.front(token(DELETE_TAG), run="run-4")
+
+
+def test_a_run_whose_experiment_the_front_does_not_know_is_remembered_under_the_one_the_plugin_found() -> None:
+    world = World({"run-1": "1"})
+    scope = token(LOG_BATCH)
+    assert not world.front(scope, run="run-2")
+    assert scope[STAMP_KEY].key is None  # nothing to look up in front
+    assert world.experiments is not None
+    world.experiments["run-2"] = "1"  # the plugin's lookup of the run, during its decision
+    world.allowances.record(scope, "alice", stale=False)
+    assert world.front(token(SET_TAG), run="run-1")  # the experiment's allowance, shared
+
+
+def test_a_regex_grant_user_is_never_remembered_for_the_experiment() -> None:
+    world = World({"run-1": "1", "run-2": "1"})
+    world.regex = True  # a regex grant matches the experiment's name, which the tracking database holds
+    world.plugin_allows(token(LOG_BATCH), run="run-1")
+    assert not world.front(token(LOG_BATCH), run="run-1")
+    assert not world.front(token(SET_TAG), run="run-2")
+
+
+def test_a_refusal_on_any_run_forgets_the_experiments_allowance() -> None:
+    world = World({"run-1": "1", "run-2": "1"})
+    refused = token(UPDATE)
+    assert not world.front(refused, run="run-2")
+    world.plugin_allows(token(LOG_BATCH), run="run-1")
+    assert world.front(token(LOG_BATCH), run="run-2")
+    world.allowances.refused(refused)
+    assert not world.front(token(LOG_BATCH), run="run-1")
+
+
+# What the plugin decides the fast path's writes on, read from the plugin itself (mlflow-oidc-auth, in a fresh
+# interpreter: importing it reads its configuration): the validator of each route, the resource types it grants
+# on and the sources of an experiment's permission.
+PLUGINS_DECISION = """
+import json
+from types import SimpleNamespace
+from mlflow_oidc_auth.hooks import before_request
+from mlflow_oidc_auth.utils import permissions
+validators = {
+    path: before_request._find_validator(SimpleNamespace(method="POST", path=path)).__name__
+    for prefix in ("/api", "/ajax-api") for path in (prefix + "/2.0/mlflow/runs/" + name
+    for name in ("log-batch", "set-tag", "update"))
+}
+print(json.dumps([validators, sorted(permissions.PERMISSION_REGISTRY),
+                  sorted(permissions.PERMISSION_REGISTRY["experiment"]("1", "alice"))]))
+"""
+
+
+def test_the_plugin_decides_the_fast_paths_writes_by_the_runs_experiment_alone(tmp_path: Any) -> None:
+    """Why the key may name the run's experiment instead of the run: the plugin checks log-batch with
+    validate_can_log_metrics and set-tag and runs/update with validate_can_update_run (UPDATE on the run's
+    experiment; log-batch's logged models are not in the shapes the fast path answers), it has no grant on a run
+    (no resource type for runs), and an experiment's permission comes from the user's, its groups' and regex grants
+    (regex grant holders are never remembered). A plugin release that grants on runs fails here."""
+    answer = subprocess.run(
+        [sys.executable, "-c", PLUGINS_DECISION], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    validators, resource_types, sources = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert set(validators.values()) == {"validate_can_log_metrics", "validate_can_update_run"}
+    assert {validators[f"{p}/2.0/mlflow/runs/log-batch"] for p in ("/api", "/ajax-api")} == {"validate_can_log_metrics"}
+    assert not {t for t in resource_types if "run" in t}
+    assert sources == ["group", "group-regex", "regex", "user"]
