@@ -290,7 +290,7 @@ def _cache_run_experiments() -> None:
 
     tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
-    _learn_created_runs(flask_app, known, lock)
+    learn_created_runs(flask_app, known, lock)
 
 
 def known_experiment(known: OrderedDict[str, str], lock: threading.Lock, run_id: str) -> str | None:
@@ -322,7 +322,7 @@ def created_run(path: str, method: str, status: int, answer: Callable[[], Any], 
     return run_id, experiment_id
 
 
-def _learn_created_runs(flask_app: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
+def learn_created_runs(flask_app: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
     """A run created through this worker (MLflow's create-run, a trainer's first call) is known to RunExperiments
     from its creation (the experiment in the answer is the one the store wrote), so that the first fast-path
     decision on it loads nothing (else the whole run: six queries)."""

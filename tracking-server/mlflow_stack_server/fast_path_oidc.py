@@ -79,10 +79,10 @@ from mlflow_stack_server.fast_path_auth import (
     DecisionKey,
     HandToMlflowError,
     Refusal,
-    _learn_created_runs,
     credential_key,
     decide_in_flask,
     known_experiment,
+    learn_created_runs,
     learn_run,
     validator_of_route,
 )
@@ -321,7 +321,7 @@ def _allowance_key() -> DecisionKey:
 
         run_experiment_id.runs_known = (known, lock)  # type: ignore[attr-defined]
         run_validators.get_run_experiment_id = run_experiment_id
-        _learn_created_runs(flask_app, known, lock)
+        learn_created_runs(flask_app, known, lock)
     route = validator_of_route(
         before_request._find_validator,
         lambda path: bool(before_request._is_unprotected_route(strip_static_prefix(path))),

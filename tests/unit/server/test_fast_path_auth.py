@@ -477,7 +477,7 @@ def test_a_run_learned_at_its_creation_is_decided_without_loading_it() -> None:
 
     client = app.test_client()
     assert client.post("/api/2.0/mlflow/runs/refused", json={}).status_code == 403  # served before the hook is built
-    fast_path_auth._learn_created_runs(app, known, lock)
+    fast_path_auth.learn_created_runs(app, known, lock)
     assert client.post("/api/2.0/mlflow/runs/create", json={}).status_code == 200
     assert client.post("/api/2.0/mlflow/runs/refused", json={}).status_code == 403
     assert dict(known) == {"r1": "7"}
