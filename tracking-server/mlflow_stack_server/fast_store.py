@@ -146,8 +146,7 @@ def _ping_on_checkout_unless_fast_path(engine: sqlalchemy.engine.Engine) -> None
 def _ping_unless_fast_path(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     connected_for_this_checkout = record.info.pop("fast_store_connected", False)
     if _FAST_CHECKOUT.get():
-        readable, _, _ = select.select([dbapi_connection], [], [], 0)
-        if readable or dbapi_connection.closed:
+        if dbapi_connection.closed or select.select([dbapi_connection], [], [], 0)[0]:
             # Idle, nothing is due from the server: this is a termination notice or the end of the stream.
             raise sqlalchemy.exc.DisconnectionError("the server closed this pooled connection")
         return
