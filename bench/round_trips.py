@@ -77,15 +77,15 @@ def count(name: str, server: str, calls: int) -> dict[str, Any]:
     marker.close()
     log = subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=True).stderr
     per_call: dict[str, float] = {}
-    label = None
+    current: str | None = None
     for line in log.splitlines():
         if "statement:" not in line:
             continue
         if MARK in line:
-            label = line.split(MARK, 1)[1].strip(" '")
-            per_call[label] = 0
-        elif label is not None and label != "end":
-            per_call[label] += 1
+            current = line.split(MARK, 1)[1].strip(" '")
+            per_call[current] = 0
+        elif current is not None and current != "end":
+            per_call[current] += 1
     per_call.pop("end", None)
     return {label: round(total / calls, 2) for label, total in per_call.items()}
 
