@@ -28,6 +28,8 @@ python -m bench.server_variants tuning
 # request's CPU goes with each store.
 python -m bench.server_variants side-by-side
 python -m bench.profile_log_batch
+# Postgres round trips per hot write of the fast store (a statement-logging throwaway Postgres).
+python -m bench.round_trips
 # 1 GiB up and down through the gateway (LARGE_ARTIFACT_MIB to change), with the server's peak memory.
 python -m bench.large_artifact --size-mib "${LARGE_ARTIFACT_MIB:-1024}"
 # The running server end to end (uvicorn to the driver), sampled by py-spy: needs root or CAP_SYS_PTRACE.

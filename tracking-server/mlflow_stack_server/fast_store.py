@@ -19,6 +19,11 @@ What stays MLflow's:
 - Anything unusual: metrics linked to a LoggedModel, the run-name tag, renaming a run: MLflow's method.
 - Every read (get_run, search_runs, metric history) and every other write: inherited unchanged.
 
+Round trips: a write is its statements plus COMMIT and nothing else. The connection is checked out without the
+pool's pre-ping `SELECT 1` (see _ping_on_checkout_unless_fast_path), and runs in autocommit mode so that psycopg2
+sends no `BEGIN` of its own: the transaction's `BEGIN` travels in the same message as its first statement, and a
+write that is one statement (set_tag, update_run_info) is its own transaction without `BEGIN` or `COMMIT`.
+
 PostgreSQL only (SQL below uses ON CONFLICT, = ANY(array) and UPDATE ... FROM VALUES). MLFLOW_FAST_STORE=off
 makes the entry point (store_plugin.py) hand out MLflow's plain SqlAlchemyStore instead.
 """
@@ -26,14 +31,18 @@ makes the entry point (store_plugin.py) hand out MLflow's plain SqlAlchemyStore 
 from __future__ import annotations
 
 import re
+import select
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.extras
 import sqlalchemy
+import sqlalchemy.event
 from mlflow.entities import LifecycleStage, Metric, Param, Run, RunData, RunInfo, RunInputs, RunStatus, RunTag
 from mlflow.entities.source_type import SourceType
 from mlflow.exceptions import MlflowException
@@ -83,28 +92,107 @@ INSERT_TAGS = "INSERT INTO tags (key, value, run_uuid) VALUES %s"
 RUN_INFO = "run_uuid, name, experiment_id, user_id, status, start_time, end_time, lifecycle_stage, artifact_uri"
 UPDATE_RUN = (
     "UPDATE runs SET status = COALESCE(%s::varchar, status), end_time = COALESCE(%s::bigint, end_time) "
-    f"WHERE run_uuid = %s AND lifecycle_stage = 'active' RETURNING {RUN_INFO}"
+    # An unnamed run is left alone: MLflow's method reads its name from the tags.
+    f"WHERE run_uuid = %s AND lifecycle_stage = 'active' AND name <> '' RETURNING {RUN_INFO}"
 )
+
+
+IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+# Set while the fast path checks a connection out of MLflow's pool (_ping_on_checkout_unless_fast_path).
+_FAST_CHECKOUT: ContextVar[bool] = ContextVar("fast_store_checkout", default=False)
 
 
 class _MlflowPathNeededError(Exception):
     """This call needs MLflow's own method: an error MLflow words, a conflict or a retry it resolves."""
 
 
-def _roll_back(connection: Any) -> None:
+class _BeginWithFirstStatement(psycopg2.extensions.cursor):
+    """An autocommit connection's cursor that opens the transaction in the message of its first statement
+    (psycopg2 would otherwise send `BEGIN` as a round trip of its own)."""
+
+    begun = False
+
+    def execute(self, query: str | bytes, variables: Any = None) -> None:
+        if not self.begun:
+            self.begun = True
+            query = b"BEGIN;" + query if isinstance(query, bytes) else "BEGIN;" + query
+        super().execute(query, variables)
+
+
+def _ping_on_checkout_unless_fast_path(engine: sqlalchemy.engine.Engine) -> None:
+    """Make MLflow's engine ping on checkout from a pool listener instead of its built-in pre-ping, and skip the
+    `SELECT 1` round trip when the fast path checks a connection out.
+
+    Why not a pool of the fast store's own: its connections would come on top of MLflow's (a request thread
+    falling back to MLflow's method needs two more), one more pool of MLFLOW_REQUEST_THREADS per worker in the
+    connection budget (entrypoint.size_connection_pool, the chart's check); sharing MLflow's pool keeps it.
+
+    MLflow's sessions keep what pre-ping gives them: the same `SELECT 1` on every checkout but a new
+    connection's first, and a connection that fails it is replaced along with every connection pooled before it
+    (SQLAlchemy's own reaction to a failed pre-ping). The fast path instead asks the kernel, without a round trip,
+    whether the server has written to the idle connection: a backend that was terminated or a server that shut
+    down sends an error and closes the socket, which makes it readable; such a connection is replaced before
+    use. One that died silently (a network path gone) fails the write instead, which then rolls back, drops the
+    connection and hands the call to MLflow's method (one fallback, with the ping). The fast path returns its
+    connections as it found them (not in autocommit, no transaction open, _transaction), so MLflow's sessions
+    never see its session state.
+    """
+    if sqlalchemy.event.contains(engine, "checkout", _ping_unless_fast_path):
+        return
+    sqlalchemy.event.listen(engine, "checkout", _ping_unless_fast_path)
+    engine.pool._pre_ping = False  # the listener pings instead (the pool reads this on each checkout)
+
+
+def _ping_unless_fast_path(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    connected_for_this_checkout = record.info.pop("fast_store_connected", False)
+    if _FAST_CHECKOUT.get():
+        if dbapi_connection.closed or select.select([dbapi_connection], [], [], 0)[0]:
+            # Idle, nothing is due from the server: this is a termination notice or the end of the stream.
+            raise sqlalchemy.exc.DisconnectionError("the server closed this pooled connection")
+        return
+    if connected_for_this_checkout:
+        return  # made for this checkout: as pre-ping, nothing to test yet
     try:
-        connection.rollback()
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except psycopg2.Error as error:
+        # As a failed pre-ping: replace this connection and every one pooled before it.
+        raise sqlalchemy.exc.InvalidatePoolError(str(error)) from error
+
+
+def _mark_new_connection(_dbapi_connection: Any, record: Any) -> None:
+    record.info["fast_store_connected"] = True
+
+
+def _release(connection: Any) -> None:
+    """Back to the pool as MLflow's sessions expect it (no transaction open, not in autocommit), else dropped."""
+    try:
+        if connection.dbapi_connection.info.transaction_status != IDLE:
+            with connection.cursor() as cursor:
+                cursor.execute("ROLLBACK")
+        connection.dbapi_connection.autocommit = False
     except psycopg2.Error:
         connection.invalidate()  # a broken connection must not go back to the pool
+    else:
+        if connection.dbapi_connection.closed:
+            connection.invalidate()
+    connection.close()  # back to the pool (a no-op once invalidated)
 
 
 class FastSqlAlchemyStore(SqlAlchemyStore):
     """MLflow's SqlAlchemyStore with log_batch, log_metric, log_param, set_tag, create_run and update_run_info
     written as fixed SQL in one transaction (PostgreSQL only; see the module docstring)."""
 
+    def __init__(self, db_uri: str, default_artifact_root: str, read_db_uri: str | None = None) -> None:
+        super().__init__(db_uri, default_artifact_root, read_db_uri=read_db_uri)
+        if not sqlalchemy.event.contains(self.engine, "connect", _mark_new_connection):
+            sqlalchemy.event.listen(self.engine, "connect", _mark_new_connection)
+        _ping_on_checkout_unless_fast_path(self.engine)
+
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A cursor on one pooled connection in one transaction; commit on success.
+    def _transaction(self, single_statement: bool = False) -> Iterator[Any]:
+        """A cursor on one pooled connection in one transaction; commit on success. With single_statement the
+        cursor's one statement is its own transaction (autocommit: no BEGIN, no COMMIT).
 
         A database error rolls back and becomes _MlflowPathNeededError, so MLflow's method redoes the call on a
         fresh session and answers as MLflow does (a conflict it resolves, an error in its words, in its order). So
@@ -113,31 +201,31 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
         INTERNAL_ERROR its session makes of them. Any other exception is a fault: INTERNAL_ERROR, as MLflow's
         session answers one (mlflow/store/db/utils.py), never a bare exception (Flask's HTML 500).
         """
+        fast_checkout = _FAST_CHECKOUT.set(True)
         try:
             connection: Any = self.engine.raw_connection()
         except sqlalchemy.exc.SQLAlchemyError as error:
             # No pooled connection in time ("QueuePool limit ... reached"): MLflow's session answers this with
             # BAD_REQUEST; waiting again on MLflow's path would only double the wait.
             raise MlflowException(message=str(error), error_code=BAD_REQUEST) from error
+        finally:
+            _FAST_CHECKOUT.reset(fast_checkout)
         try:
-            with connection.cursor() as cursor:
+            connection.dbapi_connection.autocommit = True  # a flag in psycopg2: no round trip
+            cursor_class = psycopg2.extensions.cursor if single_statement else _BeginWithFirstStatement
+            with connection.cursor(cursor_factory=cursor_class) as cursor:
                 yield cursor
-            connection.commit()
+                if connection.dbapi_connection.info.transaction_status != IDLE:
+                    cursor.execute("COMMIT")
         except (_MlflowPathNeededError, MlflowException):
-            _roll_back(connection)
             raise
         except (psycopg2.Error, ValueError) as error:  # UnicodeEncodeError is a ValueError
-            _roll_back(connection)
             raise _MlflowPathNeededError from error
         except Exception as error:
-            _roll_back(connection)
             # Anything else is a fault, not an answer to redo: MLflow's session makes it INTERNAL_ERROR.
             raise MlflowException(str(error), INTERNAL_ERROR) from error
-        except BaseException:
-            _roll_back(connection)
-            raise
         finally:
-            connection.close()  # back to the pool (a no-op once invalidated)
+            _release(connection)  # rolls back whatever is still open
 
     @staticmethod
     def _require_active_run(cursor: Any, run_id: str) -> None:
@@ -247,7 +335,7 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
             super().set_tag(run_id, tag)  # also renames the run
             return
         try:
-            with self._transaction() as cursor:
+            with self._transaction(single_statement=True) as cursor:
                 cursor.execute(SET_TAG, (validated.key, validated.value, run_id))
                 if cursor.rowcount != 1:
                     raise _MlflowPathNeededError  # no such active run: MLflow's error
@@ -321,10 +409,10 @@ class FastSqlAlchemyStore(SqlAlchemyStore):
         except Exception:
             return super().update_run_info(run_id, run_status, end_time, run_name)  # MLflow's error, in order
         try:
-            with self._transaction() as cursor:
+            with self._transaction(single_statement=True) as cursor:
                 cursor.execute(UPDATE_RUN, (status, end_time, run_id))
                 row = cursor.fetchone()
-                if row is None or not row[1]:
+                if row is None:
                     # Not found, not active (MLflow's error), or an unnamed run whose name MLflow reads from tags.
                     raise _MlflowPathNeededError
         except _MlflowPathNeededError:
