@@ -8,6 +8,8 @@ fast path's session state (autocommit, an open transaction).
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,28 @@ def test_connections_go_back_to_the_pool_as_mlflow_expects_them(store: Any, fall
     assert fallbacks["log_batch"] == 1 and fallbacks["set_tag"] == 1
     assert states and set(states) == {(False, psycopg2.extensions.TRANSACTION_STATUS_IDLE)}
     assert store.get_run(run_id).info.status == "FINISHED"
+
+
+def test_connections_on_descriptors_past_1024_are_checked_too(
+    store: Any, admin: sqlalchemy.engine.Engine, fallbacks: dict[str, int]
+) -> None:
+    # A worker with many client connections holds sockets past select()'s FD_SETSIZE (1024); the check on
+    # checkout must work there too.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"this process may open at most {hard} files; the test needs 1200")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    store.engine.dispose()  # its connections' descriptors freed, so the next ones come after the held ones
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        run_id = _new_run(store)
+        _writes(store, run_id, 1)
+        _terminate(admin, _store_backends(admin))
+        _writes(store, run_id, 2)
+        assert fallbacks == dict.fromkeys(FALLBACKS, 0)
+        assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2]
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -143,10 +143,18 @@ def _ping_on_checkout_unless_fast_path(engine: sqlalchemy.engine.Engine) -> None
     engine.pool._pre_ping = False  # the listener pings instead (the pool reads this on each checkout)
 
 
+def _readable(dbapi_connection: Any) -> bool:
+    """Whether the server has written to this connection's socket (poll, not select: a worker with many client
+    connections can hold descriptors past select's FD_SETSIZE of 1024)."""
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _ping_unless_fast_path(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     connected_for_this_checkout = record.info.pop("fast_store_connected", False)
     if _FAST_CHECKOUT.get():
-        if dbapi_connection.closed or select.select([dbapi_connection], [], [], 0)[0]:
+        if dbapi_connection.closed or _readable(dbapi_connection):
             # Idle, nothing is due from the server: this is a termination notice or the end of the stream.
             raise sqlalchemy.exc.DisconnectionError("the server closed this pooled connection")
         return
