@@ -92,6 +92,7 @@ stop_stack() {
 # The second stack (SeaweedFS, below) is always removed with its volumes: it holds only test data.
 seaweedfs_project="${COMPOSE_PROJECT_NAME:-mlflow-stack}-seaweedfs"
 stop_stacks() {
+  if [ -n "${own_stack_pid:-}" ]; then kill "$own_stack_pid" 2>/dev/null || true; fi  # interrupted beside it
   stop_stack
   COMPOSE_PROJECT_NAME=$seaweedfs_project COMPOSE_FILE=docker-compose.yml:docker-compose.seaweedfs.yml \
     docker compose --profile minio --profile train down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
@@ -109,7 +110,31 @@ step "fast-store and stack tests"
 # OIDC team-mode stack of its own (2 replicas) for all its tests; their measured numbers (revocation latencies)
 # are printed in pytest's "measurements" section.
 # --durations: the slowest tests' times, so CI's time budget can be watched from its log.
-pytest tests/fast_store tests/stack --durations=30 "$@"
+# The tests that start stacks of their own (a fresh clone, three replicas, the upgrade, team mode, the move from
+# MinIO to SeaweedFS; docs/testing.md) spend most of their time waiting on containers: they run as a second pytest
+# beside the first, on their own projects and ports, and their output follows the first's. Either failing fails
+# the script. Arguments (which select among all these tests) or OWN_STACK_TESTS_BESIDE=0 run everything in one.
+own_stack_tests=(tests/stack/test_first_start.py tests/stack/test_replicas.py tests/stack/test_upgrade.py
+  tests/stack/test_team_mode.py tests/stack/test_migrate_objects.py)
+if [ "${OWN_STACK_TESTS_BESIDE:-1}" = 1 ] && [ $# -eq 0 ]; then
+  own_stack_log=$(mktemp)
+  pytest "${own_stack_tests[@]}" --durations=15 >"$own_stack_log" 2>&1 &
+  own_stack_pid=$!
+  main_status=0
+  pytest tests/fast_store tests/stack --durations=30 "${own_stack_tests[@]/#/--ignore=}" || main_status=$?
+  own_stack_status=0
+  wait "$own_stack_pid" || own_stack_status=$?
+  unset own_stack_pid  # finished: nothing for stop_stacks to stop
+  step "tests that start stacks of their own (ran beside the above)"
+  cat "$own_stack_log"
+  rm -f "$own_stack_log"
+  if [ "$main_status" != 0 ] || [ "$own_stack_status" != 0 ]; then
+    echo "test: stack tests exited $main_status, own-stack tests $own_stack_status" >&2
+    exit 1
+  fi
+else
+  pytest tests/fast_store tests/stack --durations=30 "$@"
+fi
 
 # The tests that touch artifacts once more on SeaweedFS (docker-compose.seaweedfs.yml; docs/object-stores.md), on a
 # second stack of its own project and ports (MLFLOW_PORT + 20): a 1 GiB artifact up and down, a down/up (registry
