@@ -257,17 +257,17 @@ class RunExperiments:
     a run's experiment from memory after the first lookup (the whole run is loaded then, with MLflow's errors
     for a run that does not exist); everything else is the store's own."""
 
-    def __init__(self, store: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
-        self._store, self._known, self._lock = store, known, lock
+    def __init__(self, store: Any, known: BoundedMemory) -> None:
+        self._store, self._known = store, known
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     def get_run(self, run_id: str) -> Any:
-        experiment_id = known_experiment(self._known, self._lock, run_id)
+        experiment_id = self._known.get(run_id)
         if experiment_id is None:
             run = self._store.get_run(run_id)
-            learn_run(self._known, self._lock, run_id, run.info.experiment_id)
+            self._known.put(run_id, run.info.experiment_id)
             return run
         return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id))
 
@@ -281,33 +281,20 @@ def _cache_run_experiments() -> None:
     store_of_mlflow: Callable[[], Any] = getattr(auth, "_get_tracking_store")  # noqa: B009
     if getattr(store_of_mlflow, "fast_path_decisions", False):
         return  # already in place (a second app built in this process)
-    known: OrderedDict[str, str] = OrderedDict()
-    lock = threading.Lock()
+    known = run_experiments()
 
     def tracking_store() -> Any:
         store = store_of_mlflow()
-        return RunExperiments(store, known, lock) if _DECIDING.get() else store
+        return RunExperiments(store, known) if _DECIDING.get() else store
 
     tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
-    learn_created_runs(flask_app, known, lock)
+    learn_created_runs(flask_app, known)
 
 
-def known_experiment(known: OrderedDict[str, str], lock: threading.Lock, run_id: str) -> str | None:
-    """The experiment of a run in a worker's map of run to experiment (now the most recently used); None: unknown."""
-    with lock:
-        experiment_id = known.get(run_id)
-        if experiment_id is not None:
-            known.move_to_end(run_id)
-        return experiment_id
-
-
-def learn_run(known: OrderedDict[str, str], lock: threading.Lock, run_id: str, experiment_id: str) -> None:
-    with lock:
-        known[run_id] = experiment_id
-        known.move_to_end(run_id)
-        if len(known) > RUN_EXPERIMENTS_KEPT:
-            known.popitem(last=False)
+def run_experiments() -> BoundedMemory:
+    """A worker's map of run id to experiment id (a run never moves to another experiment)."""
+    return BoundedMemory(RUN_EXPERIMENTS_KEPT)
 
 
 def created_run(path: str, method: str, status: int, answer: Callable[[], Any], create_paths: set[str]) -> Any:
@@ -322,7 +309,7 @@ def created_run(path: str, method: str, status: int, answer: Callable[[], Any], 
     return run_id, experiment_id
 
 
-def learn_created_runs(flask_app: Any, known: OrderedDict[str, str], lock: threading.Lock) -> None:
+def learn_created_runs(flask_app: Any, known: BoundedMemory) -> None:
     """A run created through this worker (MLflow's create-run, a trainer's first call) is known to RunExperiments
     from its creation (the experiment in the answer is the one the store wrote), so that the first fast-path
     decision on it loads nothing (else the whole run: six queries)."""
@@ -336,7 +323,7 @@ def learn_created_runs(flask_app: Any, known: OrderedDict[str, str], lock: threa
             request.path, request.method, response.status_code, lambda: response.get_json(silent=True), create_paths
         )
         if created is not None:
-            learn_run(known, lock, *created)
+            known.put(*created)
         return response
 
     # Appended as Flask's after_request does, without its check that no request was served yet: the hook may be

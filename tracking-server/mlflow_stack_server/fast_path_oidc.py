@@ -64,9 +64,7 @@ import binascii
 import contextvars
 import logging
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -81,9 +79,8 @@ from mlflow_stack_server.fast_path_auth import (
     Refusal,
     credential_key,
     decide_in_flask,
-    known_experiment,
     learn_created_runs,
-    learn_run,
+    run_experiments,
     validator_of_route,
 )
 from mlflow_stack_server.settings import Settings
@@ -305,23 +302,23 @@ def _allowance_key() -> DecisionKey:
 
     installed = getattr(run_validators.get_run_experiment_id, "runs_known", None)
     if installed is not None:  # a second app built in this process: one map, one lookup
-        known, lock = installed
+        known = installed
     else:
-        known, lock = OrderedDict(), threading.Lock()
+        known = run_experiments()
         plain = run_validators.get_run_experiment_id
 
         def run_experiment_id(tracking_store: Any, run_id: str) -> str:
             if not _DECIDING.get():
                 return plain(tracking_store, run_id)
-            experiment_id = known_experiment(known, lock, run_id)
+            experiment_id = known.get(run_id)
             if experiment_id is None:
                 experiment_id = str(plain(tracking_store, run_id))
-                learn_run(known, lock, run_id, experiment_id)
+                known.put(run_id, experiment_id)
             return experiment_id
 
-        run_experiment_id.runs_known = (known, lock)  # type: ignore[attr-defined]
+        run_experiment_id.runs_known = known  # type: ignore[attr-defined]
         run_validators.get_run_experiment_id = run_experiment_id
-        learn_created_runs(flask_app, known, lock)
+        learn_created_runs(flask_app, known)
     route = validator_of_route(
         before_request._find_validator,
         lambda path: bool(before_request._is_unprotected_route(strip_static_prefix(path))),
@@ -336,7 +333,7 @@ def _allowance_key() -> DecisionKey:
     return credential_key(
         secrets.token_bytes(32),
         experiment_keyed(route, deciders),
-        experiment_subject(lambda run_id: known_experiment(known, lock, run_id)),
+        experiment_subject(known.get),
     )
 
 

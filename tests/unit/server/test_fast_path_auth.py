@@ -6,8 +6,6 @@ route and run, only for the configured seconds."""
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +24,7 @@ from mlflow_stack_server.fast_path_auth import (
     credential_key,
     remember_allowances,
     remember_reads,
+    run_experiments,
 )
 from mlflow_stack_server.settings import Settings
 
@@ -91,7 +90,7 @@ class CountingStore:
 
 def test_a_runs_experiment_is_loaded_once_and_a_missing_run_every_time() -> None:
     store = CountingStore()
-    runs = RunExperiments(store, OrderedDict(), threading.Lock())
+    runs = RunExperiments(store, run_experiments())
     assert [runs.get_run("r").info.experiment_id for _ in range(3)] == ["7", "7", "7"]
     for _ in range(2):
         with pytest.raises(MlflowException, match="not found"):
@@ -464,8 +463,7 @@ def test_a_run_learned_at_its_creation_is_decided_without_loading_it() -> None:
     import flask
 
     app = flask.Flask("created-runs")
-    known: OrderedDict[str, str] = OrderedDict()
-    lock = threading.Lock()
+    known = run_experiments()
 
     @app.post("/api/2.0/mlflow/runs/create")
     def create() -> Any:
@@ -477,12 +475,12 @@ def test_a_run_learned_at_its_creation_is_decided_without_loading_it() -> None:
 
     client = app.test_client()
     assert client.post("/api/2.0/mlflow/runs/refused", json={}).status_code == 403  # served before the hook is built
-    fast_path_auth.learn_created_runs(app, known, lock)
+    fast_path_auth.learn_created_runs(app, known)
     assert client.post("/api/2.0/mlflow/runs/create", json={}).status_code == 200
     assert client.post("/api/2.0/mlflow/runs/refused", json={}).status_code == 403
-    assert dict(known) == {"r1": "7"}
+    assert len(known) == 1 and known.get("r1") == "7"
     store = CountingStore()
-    assert RunExperiments(store, known, lock).get_run("r1").info.experiment_id == "7"
+    assert RunExperiments(store, known).get_run("r1").info.experiment_id == "7"
     assert store.loaded == []
 
 
