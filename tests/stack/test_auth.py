@@ -44,8 +44,10 @@ def test_auth_mode_refuses_to_start_without_its_secrets(missing: str) -> None:
 @pytest.fixture(scope="module")
 def auth_on() -> Iterator[tuple[str, str]]:
     compose("up", "-d", "--wait", "--wait-timeout", "180", "tracking-server", env=AUTH_ENV)
+    wait_until_the_gateway_reaches_the_server(ADMIN)  # the recreated container, not the old one's address
     yield ADMIN
     compose("up", "-d", "--wait", "--wait-timeout", "180", "tracking-server", env={"MLFLOW_AUTH": "none"})
+    wait_until_the_gateway_reaches_the_server(ADMIN)  # without logins the header is ignored: 200 as well
 
 
 def test_anonymous_and_wrong_password_requests_get_401(auth_on: tuple[str, str]) -> None:
