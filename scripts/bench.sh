@@ -27,6 +27,8 @@ python -m bench.server_variants tuning
 # missing) and FastTrackML side by side at K = 8 and 64 (BENCH_REPEATS, default 2), and where one log_batch
 # request's CPU goes with each store.
 python -m bench.server_variants side-by-side
+# Server CPU per call, by call (create-run, log-batch, set-tag, update), one at a time, for the same servers.
+python -m bench.per_call
 python -m bench.profile_log_batch
 # Postgres round trips per hot write of the fast store (a statement-logging throwaway Postgres).
 python -m bench.round_trips

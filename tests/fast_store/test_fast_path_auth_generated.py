@@ -7,9 +7,9 @@ writes, sent to two servers, must get the same answers and leave the same runs.
 
 Each is a uvicorn process (test_fast_path_generated.py's harness) with its own tracking and auth databases on the
 throwaway Postgres, MLflow's login cache on (as the stack runs it). A Hypothesis state machine sends log-batch,
-set-tag and runs/update (the calls the fast path answers, in the shapes it answers) as users with READ, EDIT, MANAGE
-or DENY on the run's experiment, run-level grants, no grant, admin, a wrong or missing login, a login of a user
-deleted or whose password changed, while it grants, revokes, promotes, demotes, deletes and recreates those users
+set-tag, runs/update and runs/create (the calls the fast path answers, in the shapes it answers) as users with
+READ, EDIT, MANAGE or DENY on the run's experiment, run-level grants, no grant, admin, a wrong or missing login,
+a login of a user deleted or whose password changed, while it grants, revokes, promotes, demotes, deletes and recreates those users
 between the writes. Every answer's status, content type, WWW-Authenticate and body (run ids masked) must be
 equal, and so must every run after each sequence.
 
@@ -89,8 +89,9 @@ USERS: dict[str, tuple[tuple[str, str, str], ...]] = {
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "DENY")
 CREDENTIALS = ("right", "right", "right", "right", "right", "right", "right", "none", "wrong password", "unknown user", "previous password", "bearer",
                "malformed basic", "empty password")  # fmt: skip
-ENDPOINTS = ("log-batch", "log-batch", "set-tag", "update")
+ENDPOINTS = ("log-batch", "log-batch", "set-tag", "update", "create")
 RUNS = ("A active", "A active", "A active", "A deleted", "B active", "unknown")
+UNKNOWN_EXPERIMENT = "987654321"  # create-run's experiment for the "unknown" run
 # Who writes: every user, those allowed to at the start twice as often (else 200 is rare).
 WRITERS = (*sorted(USERS), "editor", "manager", "run-editor", "promoted")
 
@@ -266,21 +267,24 @@ class AuthorizedWrites(RuleBasedStateMachine):
             "set-tag": {"key": "team", "value": value},
             "update": {"status": "FINISHED" if step % 2 else "RUNNING", "end_time": NOW + step},
         }
-        body = bodies[endpoint]
         pairs = self.run_pairs[run]
         AuthorizedWrites.writes += 1
+        if endpoint == "create":
+            # A new run in the write's experiment (the run's: A, B, or one that does not exist), as a trainer starts.
+            experiment = UNKNOWN_EXPERIMENT if run == "unknown" else self.experiments[run[0]]
+            body = {"experiment_id": experiment, "start_time": NOW + step, "run_name": f"run-{value}"}
+            sides = {"fast": body, "mlflow": body}
+        else:
+            sides = {side: {"run_id": getattr(pairs, side), **bodies[endpoint]} for side in ("fast", "mlflow")}
         futures = [
-            self.pair.pool.submit(
-                _call,
-                server,
-                "POST",
-                f"{prefix}/runs/{endpoint}",
-                {"run_id": getattr(pairs, side), **body},
-                authorization,
-            )
+            self.pair.pool.submit(_call, server, "POST", f"{prefix}/runs/{endpoint}", sides[side], authorization)
             for side, server in (("fast", self.pair.fast), ("mlflow", self.pair.mlflow))
         ]
         responses = [f.result() for f in futures]
+        if endpoint == "create" and all(response.status_code == 200 for response in responses):
+            # Its stored state is compared with the others' after the sequence.
+            created = RunPair(*(response.json()["run"]["info"]["run_id"] for response in responses))
+            self.pair.runs.append(created)
         AuthorizedWrites.statuses[responses[1].status_code] += 1
         fast, mlflow = (_outcome(self.pair, side, r) for side, r in zip(("fast", "mlflow"), responses, strict=True))
         assert fast == mlflow, f"{user} ({credential}) {endpoint} on {run}\nfast path: {fast}\nMLflow:    {mlflow}"

@@ -13,11 +13,11 @@ the throwaway Postgres. No provider is needed: the users, groups, grants, tokens
 server's plugin database with the plugin's own store, as `mlflow-stack-token` and the plugin's sign-in do. A
 session is what the plugin's /callback makes of a sign-in: a row of its session store (`create_auth_session`) and
 Starlette's session cookie naming it, signed with the server's secret key (the cookie is made here with
-Starlette's own signer). A Hypothesis state machine sends log-batch, set-tag and runs/update as users with READ,
-EDIT, MANAGE or an explicit NO_PERMISSIONS on the run's experiment, through a group, with no grant, as an admin
-and as a service account, with a token, a session, a revoked token or session, a wrong or no login, while it
-grants, revokes, promotes, demotes, deactivates and reactivates those users and revokes their tokens and
-sessions. The plugin remembers decisions for 1 s (oidc_auth.PERMISSION_CACHE_TTL_SECONDS): after each change
+Starlette's own signer). A Hypothesis state machine sends log-batch, set-tag, runs/update and runs/create as
+users with READ, EDIT, MANAGE or an explicit NO_PERMISSIONS on the run's experiment, through a group, with no
+grant, as an admin and as a service account, with a token, a session, a revoked token or session, a wrong or no
+login, while it grants, revokes, promotes, demotes, deactivates and reactivates those users and revokes their
+tokens and sessions. The plugin remembers decisions for 1 s (oidc_auth.PERMISSION_CACHE_TTL_SECONDS): after each change
 both servers are given that second, so that they decide on the same grants. Every answer's status, content type,
 WWW-Authenticate and body (run ids masked) must be equal, and so must every run after each sequence.
 """
@@ -93,8 +93,9 @@ PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 CREDENTIALS = ("token", "token", "token", "session", "session", "session", "none", "revoked token", "revoked session",
                "wrong token", "unknown user", "bearer", "malformed basic", "forged session")  # fmt: skip
 CHANGES = ("grant", "grant", "revoke", "group grant", "membership", "admin", "active", "revoke token", "revoke session")
-ENDPOINTS = ("log-batch", "log-batch", "set-tag", "update")
+ENDPOINTS = ("log-batch", "log-batch", "set-tag", "update", "create")
 RUNS = ("A active", "A active", "A active", "A deleted", "B active", "unknown")
+UNKNOWN_EXPERIMENT = "987654321"  # create-run's experiment for the "unknown" run
 # Who writes: every user, those allowed to at the start twice as often (else 200 is rare).
 WRITERS = (*sorted(USERS), "editor", "manager", "grouped", "promoted", "robot")
 
@@ -318,17 +319,21 @@ class OidcWrites(RuleBasedStateMachine):
         }
         pairs = self.run_pairs[run]
         OidcWrites.writes += 1
+        if endpoint == "create":
+            # A new run in the write's experiment (the run's: A, B, or one that does not exist), as a trainer starts.
+            experiment = UNKNOWN_EXPERIMENT if run == "unknown" else self.experiments[run[0]]
+            body = {"experiment_id": experiment, "start_time": NOW + step, "run_name": f"run-{value}"}
+            sent = {"fast": body, "mlflow": body}
+        else:
+            sent = {name: {"run_id": getattr(pairs, name), **bodies[endpoint]} for name in ("fast", "mlflow")}
         futures = [
-            self.pair.pool.submit(
-                _call,
-                side,
-                f"{prefix}/runs/{endpoint}",
-                {"run_id": getattr(pairs, name), **bodies[endpoint]},
-                *side.login(user, credential),
-            )
+            self.pair.pool.submit(_call, side, f"{prefix}/runs/{endpoint}", sent[name], *side.login(user, credential))
             for name, side in zip(("fast", "mlflow"), self.sides, strict=True)
         ]
         responses = [f.result() for f in futures]
+        if endpoint == "create" and all(response.status_code == 200 for response in responses):
+            # Its stored state is compared with the others' after the sequence.
+            self.pair.runs.append(RunPair(*(response.json()["run"]["info"]["run_id"] for response in responses)))
         OidcWrites.statuses[responses[1].status_code] += 1
         OidcWrites.by_login[credential, responses[1].status_code] += 1
         fast, mlflow = (_outcome(self.pair, side, r) for side, r in zip(("fast", "mlflow"), responses, strict=True))

@@ -1,9 +1,9 @@
-"""The hot tracking writes (log-batch, set-tag, runs/update) answered in the ASGI layer, without Flask.
+"""The hot tracking writes (runs/create, log-batch, set-tag, runs/update) answered in the ASGI layer, without Flask.
 
 Why: with the fast store (fast_store.py) the store is no longer where a log_batch request's CPU goes; MLflow's HTTP
 layer is: FastAPI's middleware stack and router, the ASGI-to-WSGI bridge, Flask and Werkzeug, protobuf parsing of
 the JSON body, and the response built back through protobuf (docs/performance.md has the profile). This wrapper
-answers the three calls a trainer makes in a loop directly: read the body, check it has the plain shape MLflow's
+answers the calls a trainer makes for every run directly: read the body, check it has the plain shape MLflow's
 clients send, build the same entities MLflow's handler builds, call the same store method in a worker thread
 (psycopg2 blocks) and answer the JSON MLflow answers.
 
@@ -20,6 +20,9 @@ What stays MLflow's:
 - Who may write: before anything is written, the authorization hook of the active MLFLOW_AUTH mode decides
   (fast_path_auth.py; with `basic`, MLflow's basic-auth app's own before-request check), and its 401 or 403 is
   answered as the auth app words it. A mode without a hook gets no fast path at all.
+- After the write: MLflow's Flask after-request hooks do not run for the calls answered here. Neither auth app has
+  one for these four routes (MLflow's basic auth and mlflow-oidc-auth: their AFTER_REQUEST_PATH_HANDLERS, held to
+  that by a unit test); the stack's own (learning a created run's experiment) is told through `learn_run`.
 - Switched off (everything through Flask) with MLFLOW_FAST_STORE=off, on an MLflow release it was not verified
   against, with an auth mode that has no authorization hook (fast_path_guard.py), with workspaces (not the fast
   store), and on an artifacts-only server.
@@ -32,17 +35,19 @@ outside this wrapper, count every one.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio.to_thread
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
 from mlflow.exceptions import MlflowException
-from mlflow.protos.service_pb2 import UpdateRun
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+from mlflow.protos.service_pb2 import CreateRun, UpdateRun
 from mlflow.server import handlers
 from mlflow.server.constants import ARTIFACTS_ONLY_ENV_VAR
 from mlflow.server.fastapi_security import init_fastapi_security
@@ -58,7 +63,11 @@ from mlflow_stack_server.settings import Settings, handed_down
 Answer = tuple[int, bytes]
 # What is sent: (status, headers, body).
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
-Handler = Callable[[dict[str, Any]], Callable[[], Answer] | None]
+# A request's JSON -> (what the write is decided on: the run written to, or for create-run its experiment; the
+# write), or None: MLflow's app answers it.
+Handler = Callable[[dict[str, Any]], tuple[str, Callable[[], Answer]] | None]
+# (run id, experiment id) of a run the fast path created: the worker's map of run to experiment learns it.
+LearnRun = Callable[[str, str], None]
 
 _logger = logging.getLogger(__name__)
 INT64 = (-(2**63), 2**63 - 1)
@@ -87,7 +96,7 @@ def _finite_double(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _is_text(value: Any) -> bool:
+def _is_text(value: Any) -> TypeGuard[str]:
     """A non-empty str protobuf can hold. A lone surrogate (JSON's "\\ud800") is not UTF-8: protobuf's parser
     stops there and MLflow's handler goes on with what it parsed so far (the field left ""), so MLflow's app
     answers those."""
@@ -144,7 +153,7 @@ def _mlflow_error(error: MlflowException) -> Answer:
     return status, error.serialize_as_json().encode()
 
 
-def log_batch(request: dict[str, Any]) -> Callable[[], Answer] | None:
+def log_batch(request: dict[str, Any]) -> tuple[str, Callable[[], Answer]] | None:
     if not request.keys() <= {"run_id", "metrics", "params", "tags"}:
         return None
     run_id = request.get("run_id")
@@ -159,10 +168,10 @@ def log_batch(request: dict[str, Any]) -> Callable[[], Answer] | None:
         handlers._get_tracking_store().log_batch(run_id=run_id, metrics=metrics, params=params, tags=tags)
         return 200, EMPTY_RESPONSE
 
-    return call
+    return run_id, call
 
 
-def set_tag(request: dict[str, Any]) -> Callable[[], Answer] | None:
+def set_tag(request: dict[str, Any]) -> tuple[str, Callable[[], Answer]] | None:
     if request.keys() != {"run_id", "key", "value"}:
         return None
     run_id, key, value = request["run_id"], request["key"], request["value"]
@@ -173,10 +182,10 @@ def set_tag(request: dict[str, Any]) -> Callable[[], Answer] | None:
         handlers._get_tracking_store().set_tag(run_id, RunTag(key, value))
         return 200, EMPTY_RESPONSE
 
-    return call
+    return run_id, call
 
 
-def update_run(request: dict[str, Any]) -> Callable[[], Answer] | None:
+def update_run(request: dict[str, Any]) -> tuple[str, Callable[[], Answer]] | None:
     # A rename (run_name) also rewrites the run-name tag: MLflow's app.
     if not request.keys() <= {"run_id", "status", "end_time"}:
         return None
@@ -193,7 +202,39 @@ def update_run(request: dict[str, Any]) -> Callable[[], Answer] | None:
         info = handlers._get_tracking_store().update_run_info(run_id, status, end_time, None)
         return 200, message_to_json(UpdateRun.Response(run_info=info.to_proto())).encode()
 
-    return call
+    return run_id, call
+
+
+def create_run(request: dict[str, Any], learn: LearnRun | None = None) -> tuple[str, Callable[[], Answer]] | None:
+    """As MLflow's `_create_run`: the store's create_run with the request's fields (protobuf's defaults for those
+    left out: "" and no tags), answered as CreateRun.Response. Only with start_time given (a client's create-run
+    sends it); MLflow's app answers anything else. Decided on the experiment (the auth apps' create-run validators
+    read experiment_id alone)."""
+    if not request.keys() <= {"experiment_id", "user_id", "start_time", "tags", "run_name"}:
+        return None
+    experiment_id, start_time = request.get("experiment_id"), request.get("start_time")
+    user_id, run_name = request.get("user_id", ""), request.get("run_name", "")
+    tags = _string_pairs(request.get("tags", []), RunTag)
+    if not _is_text(experiment_id) or not _is_int64(start_time) or tags is None:
+        return None
+    if not (user_id == "" or _is_text(user_id)) or not (run_name == "" or _is_text(run_name)):
+        return None
+
+    def call() -> Answer:
+        run = handlers._get_tracking_store().create_run(
+            experiment_id=experiment_id, user_id=user_id, start_time=start_time, tags=tags, run_name=run_name
+        )
+        # The run exists now: whatever happens next is answered here, never replayed through MLflow's app (that would
+        # create a second run).
+        try:
+            if learn is not None:
+                learn(run.info.run_id, run.info.experiment_id)
+            return 200, message_to_json(CreateRun.Response(run=run.to_proto())).encode()
+        except Exception as error:
+            _logger.exception("Unexpected error answering a created run")
+            return _mlflow_error(MlflowException(str(error), INTERNAL_ERROR))
+
+    return experiment_id, call
 
 
 HANDLERS: dict[str, Handler] = {
@@ -201,6 +242,7 @@ HANDLERS: dict[str, Handler] = {
     "/mlflow/runs/set-tag": set_tag,
     "/mlflow/runs/update": update_run,
 }
+CREATE_RUN = "/mlflow/runs/create"
 
 
 def fast_path_enabled(settings: Settings) -> bool:
@@ -228,18 +270,26 @@ _HANDED_OFF: contextvars.ContextVar[list[Receive]] = contextvars.ContextVar("fas
 
 
 class FastTrackingWrites:
-    def __init__(self, app: ASGIApp, authorize: Authorize | None, hand_off_unsecured: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authorize: Authorize | None,
+        hand_off_unsecured: bool = False,
+        learn_run: LearnRun | None = None,
+    ) -> None:
         """`authorize`: the hook of the active auth mode (fast_path_auth.py), None when the fast path is off
         (fast_path_enabled) or the mode has no hook: then every request goes to `app`, unread.
         `hand_off_unsecured`: a request handed to `app` skips MLflow's security middlewares this layer puts around
         its own answers, because `app` has them already (the fast path in front of mlflow-oidc-auth's app, which
-        holds another FastTrackingWrites): twice, they would add their headers twice (`Vary: Origin, Origin`)."""
+        holds another FastTrackingWrites): twice, they would add their headers twice (`Vary: Origin, Origin`).
+        `learn_run`: told every run this layer creates (the auth hooks' map of run to experiment)."""
         self.app = app
         self.authorize = authorize
         self.enabled = authorize is not None
         self.hand_off_unsecured = hand_off_unsecured
+        routes: dict[str, Handler] = {**HANDLERS, CREATE_RUN: functools.partial(create_run, learn=learn_run)}
         # MLflow registers each endpoint under /api/2.0 and /ajax-api/2.0 (and the static prefix, if set).
-        self.routes = {path: handler for base, handler in HANDLERS.items() for path in handlers._get_paths(base)}
+        self.routes = {path: handler for base, handler in routes.items() for path in handlers._get_paths(base)}
         chain = _MiddlewareChain(self._answer)
         init_fastapi_security(chain)  # type: ignore[arg-type]  # duck-typed: it only calls add_middleware
         self.secured = chain.app
@@ -262,8 +312,8 @@ class FastTrackingWrites:
         write = self._fast_call(scope, body) if complete else None
         reply = None
         if write is not None and self.authorize is not None:
-            run_id, call = write
-            reply = await anyio.to_thread.run_sync(_authorized_run, self.authorize, scope, body, run_id, call)
+            subject, call = write
+            reply = await anyio.to_thread.run_sync(_authorized_run, self.authorize, scope, body, subject, call)
         if reply is None:
             if self.hand_off_unsecured:
                 _HANDED_OFF.get().append(_replay(body, receive, complete))  # answered by __call__, unsecured
@@ -276,7 +326,7 @@ class FastTrackingWrites:
         await send({"type": "http.response.body", "body": payload})
 
     def _fast_call(self, scope: Scope, body: bytes) -> tuple[str, Callable[[], Answer]] | None:
-        """(the run written to, the write), or None: MLflow's app answers."""
+        """(what the write is decided on, the write), or None: MLflow's app answers."""
         content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
         if content_type.split(b";")[0].strip() != b"application/json":
             return None  # MLflow's app answers its "Content-Type must be ..." error
@@ -284,19 +334,18 @@ class FastTrackingWrites:
             request = json.loads(body)
             if type(request) is not dict:
                 return None  # empty, double-encoded (older clients) or not an object: MLflow's app
-            call = self.routes[scope["path"]](request)
+            return self.routes[scope["path"]](request)
         except Exception:  # not UTF-8, not JSON, nested too deep (RecursionError), anything odd: MLflow's app
             return None
-        # Every handler answers only a request whose run_id is a non-empty string.
-        return None if call is None else (request["run_id"], call)
 
 
 def _authorized_run(
-    authorize: Authorize, scope: Scope, body: bytes, run_id: str, call: Callable[[], Answer]
+    authorize: Authorize, scope: Scope, body: bytes, subject: str, call: Callable[[], Answer]
 ) -> Reply | None:
-    """The auth hook's refusal, else the write's answer; None (MLflow's app answers) on any error in the hook."""
+    """The auth hook's refusal, else the write's answer; None (MLflow's app answers) on any error in the hook.
+    `subject`: what the write is decided on (the run, or for create-run its experiment)."""
     try:
-        refusal = authorize(scope, body, run_id)
+        refusal = authorize(scope, body, subject)
     except HandToMlflowError:
         return None
     except Exception:
@@ -311,7 +360,8 @@ def _authorized_run(
 
 def _run(call: Callable[[], Answer]) -> Answer | None:
     """The answer, MLflow's error in MLflow's words, or None: an unexpected error, which MLflow's app then answers
-    (the store's transaction was rolled back, and every write here is idempotent: replaying it is safe)."""
+    (the store's transaction was rolled back, and every write here is idempotent: replaying it is safe; a create-run
+    answers itself once its run exists)."""
     try:
         return call()
     except MlflowException as error:

@@ -25,10 +25,15 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     store's "not found" (404) where MLflow's path answers 403.
   - the auth app's "allowed" (remember_allowances), per worker, keyed by the credentials (an HMAC of the
     Authorization header under a per-worker random key: no password is kept), the method, the route, the query
-    and the run. The route is the validator MLflow's own `_find_validator` maps the path to (validator_of_route):
-    set-tag and runs/update, both validate_can_update_run, share one allowance.
-    A trainer's loop writes to one run with one login, so most writes skip the auth app's database reads and
-    its Flask request context. Refusals and hand-offs are never remembered: a grant given, a password set or a
+    and what the route is decided on. The route is the validator MLflow's own `_find_validator` maps the path to
+    (validator_of_route). log-batch's validate_can_log_batch (with no logged model named: the fast path answers
+    no metric with a model_id) and set-tag's and runs/update's validate_can_update_run all end in the same
+    `authorize(user, the run's experiment, [READ on the experiment, UPDATE on runs "*" falling back to the
+    experiment])`: nothing of the run itself but its experiment enters the decision (MLflow's run grants are
+    wildcard grants within an experiment). So those three share one allowance per login and experiment
+    (EXPERIMENT_UPDATE), and a trainer's new run in an experiment it already wrote to is answered from memory
+    from its first write; a run whose experiment the worker does not know yet is decided (and so learned).
+    Most writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are never remembered: a grant given, a password set or a
     user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
     database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
     a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
@@ -196,7 +201,7 @@ def credential_key(
     """A request's decision key for a login sent in the Authorization header (basic auth): an HMAC of the header
     under `secret` (never the password itself), the method, the route (`route(method, path)`: the path, or what the
     auth app decides the path with, validator_of_route), the query and what the route is decided on
-    (`subject(route, run id)`: the run, or the run's experiment when that alone decides, fast_path_oidc.py; None:
+    (`subject(route, run id)`: the run, or the run's experiment when that alone decides, experiment_subject; None:
     not known, no key). None without exactly one such header: nothing to remember for an anonymous request, and
     two would leave it to the auth app which counts.
     The rest of the body does not enter the auth app's decision on these writes: its validators read the run id,
@@ -243,6 +248,37 @@ def validator_of_route(
     return route
 
 
+# The route of the validators that decide a run write by one permission on the run's experiment alone (MLflow's
+# basic auth and mlflow-oidc-auth alike, for log-batch, set-tag and runs/update).
+EXPERIMENT_UPDATE = ("UPDATE on the run's experiment",)
+
+
+def experiment_keyed(
+    route: Callable[[str, str], Hashable], experiment_deciders: frozenset[Hashable]
+) -> Callable[[str, str], Hashable]:
+    """`route` (validator_of_route on the auth app's validator lookup), with the validators that decide by UPDATE on
+    the run's experiment alone (`experiment_deciders`) folded into EXPERIMENT_UPDATE."""
+
+    def keyed(method: str, path: str) -> Hashable:
+        which = route(method, path)
+        return EXPERIMENT_UPDATE if which in experiment_deciders else which
+
+    return keyed
+
+
+def experiment_subject(experiment_of: Callable[[str], str | None]) -> Callable[[Hashable, str], Hashable | None]:
+    """What a route is decided on (credential_key's subject): for EXPERIMENT_UPDATE the run's experiment
+    (`experiment_of(run)`; None: not known yet), the run for any other route."""
+
+    def subject(route: Hashable, run_id: str) -> Hashable | None:
+        if route != EXPERIMENT_UPDATE:
+            return run_id
+        experiment_id = experiment_of(run_id)
+        return None if experiment_id is None else ("experiment", experiment_id)
+
+    return subject
+
+
 # Set while the auth app decides for the fast path (in the worker thread that runs the hook).
 _DECIDING = contextvars.ContextVar("fast_path_deciding", default=False)
 # Set while the auth app decides whether a request may go on (its before-request check, for the fast path or on
@@ -272,29 +308,39 @@ class RunExperiments:
         return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id))
 
 
-def _cache_run_experiments() -> None:
-    """Route the auth app's tracking-store lookups through RunExperiments, during fast-path decisions only."""
+def _cache_run_experiments() -> BoundedMemory:
+    """Route the auth app's tracking-store lookups through RunExperiments, during fast-path decisions only; the
+    worker's map of run to experiment they answer from."""
     from mlflow.server import app as flask_app
     from mlflow.server import auth
 
     # The name the auth app's validators call (imported from mlflow.server.handlers into its module).
     store_of_mlflow: Callable[[], Any] = getattr(auth, "_get_tracking_store")  # noqa: B009
-    if getattr(store_of_mlflow, "fast_path_decisions", False):
-        return  # already in place (a second app built in this process)
-    known = run_experiments()
+    installed = getattr(store_of_mlflow, "runs_known", None)
+    if installed is not None:
+        return installed  # already in place (a second app built in this process)
+    known = worker_runs()
 
     def tracking_store() -> Any:
         store = store_of_mlflow()
         return RunExperiments(store, known) if _DECIDING.get() else store
 
-    tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
+    tracking_store.runs_known = known  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
     learn_created_runs(flask_app, known)
+    return known
 
 
 def run_experiments() -> BoundedMemory:
-    """A worker's map of run id to experiment id (a run never moves to another experiment)."""
+    """A map of run id to experiment id (a run never moves to another experiment)."""
     return BoundedMemory(RUN_EXPERIMENTS_KEPT)
+
+
+@functools.cache
+def worker_runs() -> BoundedMemory:
+    """This worker's map of run id to experiment id: the one the auth hooks' run lookups answer from, filled by those
+    lookups and by the runs created through this worker (the fast path's create-run, MLflow's Flask create-run)."""
+    return run_experiments()
 
 
 def created_run(path: str, method: str, status: int, answer: Callable[[], Any], create_paths: set[str]) -> Any:
@@ -369,9 +415,11 @@ def basic_auth_hook(settings: Settings) -> Authorize:
         authenticate_request_basic_auth,
         get_auth_func,
         is_unprotected_route,
+        validate_can_log_batch,
+        validate_can_update_run,
     )
 
-    _cache_run_experiments()
+    known = _cache_run_experiments()
     # The key holds what MLflow's basic-auth login reads (the Authorization header); another authorization
     # function, set in the auth config, may read anything: then every request is decided, its reads made.
     remembering = get_auth_func(auth_config.authorization_function) is authenticate_request_basic_auth
@@ -394,7 +442,11 @@ def basic_auth_hook(settings: Settings) -> Authorize:
 
     if not remembering:
         return authorize
-    key = credential_key(secrets.token_bytes(32), validator_of_route(_find_validator, is_unprotected_route))
+    # log-batch, set-tag and runs/update: their validators decide by UPDATE on the run's experiment alone (see the
+    # module), so the runs of one experiment share one allowance per login.
+    deciders = frozenset(("validator", validator) for validator in (validate_can_log_batch, validate_can_update_run))
+    route = experiment_keyed(validator_of_route(_find_validator, is_unprotected_route), deciders)
+    key = credential_key(secrets.token_bytes(32), route, experiment_subject(known.get))
     if listener is None:
         return remember_allowances(authorize, key, min(seconds, UNNOTIFIED_SECONDS))
     return remember_allowances(authorize, key, seconds, generation=listener.generation)

@@ -37,7 +37,9 @@ through the plugin's app unchanged. What is remembered, and for how long:
   grant on a run, and log-batch's logged models are not in the shapes the fast path answers), so the key is the
   experiment (EXPERIMENT_UPDATE): a run's set-tag and runs/update reuse its log-batch's allowance, and a new run of
   the experiment is answered from its first write. A run whose experiment the front does not know yet is handed
-  on and remembered under the experiment the plugin's decision looked up. Any other route: the path and the run.
+  on and remembered under the experiment the plugin's decision looked up. runs/create is decided by
+  validate_can_update_experiment on the experiment_id it sends (the plugin registers nothing after it): its key is
+  that experiment, so a trainer's next run in the experiment is created from memory too.
   An allowance holds the generation of the plugin database's change notifications (auth_changes.py, a
   listener per worker) read in front of the plugin's app, BEFORE its middlewares read the token, the user and
   the grants. Any change committed after that read moves the generation on and the allowance is never used.
@@ -79,9 +81,11 @@ from mlflow_stack_server.fast_path_auth import (
     Refusal,
     credential_key,
     decide_in_flask,
+    experiment_keyed,
+    experiment_subject,
     learn_created_runs,
-    run_experiments,
     validator_of_route,
+    worker_runs,
 )
 from mlflow_stack_server.settings import Settings
 
@@ -254,36 +258,6 @@ def token_allowances(settings: Settings) -> TokenAllowances | None:
     return allowances
 
 
-# The route of the plugin's validators that decide a run write by one permission on the run's experiment.
-EXPERIMENT_UPDATE = ("UPDATE on the run's experiment",)
-
-
-def experiment_keyed(
-    route: Callable[[str, str], Hashable], experiment_deciders: frozenset[Hashable]
-) -> Callable[[str, str], Hashable]:
-    """`route` (fast_path_auth.validator_of_route on the plugin's validator lookup), with the validators that decide
-    by UPDATE on the run's experiment alone (`experiment_deciders`) folded into EXPERIMENT_UPDATE."""
-
-    def keyed(method: str, path: str) -> Hashable:
-        which = route(method, path)
-        return EXPERIMENT_UPDATE if which in experiment_deciders else which
-
-    return keyed
-
-
-def experiment_subject(experiment_of: Callable[[str], str | None]) -> Callable[[Hashable, str], Hashable | None]:
-    """What a route is decided on (fast_path_auth.credential_key's subject): for EXPERIMENT_UPDATE the run's
-    experiment (`experiment_of(run)`; None: not known yet), the run for any other route."""
-
-    def subject(route: Hashable, run_id: str) -> Hashable | None:
-        if route != EXPERIMENT_UPDATE:
-            return run_id
-        experiment_id = experiment_of(run_id)
-        return None if experiment_id is None else ("experiment", experiment_id)
-
-    return subject
-
-
 # Set while the plugin decides for the fast path: its run lookup answers from the worker's map of run to experiment.
 _DECIDING = contextvars.ContextVar("fast_path_oidc_deciding", default=False)
 
@@ -304,7 +278,7 @@ def _allowance_key() -> DecisionKey:
     if installed is not None:  # a second app built in this process: one map, one lookup
         known = installed
     else:
-        known = run_experiments()
+        known = worker_runs()
         plain = run_validators.get_run_experiment_id
 
         def run_experiment_id(tracking_store: Any, run_id: str) -> str:
@@ -422,4 +396,5 @@ def install_inside(plugin_app: Any, app_factory: Any, authorize: Authorize) -> N
 
     if getattr(plugin_app, "middleware_stack", None) is not None:
         raise RuntimeError("the plugin's app has already started; the fast path cannot be put inside it")
-    plugin_app.user_middleware.append(Middleware(app_factory, authorize=authorize))
+    # Runs it creates are known to the worker's map of run to experiment at once (the plugin's run lookup, the keys).
+    plugin_app.user_middleware.append(Middleware(app_factory, authorize=authorize, learn_run=worker_runs().put))

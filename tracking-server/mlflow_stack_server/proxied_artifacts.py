@@ -35,7 +35,7 @@ from fastapi import Depends, HTTPException, Request
 from mlflow_stack_server.asgi import ASGIApp, Message, Receive, Scope, Send
 from mlflow_stack_server.checksums import ArtifactChangedError
 from mlflow_stack_server.fast_http import FastTrackingWrites, fast_path_enabled
-from mlflow_stack_server.fast_path_auth import Authorize, authorization_hook
+from mlflow_stack_server.fast_path_auth import Authorize, authorization_hook, worker_runs
 from mlflow_stack_server.fast_path_guard import fast_path_state
 from mlflow_stack_server.login_cache import install_revalidated_logins
 from mlflow_stack_server.oidc_login_cache import install_revalidated_accounts
@@ -166,10 +166,12 @@ def _wrap(mlflow_app: ASGIApp, settings: Settings, front: Authorize | None = Non
     fast path is inside the plugin's app instead (create_app_with_oidc); here, `front` (fast_path_oidc.front_hook)
     answers only the writes whose allowance that inner path remembered, handing every other to the plugin's app."""
     outside = settings.auth not in FAST_WRITES_INSIDE_THE_AUTH_APP and fast_path_enabled(settings)
+    # Runs created here are known to the auth hooks' map of run to experiment at once (no logins: nothing to know).
+    learn_run = None if settings.auth == "none" else worker_runs().put
     if outside:
-        inner = FastTrackingWrites(mlflow_app, authorization_hook(settings))
+        inner = FastTrackingWrites(mlflow_app, authorization_hook(settings), learn_run=learn_run)
     else:  # MLflow's security middlewares are already inside the plugin's app, around its own fast path
-        inner = FastTrackingWrites(mlflow_app, front, hand_off_unsecured=True)
+        inner = FastTrackingWrites(mlflow_app, front, hand_off_unsecured=True, learn_run=learn_run)
     outer = ProxiedArtifactsOnly(inner, settings.request_threads, settings.ui_workflow)
     # MLflow's two CORS layers each add `Vary: Origin` to its Flask app's answers (vary_header.py).
     return RequestMetrics(OneVaryHeader(outer), fast_path_state(settings.fast_store, auth_mode=settings.auth))

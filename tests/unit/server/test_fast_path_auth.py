@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -583,3 +584,69 @@ def test_a_401_from_the_password_check_is_final() -> None:
 
     assert fast_path_auth.reads_from_memory_first(wrong_password)().status_code == 401
     assert passes == [True]
+
+
+def test_mlflows_validators_of_the_fast_paths_writes_decide_by_the_runs_experiment_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Why basic auth's allowance for log-batch, set-tag and runs/update names the run's experiment instead of the
+    run: MLflow's validators of those routes hand `authorize` the same user, anchor and requirements for any two runs
+    of one experiment, whichever of the three routes. An MLflow release that decides on the run itself (a grant on
+    one run) hands it something else, and fails here."""
+    import mlflow.server.auth as mlflow_auth
+    from flask import Flask
+
+    experiments = {"r1": "7", "r2": "7", "r3": "8"}
+    asked: list[tuple[str, Any, str]] = []
+
+    class Runs:
+        def get_run(self, run_id: str) -> Any:
+            return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id=experiments[run_id]))
+
+    def authorize(username: str, anchor: Any, requirements: Any) -> bool:
+        asked.append((username, anchor, repr(requirements)))
+        return True
+
+    monkeypatch.setattr(mlflow_auth, "_get_tracking_store", Runs)
+    monkeypatch.setattr(mlflow_auth, "authenticate_request", lambda: SimpleNamespace(username="alice"))
+    monkeypatch.setattr(mlflow_auth, "authorize", authorize)
+    app = Flask(__name__)
+    bodies: dict[str, dict[str, Any]] = {
+        "log-batch": {"metrics": [{"key": "m", "value": 1.0, "timestamp": 1, "step": 0}], "params": []},
+        "set-tag": {"key": "t", "value": "v"},
+        "update": {"status": "FINISHED", "end_time": 2},
+    }
+    validators: set[Any] = set()
+    for route, body in bodies.items():
+        for prefix in ("/api", "/ajax-api"):
+            path = f"{prefix}/2.0/mlflow/runs/{route}"
+            validator: Any = mlflow_auth._find_validator(SimpleNamespace(method="POST", path=path))  # type: ignore[arg-type]
+            validators.add(validator)
+            for run_id in experiments:
+                with app.test_request_context(path, method="POST", json={"run_id": run_id, **body}):
+                    assert validator() is True
+    assert validators == {mlflow_auth.validate_can_log_batch, mlflow_auth.validate_can_update_run}
+    decided: dict[str, set[tuple[str, Any, str]]] = {experiment: set() for experiment in experiments.values()}
+    for question, run_id in zip(asked, list(experiments) * 6, strict=True):
+        decided[experiments[run_id]].add(question)
+    assert all(len(asks) == 1 for asks in decided.values()), decided  # one question per experiment
+    assert decided["7"] != decided["8"]
+
+
+def test_basic_auths_writes_to_the_runs_of_one_experiment_share_an_allowance() -> None:
+    known = run_experiments()
+    known.put("r1", "7")
+    known.put("r2", "7")
+    known.put("r3", "8")
+    route = fast_path_auth.experiment_keyed(lambda method, path: ("validator", path.rsplit("/", 1)[-1]),
+                                            frozenset({("validator", "log-batch"), ("validator", "update")}))  # fmt: skip
+    key = credential_key(b"k" * 32, route, fast_path_auth.experiment_subject(known.get))
+    login = [b"Basic dTpw"]
+
+    def key_of(route_name: str, run_id: str) -> Any:
+        return key(_scope(login, f"/api/2.0/mlflow/runs/{route_name}"), b"{}", run_id)
+
+    assert key_of("log-batch", "r1") == key_of("update", "r2") == key_of("log-batch", "r2")
+    assert key_of("log-batch", "r3") != key_of("log-batch", "r1")  # another experiment
+    assert key_of("log-batch", "unknown") is None  # not known yet: decided, and so learned
+    assert key_of("other", "r1") != key_of("other", "r2")  # any other route: the run

@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 
-from mlflow_stack_server.fast_path_auth import BoundedMemory, HandToMlflowError, credential_key
-from mlflow_stack_server.fast_path_oidc import (
+from mlflow_stack_server.fast_path_auth import (
     EXPERIMENT_UPDATE,
-    STAMP_KEY,
-    Stamp,
-    TokenAllowances,
-    basic_token_login,
+    BoundedMemory,
+    HandToMlflowError,
+    credential_key,
     experiment_keyed,
     experiment_subject,
 )
+from mlflow_stack_server.fast_path_oidc import STAMP_KEY, Stamp, TokenAllowances, basic_token_login
 from tests.unit.server.test_fast_path_auth import Clock
 
 TOKEN = "mlf_abcdefgh_secret"
