@@ -214,6 +214,7 @@ def main() -> None:
         # MLflow's own artifact handlers, measured once before streaming replaced them (kept for comparison).
         "large_artifact_before": load("large_artifact_before"),
         "fast_http": load("server_fast_http"),
+        "per_call": load("server_cpu_per_call"),
         "bench_seconds": float(os.environ.get("BENCH_SECONDS", "0")) or None,
     }
     DOC.write_text(render(results))
