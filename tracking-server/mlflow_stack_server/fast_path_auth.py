@@ -33,8 +33,8 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     wildcard grants within an experiment). So those three share one allowance per login and experiment
     (EXPERIMENT_UPDATE), and a trainer's new run in an experiment it already wrote to is answered from memory
     from its first write; a run whose experiment the worker does not know yet is decided (and so learned).
-    Most writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are never remembered: a grant given, a password set or a
-    user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
+    Most writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are
+    never remembered: a grant given, a password set or a user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
     database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
     a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
     notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
@@ -316,16 +316,15 @@ def _cache_run_experiments() -> BoundedMemory:
 
     # The name the auth app's validators call (imported from mlflow.server.handlers into its module).
     store_of_mlflow: Callable[[], Any] = getattr(auth, "_get_tracking_store")  # noqa: B009
-    installed = getattr(store_of_mlflow, "runs_known", None)
-    if installed is not None:
-        return installed  # already in place (a second app built in this process)
     known = worker_runs()
+    if getattr(store_of_mlflow, "fast_path_decisions", False):
+        return known  # already in place (a second app built in this process)
 
     def tracking_store() -> Any:
         store = store_of_mlflow()
         return RunExperiments(store, known) if _DECIDING.get() else store
 
-    tracking_store.runs_known = known  # type: ignore[attr-defined]
+    tracking_store.fast_path_decisions = True  # type: ignore[attr-defined]
     setattr(auth, "_get_tracking_store", tracking_store)  # noqa: B010
     learn_created_runs(flask_app, known)
     return known

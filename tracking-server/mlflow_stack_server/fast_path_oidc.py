@@ -274,11 +274,8 @@ def _allowance_key() -> DecisionKey:
     from mlflow_oidc_auth.hooks.route_policy import strip_static_prefix
     from mlflow_oidc_auth.validators import run as run_validators
 
-    installed = getattr(run_validators.get_run_experiment_id, "runs_known", None)
-    if installed is not None:  # a second app built in this process: one map, one lookup
-        known = installed
-    else:
-        known = worker_runs()
+    known = worker_runs()
+    if not getattr(run_validators.get_run_experiment_id, "fast_path_decisions", False):  # once per process
         plain = run_validators.get_run_experiment_id
 
         def run_experiment_id(tracking_store: Any, run_id: str) -> str:
@@ -290,7 +287,7 @@ def _allowance_key() -> DecisionKey:
                 known.put(run_id, experiment_id)
             return experiment_id
 
-        run_experiment_id.runs_known = known  # type: ignore[attr-defined]
+        run_experiment_id.fast_path_decisions = True  # type: ignore[attr-defined]
         run_validators.get_run_experiment_id = run_experiment_id
         learn_created_runs(flask_app, known)
     route = validator_of_route(
