@@ -40,7 +40,7 @@ lint:  ## ruff, formatting, mypy, hadolint, bash -n, yamllint and the docs site;
 	.venv/bin/hadolint trainer/Dockerfile tracking-server/Dockerfile tests/oidc_provider/Dockerfile
 	for script in scripts/*.sh .ci/run; do bash -n "$$script" || exit 1; done
 	.venv/bin/yamllint --strict docker-compose.yml docker-compose.override.yml docker-compose.gpu.yml \
-	  docker-compose.trainer.yml docker-compose.seaweedfs.yml tests/stack/seaweedfs-standin.yml .yamllint deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml \
+	  docker-compose.trainer.yml docker-compose.seaweedfs.yml tests/stack/seaweedfs-standin.yml bench/no-healthcheck.yml .yamllint deploy/helm/mlflow-stack/Chart.yaml deploy/helm/mlflow-stack/values.yaml \
 	  deploy/helm/mlflow-stack/ci tests/chart/umbrella
 	# the docs site (docs/configuration.md's tables come from the code)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet

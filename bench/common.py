@@ -31,10 +31,30 @@ def machine() -> dict[str, Any]:
     }
 
 
-def compose(*args: str, stdin: str | None = None) -> str:
-    """`docker compose ARGS` in the project folder; its stdout, or CalledProcessError."""
+def compose(*args: str, stdin: str | None = None, extra_file: str | None = None) -> str:
+    """`docker compose ARGS` in the project folder; its stdout, or CalledProcessError. `extra_file`: a compose
+    file (relative to the project folder) read after the ones compose reads now."""
     command = ["docker", "compose", *args]
-    return subprocess.run(command, cwd=REPO, input=stdin, check=True, capture_output=True, text=True).stdout
+    environment = None
+    if extra_file:
+        environment = {**os.environ, "COMPOSE_FILE": f"{compose_files()}{os.pathsep}{extra_file}"}
+    return subprocess.run(
+        command, cwd=REPO, input=stdin, check=True, capture_output=True, text=True, env=environment
+    ).stdout
+
+
+def compose_files() -> str:
+    """The files compose reads now: COMPOSE_FILE from the environment, else from .env, else its defaults."""
+    if os.environ.get("COMPOSE_FILE"):
+        return os.environ["COMPOSE_FILE"]
+    dotenv = REPO / ".env"
+    if dotenv.exists():
+        lines = dotenv.read_text().splitlines()
+        named = [line.split("=", 1)[1].strip() for line in lines if line.startswith("COMPOSE_FILE=")]
+        if named:
+            return named[-1]
+    defaults = ["docker-compose.yml", "docker-compose.override.yml"]
+    return os.pathsep.join(name for name in defaults if (REPO / name).exists())
 
 
 def percentile(values: Sequence[float], share: float) -> float:
