@@ -8,6 +8,7 @@
 # ${XDG_CACHE_HOME:-~/.cache}/mlflow-stack/datasets/mnist.npz and used from there.
 # KEEP_STACK=1 leaves the stack running afterwards (its volumes are always kept unless CLEAN_STACK=1).
 # LINT_AND_UNIT_DONE=1 skips lint and unit tests (CI runs `make lint test-unit` before it prepares Docker).
+# CHART_DONE=1 skips the chart's offline checks and its live pods (CI runs them beside the unit tests).
 # Arguments go to the last pytest (fast-store and stack tests), e.g. scripts/test.sh -k metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +39,12 @@ fi
 # Offline, before anything starts: helm lint --strict, every ci/*.yaml and an umbrella chart rendered and
 # validated against Kubernetes 1.30 and 1.35, the install order of Helm, Flux and Argo CD, and the chart's
 # promises read from the rendered objects (needs helm and kubernetes-validate: ../shared/ci/k8s-tools.sh).
-step "helm chart (offline)"
-start=$(date +%s)
-pytest tests/chart -q
-echo "chart checks took $(( $(date +%s) - start )) s"
+if [ "${CHART_DONE:-0}" != 1 ]; then
+  step "helm chart (offline)"
+  start=$(date +%s)
+  pytest tests/chart -q
+  echo "chart checks took $(( $(date +%s) - start )) s"
+fi
 
 # MLflow's own store tests of the pinned release, downloaded from GitHub into a cache outside the repository,
 # against MLflow's store and ours, each on a throwaway Postgres (scripts/upstream-store-tests.sh). Without
@@ -80,10 +83,12 @@ echo "images built in $(( $(date +%s) - start )) s"
 # The chart's pods as rendered, run with Docker in Helm's order: prepare init containers, 3 replicas, a trainer
 # Job while a replica is killed, the model server; auth with the Service on port 80; a TLS Postgres
 # (tests/chart_live; its own containers, network and volumes, named chart-pods-*).
-step "helm chart pods, live on Docker"
-start=$(date +%s)
-pytest tests/chart_live -q
-echo "chart pods checked in $(( $(date +%s) - start )) s"
+if [ "${CHART_DONE:-0}" != 1 ]; then
+  step "helm chart pods, live on Docker"
+  start=$(date +%s)
+  pytest tests/chart_live -q
+  echo "chart pods checked in $(( $(date +%s) - start )) s"
+fi
 
 stop_stack() {
   if [ "${KEEP_STACK:-0}" = 1 ]; then return; fi
@@ -92,7 +97,10 @@ stop_stack() {
 # The second stack (SeaweedFS, below) is always removed with its volumes: it holds only test data.
 seaweedfs_project="${COMPOSE_PROJECT_NAME:-mlflow-stack}-seaweedfs"
 stop_stacks() {
-  if [ -n "${own_stack_pid:-}" ]; then kill "$own_stack_pid" 2>/dev/null || true; fi  # interrupted beside it
+  if [ -n "${beside_pid:-}" ]; then  # interrupted: the tests beside the main pytest, and what they run
+    pkill -TERM -P "$beside_pid" 2>/dev/null || true
+    kill "$beside_pid" 2>/dev/null || true
+  fi
   stop_stack
   COMPOSE_PROJECT_NAME=$seaweedfs_project COMPOSE_FILE=docker-compose.yml:docker-compose.seaweedfs.yml \
     docker compose --profile minio --profile train down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
@@ -104,64 +112,78 @@ start=$(date +%s)
 docker compose up -d --wait --wait-timeout 180
 echo "stack healthy $(( $(date +%s) - start )) s after 'up'"
 
+# The tests that touch artifacts once more on SeaweedFS (docker-compose.seaweedfs.yml; docs/object-stores.md), on a
+# second stack of its own project and ports (MLFLOW_PORT + 20): a 1 GiB artifact up and down, a down/up (registry
+# and artifacts kept), `make status`, and train/backup/wipe/restore/predict. Left out: test_end_to_end.py's
+# training (the backup test trains, registers and reloads a model on SeaweedFS already); the object-store outage
+# tests (CI's MinIO stand-in is the same SeaweedFS server, so they prove nothing new here); the move from MinIO
+# (test_migrate_objects.py starts MinIO and SeaweedFS stacks of its own on MLFLOW_PORT + 30).
+seaweedfs_stage() {
+  step "artifact tests on SeaweedFS (a second stack)"
+  local start
+  start=$(date +%s)
+  local seaweedfs_files=docker-compose.yml:docker-compose.override.yml:docker-compose.seaweedfs.yml
+  # The CI's stand-in image (../shared/ci/offline-docker.sh) has no curl: tests/stack/seaweedfs-standin.yml asks
+  # the same /healthz with bash. The real image runs the compose file's own check.
+  local extra=""
+  if ! docker run --rm --entrypoint sh "${SEAWEEDFS_IMAGE:-chrislusf/seaweedfs:4.48}" -c 'command -v curl' >/dev/null 2>&1; then
+    extra=tests/stack/seaweedfs-standin.yml
+  fi
+  # In a subshell of its own (its exports stay there); `&&`, not set -e, which a caller's `||` switches off.
+  local status=0
+  (
+    export COMPOSE_PROJECT_NAME=$seaweedfs_project COMPOSE_FILE=$seaweedfs_files${extra:+:$extra}
+    export MIGRATE_EXTRA_COMPOSE_FILES=$extra MLFLOW_PORT=$(( ${MLFLOW_PORT:-5000} + 20 ))
+    export SERVING_PORT=$(( ${SERVING_PORT:-5001} + 20 )) MINIO_CONSOLE_PORT=$(( ${MINIO_CONSOLE_PORT:-9001} + 20 ))
+    export STACK_URL=http://localhost:$MLFLOW_PORT  # bench/ (the large-artifact helpers) reads only this
+    docker compose up -d --wait --wait-timeout 180 &&
+      pytest tests/stack/test_large_artifacts.py tests/stack/test_restarts.py tests/stack/test_status.py \
+        tests/stack/test_backup_restore.py \
+        -k "not test_restarts or down_and_up" --durations=15
+  ) || status=$?
+  echo "SeaweedFS stage took $(( $(date +%s) - start )) s"
+  return "$status"
+}
+
 step "fast-store and stack tests"
 # tests/fast_store starts a throwaway Postgres of its own (the stack image) on a random loopback port.
 # tests/stack/test_sso.py builds the test OpenID provider's image (tests/oidc_provider, ~50 s cold) and starts one
 # OIDC team-mode stack of its own (2 replicas) for all its tests; their measured numbers (revocation latencies)
 # are printed in pytest's "measurements" section.
 # --durations: the slowest tests' times, so CI's time budget can be watched from its log.
-# The tests that start stacks of their own (a fresh clone, three replicas, the upgrade, team mode, the move from
-# MinIO to SeaweedFS; docs/testing.md) spend most of their time waiting on containers: they run as a second pytest
-# beside the first, on their own projects and ports, and their output follows the first's. Either failing fails
-# the script. Arguments (which select among all these tests) or OWN_STACK_TESTS_BESIDE=0 run everything in one.
+# Beside it, as a second chain sharing nothing with the session's stack (own projects and ports), mostly waiting
+# on containers: the tests that start stacks of their own (a fresh clone, three replicas, the upgrade, team mode,
+# the move from MinIO to SeaweedFS; docs/testing.md), then the SeaweedFS stage (SEAWEEDFS_TESTS=0 skips it). The
+# chain's output follows the main pytest's; any failing fails the script. Arguments (which select among the
+# main and own-stack tests, and skip the SeaweedFS stage) or OWN_STACK_TESTS_BESIDE=0 run the stack tests in one
+# pytest, then the SeaweedFS stage on the cores and memory the session's stack gave up.
 own_stack_tests=(tests/stack/test_first_start.py tests/stack/test_replicas.py tests/stack/test_upgrade.py
   tests/stack/test_team_mode.py tests/stack/test_migrate_objects.py)
 if [ "${OWN_STACK_TESTS_BESIDE:-1}" = 1 ] && [ $# -eq 0 ]; then
-  own_stack_log=$(mktemp)
-  pytest "${own_stack_tests[@]}" --durations=15 >"$own_stack_log" 2>&1 &
-  own_stack_pid=$!
+  beside_log=$(mktemp)
+  (
+    status=0
+    pytest "${own_stack_tests[@]}" --durations=15 || status=$?
+    if [ "${SEAWEEDFS_TESTS:-1}" = 1 ]; then seaweedfs_stage || status=$?; fi
+    exit "$status"
+  ) >"$beside_log" 2>&1 &
+  beside_pid=$!
   main_status=0
   pytest tests/fast_store tests/stack --durations=30 "${own_stack_tests[@]/#/--ignore=}" || main_status=$?
-  own_stack_status=0
-  wait "$own_stack_pid" || own_stack_status=$?
-  unset own_stack_pid  # finished: nothing for stop_stacks to stop
-  step "tests that start stacks of their own (ran beside the above)"
-  cat "$own_stack_log"
-  rm -f "$own_stack_log"
-  if [ "$main_status" != 0 ] || [ "$own_stack_status" != 0 ]; then
-    echo "test: stack tests exited $main_status, own-stack tests $own_stack_status" >&2
+  beside_status=0
+  wait "$beside_pid" || beside_status=$?
+  unset beside_pid  # finished: nothing for stop_stacks to stop
+  step "tests that start stacks of their own, then SeaweedFS (ran beside the above)"
+  cat "$beside_log"
+  rm -f "$beside_log"
+  if [ "$main_status" != 0 ] || [ "$beside_status" != 0 ]; then
+    echo "test: stack tests exited $main_status, the tests beside them $beside_status" >&2
     exit 1
   fi
 else
   pytest tests/fast_store tests/stack --durations=30 "$@"
-fi
-
-# The tests that touch artifacts once more on SeaweedFS (docker-compose.seaweedfs.yml; docs/object-stores.md), on a
-# second stack of its own project and ports (MLFLOW_PORT + 20): a 1 GiB artifact up and down, a down/up (registry
-# and artifacts kept), `make status`, and train/backup/wipe/restore/predict. Left out: test_end_to_end.py's
-# training (the backup test trains, registers and reloads a model on SeaweedFS already); the object-store outage
-# tests (CI's MinIO stand-in is the same SeaweedFS server, so they prove nothing new here); the move from MinIO
-# (test_migrate_objects.py ran above: it starts MinIO and SeaweedFS stacks of its own on MLFLOW_PORT + 30). SEAWEEDFS_TESTS=0 skips the stage; so do arguments (they select among the tests above).
-if [ "${SEAWEEDFS_TESTS:-1}" = 1 ] && [ $# -eq 0 ]; then
-  step "artifact tests on SeaweedFS (a second stack)"
-  start=$(date +%s)
-  stop_stack  # its cores and memory go to the second stack (KEEP_STACK=1 leaves it running)
-  seaweedfs_files=docker-compose.yml:docker-compose.override.yml:docker-compose.seaweedfs.yml
-  # The CI's stand-in image (../shared/ci/offline-docker.sh) has no curl: tests/stack/seaweedfs-standin.yml asks
-  # the same /healthz with bash. The real image runs the compose file's own check.
-  extra=""
-  if ! docker run --rm --entrypoint sh "${SEAWEEDFS_IMAGE:-chrislusf/seaweedfs:4.48}" -c 'command -v curl' >/dev/null 2>&1; then
-    extra=tests/stack/seaweedfs-standin.yml
+  if [ "${SEAWEEDFS_TESTS:-1}" = 1 ] && [ $# -eq 0 ]; then
+    stop_stack  # its cores and memory go to the second stack (KEEP_STACK=1 leaves it running)
+    seaweedfs_stage
   fi
-  (
-    export COMPOSE_PROJECT_NAME=$seaweedfs_project COMPOSE_FILE=$seaweedfs_files${extra:+:$extra}
-    export MIGRATE_EXTRA_COMPOSE_FILES=$extra MLFLOW_PORT=$(( ${MLFLOW_PORT:-5000} + 20 ))
-    export SERVING_PORT=$(( ${SERVING_PORT:-5001} + 20 )) MINIO_CONSOLE_PORT=$(( ${MINIO_CONSOLE_PORT:-9001} + 20 ))
-    export STACK_URL=http://localhost:$MLFLOW_PORT  # bench/ (the large-artifact helpers) reads only this
-    docker compose up -d --wait --wait-timeout 180
-    pytest tests/stack/test_large_artifacts.py tests/stack/test_restarts.py tests/stack/test_status.py \
-      tests/stack/test_backup_restore.py \
-      -k "not test_restarts or down_and_up" --durations=15
-  )
-  echo "SeaweedFS stage took $(( $(date +%s) - start )) s"
 fi
