@@ -7,7 +7,9 @@ bench.server_variants starts it (team mode behind the gateway ending TLS, logged
 server container's CPU (its cgroup) over those calls is divided by their number. One at a time, so nothing is
 amortized over concurrent requests: these numbers are higher than the load benchmark's per request, and they tell
 which call costs what, not a throughput. Each server gets WARMUP_RUNS runs first (its workers' imports, pools and
-caches), then ROUNDS rounds of every kind. The kinds, in the order a trainer sends them:
+caches), then ROUNDS rounds of every kind. The servers are measured in PASSES passes, every other one in reverse
+order, each pass on a freshly started server: a machine that slows or speeds up over minutes (a shared host) then
+weighs on every server alike instead of on the last ones. The kinds, in the order a trainer sends them:
 
 - create-run: a new run in an experiment the login has written to already;
 - the first log-batch of a new run (its params), then log-batch of metrics to one run again and again;
@@ -18,6 +20,7 @@ Writes docs/bench-results/server_cpu_per_call.json.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from bench.team_variants import TeamMode
 CALLS = 150
 ROUNDS = 2
 WARMUP_RUNS = 60
+PASSES = int(os.environ.get("BENCH_REPEATS", "2"))
 LABELS = ("stack, fast store", "team mode, basic", "team mode, OIDC token")
 
 
@@ -124,16 +128,19 @@ def main() -> None:
     unknown = [label for label in labels if label not in server_variants.SIDE_BY_SIDE]
     if unknown:
         raise SystemExit(f"bench: unknown server {unknown[0]!r}; expected one of {list(server_variants.SIDE_BY_SIDE)}")
-    results: dict[str, dict[str, list[float]]] = {}
-    for label in labels:
-        try:
-            results[label] = measure(label)
-        except requests.RequestException as error:
-            raise SystemExit(f"bench: {label}: {error}") from error
-        for kind, values in results[label].items():
-            print(f"bench: {label}: {kind}: {' / '.join(f'{v:.2f}' for v in values)} ms server CPU per call")
-        save("server_cpu_per_call", {"calls": CALLS, "rounds": ROUNDS, "warmup_runs": WARMUP_RUNS,
-                                     "ms_server_cpu_per_call": results})  # fmt: skip
+    # In the order given, whichever pass measures them first.
+    results: dict[str, dict[str, list[float]]] = {label: {} for label in labels}
+    for done in range(PASSES):
+        for label in labels if done % 2 == 0 else reversed(labels):
+            try:
+                measured = measure(label)
+            except requests.RequestException as error:
+                raise SystemExit(f"bench: {label}: {error}") from error
+            for kind, values in measured.items():
+                results[label].setdefault(kind, []).extend(values)
+                print(f"bench: {label} (pass {done + 1}): {kind}: {' / '.join(f'{v:.2f}' for v in values)} ms")
+            save("server_cpu_per_call", {"calls": CALLS, "rounds": ROUNDS * (done + 1), "passes": done + 1,
+                                         "warmup_runs": WARMUP_RUNS, "ms_server_cpu_per_call": results})  # fmt: skip
 
 
 if __name__ == "__main__":
