@@ -34,8 +34,9 @@ words; an exception hands the request to MLflow's app, which then authorizes and
     (EXPERIMENT_UPDATE), and a trainer's new run in an experiment it already wrote to is answered from memory
     from its first write; a run whose experiment the worker does not know yet is decided (and so learned).
     Most writes skip the auth app's database reads and its Flask request context. Refusals and hand-offs are
-    never remembered: a grant given, a password set or a user created counts at the next request. Every remembered allowance is forgotten at any change of the auth
-    database, notified by Postgres (auth_changes.py: triggers installed by prepare, a listener per worker), so
+    never remembered: a grant given, a password set or a user created counts at the next request. Every
+    remembered allowance is forgotten at any change of the auth database, notified by Postgres
+    (auth_changes.py: triggers installed by prepare, a listener per worker), so
     a revoked or lowered grant, a DENY, a demotion, a changed password or a deleted user counts as soon as the
     notification arrives (milliseconds); while the listener cannot prove it receives them, nothing remembered
     is used. The auth database reads the auth app's before-request check makes (the login's row, the user, its
