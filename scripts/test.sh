@@ -8,7 +8,6 @@
 # ${XDG_CACHE_HOME:-~/.cache}/mlflow-stack/datasets/mnist.npz and used from there.
 # KEEP_STACK=1 leaves the stack running afterwards (its volumes are always kept unless CLEAN_STACK=1).
 # LINT_AND_UNIT_DONE=1 skips lint and unit tests (CI runs `make lint test-unit` before it prepares Docker).
-# CHART_DONE=1 skips the chart's offline checks and its live pods (CI runs them beside the unit tests).
 # Arguments go to the last pytest (fast-store and stack tests), e.g. scripts/test.sh -k metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,12 +38,10 @@ fi
 # Offline, before anything starts: helm lint --strict, every ci/*.yaml and an umbrella chart rendered and
 # validated against Kubernetes 1.30 and 1.35, the install order of Helm, Flux and Argo CD, and the chart's
 # promises read from the rendered objects (needs helm and kubernetes-validate: ../shared/ci/k8s-tools.sh).
-if [ "${CHART_DONE:-0}" != 1 ]; then
-  step "helm chart (offline)"
-  start=$(date +%s)
-  pytest tests/chart -q
-  echo "chart checks took $(( $(date +%s) - start )) s"
-fi
+step "helm chart (offline)"
+start=$(date +%s)
+pytest tests/chart -q
+echo "chart checks took $(( $(date +%s) - start )) s"
 
 # MLflow's own store tests of the pinned release, downloaded from GitHub into a cache outside the repository,
 # against MLflow's store and ours, each on a throwaway Postgres (scripts/upstream-store-tests.sh). Without
@@ -83,12 +80,10 @@ echo "images built in $(( $(date +%s) - start )) s"
 # The chart's pods as rendered, run with Docker in Helm's order: prepare init containers, 3 replicas, a trainer
 # Job while a replica is killed, the model server; auth with the Service on port 80; a TLS Postgres
 # (tests/chart_live; its own containers, network and volumes, named chart-pods-*).
-if [ "${CHART_DONE:-0}" != 1 ]; then
-  step "helm chart pods, live on Docker"
-  start=$(date +%s)
-  pytest tests/chart_live -q
-  echo "chart pods checked in $(( $(date +%s) - start )) s"
-fi
+step "helm chart pods, live on Docker"
+start=$(date +%s)
+pytest tests/chart_live -q
+echo "chart pods checked in $(( $(date +%s) - start )) s"
 
 stop_stack() {
   if [ "${KEEP_STACK:-0}" = 1 ]; then return; fi
