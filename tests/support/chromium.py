@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
+
+# Playwright's assertions wait 5 s by default (page.set_default_timeout does not change that). A busy 2-core CI
+# machine has shown the UI still at "Loading..." after 5 s once a sign-in returns; every browser test imports this
+# module, so they all wait up to this long for what they expect to see.
+ASSERTION_TIMEOUT_MS = 60_000
+expect.set_options(timeout=ASSERTION_TIMEOUT_MS)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialing Google's hosts, which this machine refuses.
