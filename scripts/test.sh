@@ -146,29 +146,30 @@ step "fast-store and stack tests"
 # OIDC team-mode stack of its own (2 replicas) for all its tests; their measured numbers (revocation latencies)
 # are printed in pytest's "measurements" section.
 # --durations: the slowest tests' times, so CI's time budget can be watched from its log.
-# Beside it, as a second chain sharing nothing with the session's stack (own projects and ports), mostly waiting
-# on containers: the tests that start stacks of their own (a fresh clone, three replicas, the upgrade, team mode,
-# the move from MinIO to SeaweedFS; docs/testing.md), then the SeaweedFS stage (SEAWEEDFS_TESTS=0 skips it). The
-# chain's output follows the main pytest's; any failing fails the script. Arguments (which select among the
-# main and own-stack tests, and skip the SeaweedFS stage) or OWN_STACK_TESTS_BESIDE=0 run the stack tests in one
-# pytest, then the SeaweedFS stage on the cores and memory the session's stack gave up.
+# Beside the session stack's tests, as a second chain sharing nothing with that stack (own Postgres, projects and
+# ports): the fast-store tests and the tests that start stacks of their own (a fresh clone, three replicas, the
+# upgrade, team mode, the move from MinIO to SeaweedFS; docs/testing.md) in one pytest, then the SeaweedFS stage
+# (SEAWEEDFS_TESTS=0 skips it). The two chains take about as long. The chain's output follows the main pytest's;
+# any failing fails the script. Arguments (which select among all of these tests, and skip the SeaweedFS stage)
+# or OWN_STACK_TESTS_BESIDE=0 run them in one pytest, then the SeaweedFS stage on the cores and memory the
+# session's stack gave up.
 own_stack_tests=(tests/stack/test_first_start.py tests/stack/test_replicas.py tests/stack/test_upgrade.py
   tests/stack/test_team_mode.py tests/stack/test_migrate_objects.py)
 if [ "${OWN_STACK_TESTS_BESIDE:-1}" = 1 ] && [ $# -eq 0 ]; then
   beside_log=$(mktemp)
   (
     status=0
-    pytest "${own_stack_tests[@]}" --durations=15 || status=$?
+    pytest tests/fast_store "${own_stack_tests[@]}" --durations=20 || status=$?
     if [ "${SEAWEEDFS_TESTS:-1}" = 1 ]; then seaweedfs_stage || status=$?; fi
     exit "$status"
   ) >"$beside_log" 2>&1 &
   beside_pid=$!
   main_status=0
-  pytest tests/fast_store tests/stack --durations=30 "${own_stack_tests[@]/#/--ignore=}" || main_status=$?
+  pytest tests/stack --durations=30 "${own_stack_tests[@]/#/--ignore=}" || main_status=$?
   beside_status=0
   wait "$beside_pid" || beside_status=$?
   unset beside_pid  # finished: nothing for stop_stacks to stop
-  step "tests that start stacks of their own, then SeaweedFS (ran beside the above)"
+  step "fast-store tests and tests that start stacks of their own, then SeaweedFS (ran beside the above)"
   cat "$beside_log"
   rm -f "$beside_log"
   if [ "$main_status" != 0 ] || [ "$beside_status" != 0 ]; then

@@ -28,9 +28,11 @@ def test_backup_wipe_restore_brings_everything_back(client: MlflowClient, tmp_pa
     import mlflow
 
     model = f"mnist-backup-{uuid.uuid4().hex[:8]}"
-    training = parse_training(
-        run_trainer("--epochs", "1", "--batch-size", "64", "--registered-model-name", model, "--run-name", "backed-up")
-    )
+    trained = run_trainer(
+        "--epochs", "1", "--batch-size", "64", "--max-train-samples", "6000", "--min-accuracy", "0.5",
+        "--registered-model-name", model, "--run-name", "backed-up",
+    )  # fmt: skip
+    training = parse_training(trained)
     before = registry_snapshot(client)
     assert (model, "champion", str(training.version)) in before["aliases"]
 
@@ -57,7 +59,8 @@ def test_backup_wipe_restore_brings_everything_back(client: MlflowClient, tmp_pa
     with np.load(mnist_npz()) as archive:
         images, labels = archive["x_test"][:500], archive["y_test"][:500]
     predictions = np.asarray(champion.predict((images.astype(np.float32) / 255.0)[..., np.newaxis])).argmax(axis=1)
-    assert float((predictions == labels).mean()) >= 0.95
+    # A seeded 6000-image subset: about 0.91 on test; an untrained or wrong model would be near 0.1.
+    assert float((predictions == labels).mean()) >= 0.85
 
 
 def test_restore_refuses_an_incomplete_backup(tmp_path: Path) -> None:
