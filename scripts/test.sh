@@ -149,10 +149,9 @@ step "fast-store and stack tests"
 # Beside the session stack's tests, as a second chain sharing nothing with that stack (own Postgres, projects and
 # ports): the fast-store tests and the tests that start stacks of their own (a fresh clone, three replicas, the
 # upgrade, team mode, the move from MinIO to SeaweedFS; docs/testing.md) in one pytest, then the SeaweedFS stage
-# (SEAWEEDFS_TESTS=0 skips it). The two chains take about as long. The chain's output follows the main pytest's;
-# any failing fails the script. Arguments (which select among all of these tests, and skip the SeaweedFS stage)
-# or OWN_STACK_TESTS_BESIDE=0 run them in one pytest, then the SeaweedFS stage on the cores and memory the
-# session's stack gave up.
+# (SEAWEEDFS_TESTS=0 skips it). The chain's output follows the main pytest's; any failing fails the script.
+# Arguments (which select among all of these tests, and skip the SeaweedFS stage) or OWN_STACK_TESTS_BESIDE=0
+# run them in one pytest, then the SeaweedFS stage on the cores and memory the session's stack gave up.
 own_stack_tests=(tests/stack/test_first_start.py tests/stack/test_replicas.py tests/stack/test_upgrade.py
   tests/stack/test_team_mode.py tests/stack/test_migrate_objects.py)
 if [ "${OWN_STACK_TESTS_BESIDE:-1}" = 1 ] && [ $# -eq 0 ]; then
